@@ -168,7 +168,13 @@ impl GateError {
 
 impl fmt::Display for GateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} at {}: {}", self.code.as_str(), self.stage.as_str(), self.message)
+        write!(
+            f,
+            "{} at {}: {}",
+            self.code.as_str(),
+            self.stage.as_str(),
+            self.message
+        )
     }
 }
 

@@ -74,8 +74,10 @@ pub struct Label {
 
 impl Label {
     /// The label of a fresh session and of text the owner typed.
-    pub const TRUSTED_PUBLIC: Label =
-        Label { integrity: Integrity::Trusted, confidentiality: Confidentiality::Public };
+    pub const TRUSTED_PUBLIC: Label = Label {
+        integrity: Integrity::Trusted,
+        confidentiality: Confidentiality::Public,
+    };
 
     /// The least upper bound: the worse integrity and the higher confidentiality.
     #[must_use]
@@ -134,7 +136,12 @@ impl Confidentiality {
 
 impl fmt::Display for Label {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.integrity.as_str(), self.confidentiality.as_str())
+        write!(
+            f,
+            "{}/{}",
+            self.integrity.as_str(),
+            self.confidentiality.as_str()
+        )
     }
 }
 
@@ -144,9 +151,14 @@ mod tests {
 
     #[test]
     fn join_takes_the_worse_of_each_axis_and_never_lowers() {
-        let web = Label { integrity: Integrity::Untrusted, confidentiality: Confidentiality::Public };
-        let private =
-            Label { integrity: Integrity::Trusted, confidentiality: Confidentiality::Private };
+        let web = Label {
+            integrity: Integrity::Untrusted,
+            confidentiality: Confidentiality::Public,
+        };
+        let private = Label {
+            integrity: Integrity::Trusted,
+            confidentiality: Confidentiality::Private,
+        };
         let joined = web.join(private);
         assert_eq!(joined.integrity, Integrity::Untrusted);
         assert_eq!(joined.confidentiality, Confidentiality::Private);
@@ -156,7 +168,12 @@ mod tests {
 
     #[test]
     fn source_names_round_trip() {
-        for s in [Source::Owner, Source::Web, Source::AgentFile, Source::Tool("list_dir".into())] {
+        for s in [
+            Source::Owner,
+            Source::Web,
+            Source::AgentFile,
+            Source::Tool("list_dir".into()),
+        ] {
             assert_eq!(Source::parse(&s.as_string()), Some(s));
         }
         assert_eq!(Source::parse("nonsense"), None);

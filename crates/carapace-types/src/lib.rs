@@ -77,7 +77,10 @@ impl Principal {
     /// The owner, authenticated at `door`. Only call this after the door checked the
     /// credential.
     pub fn owner(door: FrontDoor) -> Principal {
-        Principal { kind: PrincipalKind::Owner, door }
+        Principal {
+            kind: PrincipalKind::Owner,
+            door,
+        }
     }
 
     /// What kind of principal this is.

@@ -37,7 +37,10 @@ mod tests {
     #[test]
     fn formatting_never_shows_the_value() {
         let s = Secret::new("sk-live-123".to_string());
-        assert_eq!(format!("{s} {s:?} {s:#?}"), "[REDACTED] [REDACTED] [REDACTED]");
+        assert_eq!(
+            format!("{s} {s:?} {s:#?}"),
+            "[REDACTED] [REDACTED] [REDACTED]"
+        );
         assert_eq!(s.expose(), "sk-live-123");
     }
 }

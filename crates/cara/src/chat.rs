@@ -1,0 +1,289 @@
+//! `cara chat`: a terminal chat over the gateway's WebSocket, with approvals inline.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::client::Daemon;
+use crate::config::{self, ProviderSetup};
+use crate::datadir::DataDir;
+
+const HELP: &str = "\
+commands:
+  /help            this help
+  /new             start a new session
+  /session         show the current session id and its label
+  /approve [ID]    approve a pending tool call (the newest when no id)
+  /deny [ID]       refuse a pending tool call (the newest when no id)
+  /exit            leave the chat (the gateway keeps running; `cara status`)
+anything else is sent to the agent. Ctrl-C cancels a running turn.";
+
+pub async fn chat(
+    dd: &DataDir,
+    session: Option<String>,
+    no_start: bool,
+) -> anyhow::Result<ExitCode> {
+    let daemon = match Daemon::find(dd).await? {
+        Some(d) => d,
+        None if no_start => bail!(
+            "no gateway is running for {}; start one with `cara serve`",
+            dd.root().display()
+        ),
+        None => {
+            // Say what is missing before starting anything.
+            let file = config::load(&dd.config())?;
+            let settings = config::settings(&dd.config(), &file, &|k| std::env::var(k).ok())?;
+            if let ProviderSetup::Missing(hint) = settings.provider {
+                eprintln!("cara: {hint}");
+                return Ok(ExitCode::from(2));
+            }
+            eprintln!(
+                "cara: starting the gateway in the background (log: {})",
+                dd.logs().join("daemon.log").display()
+            );
+            Daemon::start(dd).await?
+        }
+    };
+    let status = daemon.get("/api/status").await?;
+    if status["provider_configured"] != json!(true) {
+        let hint = status["provider_hint"]
+            .as_str()
+            .unwrap_or("no model provider is configured");
+        eprintln!(
+            "cara: the running gateway has no model provider.\n{hint}\n(then restart the gateway: stop it and run `cara chat` again)"
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let mut session = match session {
+        Some(id) => {
+            daemon
+                .get(&format!("/api/sessions/{id}"))
+                .await
+                .with_context(|| format!("cannot continue session {id}"))?;
+            Some(id)
+        }
+        None => None,
+    };
+
+    let mut request = format!("ws://{}/ws", daemon.addr).into_client_request()?;
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", daemon.token().expose()).parse()?,
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .context("cannot open the chat connection")?;
+    let (mut ws_tx, mut ws_rx) = ws.split();
+
+    println!(
+        "carapace {} · model {} · /help for commands, /exit to leave",
+        status["version"].as_str().unwrap_or("?"),
+        status["model"].as_str().unwrap_or("?")
+    );
+    let mut lines = stdin_lines();
+    loop {
+        print!("you> ");
+        std::io::stdout().flush().ok();
+        let line = tokio::select! {
+            line = lines.recv() => line,
+            _ = tokio::signal::ctrl_c() => None,
+        };
+        let Some(line) = line else {
+            println!();
+            break;
+        };
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(cmd) = line.strip_prefix('/') {
+            let (name, arg) = cmd
+                .split_once(' ')
+                .map(|(n, a)| (n, Some(a.trim())))
+                .unwrap_or((cmd, None));
+            match name {
+                "help" | "h" | "?" => println!("{HELP}"),
+                "exit" | "quit" | "q" => break,
+                "new" => {
+                    session = None;
+                    println!("(a new session starts with your next message)");
+                }
+                "session" => match &session {
+                    Some(id) => {
+                        let s = daemon.get(&format!("/api/sessions/{id}")).await?;
+                        let l = &s["session"]["label"];
+                        println!(
+                            "session {id} · label {}/{}",
+                            l["integrity"].as_str().unwrap_or("?"),
+                            l["confidentiality"].as_str().unwrap_or("?")
+                        );
+                    }
+                    None => println!("(no session yet: it starts with your first message)"),
+                },
+                "approve" | "deny" => {
+                    let id = match arg {
+                        Some(id) => id.to_string(),
+                        None => match daemon.get("/api/approvals").await?["approvals"]
+                            .as_array()
+                            .and_then(|a| a.last())
+                        {
+                            Some(a) => a["id"].as_str().unwrap_or_default().to_string(),
+                            None => {
+                                println!("(nothing waits for approval)");
+                                continue;
+                            }
+                        },
+                    };
+                    let decision = if name == "approve" { "approve" } else { "deny" };
+                    match daemon
+                        .post(
+                            &format!("/api/approvals/{id}"),
+                            &json!({ "decision": decision }),
+                        )
+                        .await
+                    {
+                        Ok(_) => println!("({decision}d {id})"),
+                        Err(e) => println!("error: {e:#}"),
+                    }
+                }
+                _ => println!("unknown command /{name}; /help lists them"),
+            }
+            continue;
+        }
+
+        let mut msg = json!({ "type": "chat", "text": line });
+        if let Some(id) = &session {
+            msg["session"] = json!(id);
+        }
+        ws_tx
+            .send(Message::Text(msg.to_string().into()))
+            .await
+            .context("the gateway closed the connection")?;
+        // Events of this turn until it is done.
+        let mut at_line_start = true;
+        loop {
+            let event = tokio::select! {
+                m = ws_rx.next() => m,
+                _ = tokio::signal::ctrl_c() => {
+                    ws_tx.send(Message::Text(json!({ "type": "cancel" }).to_string().into())).await.ok();
+                    println!("\n(cancelled)");
+                    // Drain until the gateway confirms.
+                    while let Some(Ok(m)) = ws_rx.next().await {
+                        if let Message::Text(t) = m {
+                            if serde_json::from_str::<Value>(&t).is_ok_and(|v| v["type"] == "cancelled") {
+                                break;
+                            }
+                        }
+                    }
+                    break;
+                }
+            };
+            let Some(Ok(Message::Text(text))) = event else {
+                match event {
+                    Some(Ok(_)) => continue,
+                    _ => bail!("the gateway closed the connection"),
+                }
+            };
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            match v["type"].as_str().unwrap_or("") {
+                "session" => session = v["session"].as_str().map(String::from),
+                "delta" => {
+                    if at_line_start {
+                        print!("cara> ");
+                        at_line_start = false;
+                    }
+                    print!("{}", v["text"].as_str().unwrap_or(""));
+                    std::io::stdout().flush().ok();
+                }
+                "tool_call" => {
+                    if !at_line_start {
+                        println!();
+                        at_line_start = true;
+                    }
+                    println!(
+                        "  · {} {}",
+                        v["name"].as_str().unwrap_or("?"),
+                        v["arguments"].as_str().unwrap_or("")
+                    );
+                }
+                "tool_result" => {
+                    if v["ok"] == json!(true) {
+                        println!("    ok");
+                    } else {
+                        println!("    refused: {}", v["code"].as_str().unwrap_or("?"));
+                    }
+                }
+                "approval_request" => {
+                    if !at_line_start {
+                        println!();
+                        at_line_start = true;
+                    }
+                    println!(
+                        "  ? approval needed ({}): {} {}\n    because {} [rule {}]",
+                        v["id"].as_str().unwrap_or("?"),
+                        v["tool"].as_str().unwrap_or("?"),
+                        v["args"].as_str().unwrap_or(""),
+                        v["reason"].as_str().unwrap_or(""),
+                        v["rule"].as_str().unwrap_or("")
+                    );
+                    print!("    approve? [y/N] ");
+                    std::io::stdout().flush().ok();
+                    let answer = lines.recv().await.unwrap_or_default();
+                    let approve =
+                        matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes");
+                    let reply = json!({
+                        "type": "approval",
+                        "id": v["id"],
+                        "decision": if approve { "approve" } else { "deny" },
+                    });
+                    ws_tx
+                        .send(Message::Text(reply.to_string().into()))
+                        .await
+                        .ok();
+                }
+                "approval_resolved" => {}
+                "done" => {
+                    if at_line_start {
+                        println!("cara> {}", v["text"].as_str().unwrap_or(""));
+                    } else {
+                        println!();
+                    }
+                    break;
+                }
+                "error" => {
+                    if !at_line_start {
+                        println!();
+                    }
+                    let code = v["error"]["code"].as_str().unwrap_or("ERROR");
+                    let message = v["error"]["message"].as_str().unwrap_or("");
+                    println!("error: {code}: {message}");
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    ws_tx.send(Message::Close(None)).await.ok();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Lines of standard input, read on their own task so a turn can run meanwhile.
+fn stdin_lines() -> mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}

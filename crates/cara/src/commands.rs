@@ -1,0 +1,338 @@
+//! The smaller commands: status, setup, config, audit, approvals.
+
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use carapace_store::{AuditKey, Store, StoreError};
+use serde_json::{Value, json};
+
+use crate::client::Daemon;
+use crate::config::{self, ProviderSetup};
+use crate::datadir::{DataDir, write_atomic};
+
+pub async fn status(dd: &DataDir) -> anyhow::Result<ExitCode> {
+    let Some(daemon) = Daemon::find(dd).await? else {
+        println!("gateway: not running (data dir {})", dd.root().display());
+        println!("start it with `cara serve`, or `cara chat`, which starts it in the background");
+        return Ok(ExitCode::from(3));
+    };
+    let s = daemon.get("/api/status").await?;
+    println!(
+        "gateway: running on http://{} (version {})",
+        daemon.addr,
+        s["version"].as_str().unwrap_or("?")
+    );
+    println!("data dir: {}", dd.root().display());
+    match s["model"].as_str() {
+        Some(m) => println!("model: {m}"),
+        None => println!(
+            "model: none configured\n{}",
+            s["provider_hint"].as_str().unwrap_or("")
+        ),
+    }
+    let tools: Vec<String> = s["tools"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .map(|t| {
+                    format!(
+                        "{} ({})",
+                        t["name"].as_str().unwrap_or("?"),
+                        t["effect"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    println!("tools: {}", tools.join(", "));
+    println!("pending approvals: {}", s["pending_approvals"]);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn setup(
+    dd: &DataDir,
+    base_url: Option<String>,
+    model: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    dd.prepare()?;
+    let stdin = std::io::stdin();
+    let ask = |question: &str, default: &str| -> anyhow::Result<String> {
+        print!("{question} [{default}]: ");
+        std::io::stdout().flush().ok();
+        let mut line = String::new();
+        stdin
+            .lock()
+            .read_line(&mut line)
+            .context("cannot read the answer")?;
+        let line = line.trim();
+        Ok(if line.is_empty() {
+            default.to_string()
+        } else {
+            line.to_string()
+        })
+    };
+    let base_url = match base_url {
+        Some(u) => u,
+        None => {
+            println!("Carapace talks to any OpenAI-compatible server. Examples:");
+            println!("  OpenAI     https://api.openai.com/v1");
+            println!("  Ollama     http://127.0.0.1:11434/v1");
+            println!("  llama.cpp  http://127.0.0.1:8080/v1");
+            ask("base URL", config::OPENAI_DEFAULT_BASE)?
+        }
+    };
+    config::check_base_url(&base_url).map_err(|p| anyhow::anyhow!("base URL: {p}"))?;
+    let model = match model {
+        Some(m) => m,
+        None => {
+            let default = if base_url.contains("11434") {
+                "llama3.2"
+            } else {
+                config::OPENAI_DEFAULT_MODEL
+            };
+            ask("model", default)?
+        }
+    };
+    let path = dd.config();
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|_| config::DEFAULT_CONFIG.to_string());
+    let text = config::set_key(&path, &text, "provider.base_url", &format!("{base_url:?}"))?;
+    let text = config::set_key(&path, &text, "provider.model", &format!("{model:?}"))?;
+    write_atomic(&path, text.as_bytes())?;
+    println!(
+        "wrote provider.base_url and provider.model to {}",
+        path.display()
+    );
+    println!(
+        "API keys are never stored in config.toml: if your server needs one, `export OPENAI_API_KEY=...`"
+    );
+    println!("then run `cara chat` (a running gateway must be restarted to pick this up)");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn config_show(dd: &DataDir) -> anyhow::Result<ExitCode> {
+    let path = dd.config();
+    let file = config::load(&path)?;
+    let s = config::settings(&path, &file, &|k| std::env::var(k).ok())?;
+    println!("# effective settings ({})", path.display());
+    println!(
+        "[server]\nbind = {:?}  # {}\nmax_body_bytes = {}",
+        s.bind.to_string(),
+        s.bind_origin,
+        s.max_body_bytes
+    );
+    println!("\n[provider]");
+    match &s.provider {
+        ProviderSetup::Ready(p) => {
+            println!("base_url = {:?}  # {}", p.base_url, p.base_url_origin);
+            println!("model = {:?}  # {}", p.model, p.model_origin);
+            println!(
+                "# api key: {}",
+                if p.api_key.is_some() {
+                    "set (from $OPENAI_API_KEY)"
+                } else {
+                    "none"
+                }
+            );
+            println!(
+                "request_timeout_secs = {}\nstall_timeout_secs = {}",
+                p.request_timeout.as_secs(),
+                p.stall_timeout.as_secs()
+            );
+        }
+        ProviderSetup::Missing(hint) => {
+            for line in hint.lines() {
+                println!("# {line}");
+            }
+        }
+    }
+    println!("\n[agent]\nmax_steps = {}", s.max_steps);
+    println!(
+        "\n[gate]\ntool_timeout_secs = {}\napproval_timeout_secs = {}\nrate_per_minute = {}\ntools = {:?}",
+        s.gate.tool_timeout.as_secs(),
+        s.gate.approval_timeout.as_secs(),
+        s.gate.rate_per_minute,
+        s.gate.granted_tools
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn config_get(dd: &DataDir, key: &str) -> anyhow::Result<ExitCode> {
+    let path = dd.config();
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|_| config::DEFAULT_CONFIG.to_string());
+    config::parse(&path, &text)?;
+    match config::get_key(&text, key) {
+        Some(v) => {
+            println!("{v}");
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!("cara: `{key}` is not set in {}", path.display());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+pub fn config_set(dd: &DataDir, key: &str, value: &str) -> anyhow::Result<ExitCode> {
+    dd.prepare()?;
+    let path = dd.config();
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let new_text = config::set_key(&path, &text, key, value)?;
+    write_atomic(&path, new_text.as_bytes())?;
+    println!(
+        "{key} = {}",
+        config::get_key(&new_text, key).unwrap_or_default()
+    );
+    println!("(a running gateway must be restarted to pick this up)");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn config_validate(dd: &DataDir) -> anyhow::Result<ExitCode> {
+    let path = dd.config();
+    if !path.exists() {
+        println!("{} does not exist; the defaults apply", path.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let file = config::load(&path)?;
+    config::settings(&path, &file, &|k| std::env::var(k).ok())?;
+    println!("{}: ok", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open_audit(dd: &DataDir) -> anyhow::Result<Option<(Store, AuditKey)>> {
+    if !dd.db().exists() {
+        return Ok(None);
+    }
+    if !dd.audit_key().exists() {
+        bail!(
+            "{} exists but its audit key {} is missing: the log cannot be verified",
+            dd.db().display(),
+            dd.audit_key().display()
+        );
+    }
+    let store =
+        Store::open(&dd.db()).with_context(|| format!("cannot open {}", dd.db().display()))?;
+    let key = AuditKey::load_or_create(&dd.audit_key())?;
+    Ok(Some((store, key)))
+}
+
+pub fn audit_verify(dd: &DataDir) -> anyhow::Result<ExitCode> {
+    let Some((store, key)) = open_audit(dd)? else {
+        println!("no audit log yet ({} does not exist)", dd.db().display());
+        return Ok(ExitCode::SUCCESS);
+    };
+    match store.verify_audit(&key) {
+        Ok(report) => {
+            println!(
+                "audit log intact: {} records, head {}",
+                report.records, report.head_hash
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(StoreError::AuditBroken { seq, reason }) => {
+            eprintln!("audit log BROKEN at record {seq}: {reason}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e).context("cannot read the audit log"),
+    }
+}
+
+pub fn audit_tail(dd: &DataDir, n: usize, as_json: bool) -> anyhow::Result<ExitCode> {
+    let Some((store, _key)) = open_audit(dd)? else {
+        println!("no audit log yet ({} does not exist)", dd.db().display());
+        return Ok(ExitCode::SUCCESS);
+    };
+    for e in store.audit_tail(n)? {
+        if as_json {
+            println!(
+                "{}",
+                json!({ "seq": e.seq, "hash": e.hash, "prev_hash": e.prev_hash, "record": e.record })
+            );
+            continue;
+        }
+        let r = &e.record;
+        let field = |k: &str| r[k].as_str().map(String::from).unwrap_or_default();
+        let ts = r["ts_ms"].as_i64().map(format_ts).unwrap_or_default();
+        let mut line = format!("{:>6}  {ts}  {:<15}", e.seq, field("event"));
+        for k in [
+            "outcome", "tool", "code", "rule", "session", "reason", "path",
+        ] {
+            let v = field(k);
+            if !v.is_empty() {
+                line.push_str(&format!(" {k}={v}"));
+            }
+        }
+        println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn approvals_list(dd: &DataDir) -> anyhow::Result<ExitCode> {
+    let daemon = Daemon::require(dd).await?;
+    let list = daemon.get("/api/approvals").await?;
+    let items = list["approvals"].as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        println!("nothing waits for approval");
+    }
+    for a in items {
+        println!(
+            "{}  {} {}\n    session {} · {} [rule {}]",
+            a["id"].as_str().unwrap_or("?"),
+            a["tool"].as_str().unwrap_or("?"),
+            a["args"].as_str().unwrap_or(""),
+            a["session"].as_str().unwrap_or("?"),
+            a["reason"].as_str().unwrap_or(""),
+            a["rule"].as_str().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn approvals_decide(dd: &DataDir, id: &str, approve: bool) -> anyhow::Result<ExitCode> {
+    let daemon = Daemon::require(dd).await?;
+    let decision = if approve { "approve" } else { "deny" };
+    let _: Value = daemon
+        .post(
+            &format!("/api/approvals/{id}"),
+            &json!({ "decision": decision }),
+        )
+        .await?;
+    println!("{decision}d {id}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in UTC, from milliseconds since the epoch.
+pub fn format_ts(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps_format_in_utc() {
+        assert_eq!(super::format_ts(0), "1970-01-01 00:00:00");
+        assert_eq!(super::format_ts(1_795_000_000_000), "2026-11-18 11:06:40");
+        assert_eq!(super::format_ts(951_782_400_000), "2000-02-29 00:00:00");
+    }
+}

@@ -1,0 +1,613 @@
+//! `config.toml`: parsed strictly (unknown keys and wrong types are errors that name the
+//! file, line and key), validated, then overridden by environment variables for the
+//! provider settings.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use carapace_types::Secret;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The file as written by the owner.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerSection,
+    pub provider: ProviderSection,
+    pub agent: AgentSection,
+    pub gate: GateSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Loopback address and port of the gateway.
+    pub bind: Spanned<String>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: Spanned<u64>,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            bind: Spanned::new(0..0, DEFAULT_BIND.into()),
+            max_body_bytes: Spanned::new(0..0, 1024 * 1024),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderSection {
+    /// Base URL of an OpenAI-compatible server.
+    pub base_url: Option<Spanned<String>>,
+    /// Model name.
+    pub model: Option<Spanned<String>>,
+    pub request_timeout_secs: Spanned<u64>,
+    pub stall_timeout_secs: Spanned<u64>,
+    /// Present only to give a precise error: keys never live in this file.
+    api_key: Option<Spanned<toml::Value>>,
+}
+
+impl Default for ProviderSection {
+    fn default() -> Self {
+        ProviderSection {
+            base_url: None,
+            model: None,
+            request_timeout_secs: Spanned::new(0..0, 300),
+            stall_timeout_secs: Spanned::new(0..0, 60),
+            api_key: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentSection {
+    pub max_steps: Spanned<u64>,
+    pub system_prompt: Option<String>,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        AgentSection {
+            max_steps: Spanned::new(0..0, 16),
+            system_prompt: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GateSection {
+    pub tool_timeout_secs: Spanned<u64>,
+    pub approval_timeout_secs: Spanned<u64>,
+    pub rate_per_minute: Spanned<u64>,
+    /// Tools granted to sessions: nothing else exists for them.
+    pub tools: Spanned<Vec<String>>,
+}
+
+impl Default for GateSection {
+    fn default() -> Self {
+        GateSection {
+            tool_timeout_secs: Spanned::new(0..0, 30),
+            approval_timeout_secs: Spanned::new(0..0, 300),
+            rate_per_minute: Spanned::new(0..0, 120),
+            tools: Spanned::new(0..0, carapace_gate::GateConfig::default().granted_tools),
+        }
+    }
+}
+
+pub const DEFAULT_BIND: &str = "127.0.0.1:8321";
+
+/// The text of a new `config.toml`: every key at its default, commented.
+pub const DEFAULT_CONFIG: &str = r#"# Carapace configuration. `cara config validate` checks this file;
+# `cara config show` prints the effective settings.
+
+[server]
+# Loopback only: a non-loopback address is refused until TLS and auth are available.
+bind = "127.0.0.1:8321"
+max_body_bytes = 1048576
+
+[provider]
+# Any OpenAI-compatible server: OpenAI, Ollama, llama.cpp, vLLM, ...
+# The environment overrides these: OPENAI_BASE_URL, CARAPACE_MODEL.
+# API keys are never read from this file: set OPENAI_API_KEY.
+# base_url = "http://127.0.0.1:11434/v1"
+# model = "llama3.2"
+request_timeout_secs = 300
+stall_timeout_secs = 60
+
+[agent]
+max_steps = 16
+
+[gate]
+tool_timeout_secs = 30
+approval_timeout_secs = 300
+rate_per_minute = 120
+# Tools granted to sessions; a tool not listed does not exist for the agent.
+tools = ["read_file", "list_dir", "write_file", "search_files"]
+"#;
+
+/// Where a value came from, for `cara config show` and `cara doctor`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Env(&'static str),
+    File,
+    Default,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Env(name) => write!(f, "from ${name}"),
+            Origin::File => f.write_str("from config.toml"),
+            Origin::Default => f.write_str("default"),
+        }
+    }
+}
+
+/// The provider, resolved from config and environment.
+pub enum ProviderSetup {
+    Ready(ProviderSettings),
+    Missing(String),
+}
+
+pub struct ProviderSettings {
+    pub base_url: String,
+    pub base_url_origin: Origin,
+    pub model: String,
+    pub model_origin: Origin,
+    pub api_key: Option<Secret<String>>,
+    pub request_timeout: Duration,
+    pub stall_timeout: Duration,
+}
+
+/// The validated settings the daemon runs with.
+pub struct Settings {
+    pub bind: SocketAddr,
+    pub bind_origin: Origin,
+    pub max_body_bytes: usize,
+    pub provider: ProviderSetup,
+    pub max_steps: usize,
+    pub system_prompt: Option<String>,
+    pub gate: carapace_gate::GateConfig,
+}
+
+/// Reads and validates `path`; a missing file means all defaults.
+pub fn load(path: &Path) -> anyhow::Result<Config> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    parse(path, &text)
+}
+
+/// Parses and validates config text; errors read `FILE:LINE:COL: key `K`: problem`.
+pub fn parse(path: &Path, text: &str) -> anyhow::Result<Config> {
+    let config: Config = toml::from_str(text).map_err(|e| {
+        let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+        let key = e.span().and_then(|s| key_at(text, s.start));
+        let message = e.message().trim_end_matches('\n').to_string();
+        match key {
+            Some(key) => anyhow::anyhow!("{}:{line}:{col}: key `{key}`: {message}", path.display()),
+            None => anyhow::anyhow!("{}:{line}:{col}: {message}", path.display()),
+        }
+    })?;
+    validate(path, text, &config)?;
+    Ok(config)
+}
+
+fn validate(path: &Path, text: &str, c: &Config) -> anyhow::Result<()> {
+    let err = |span: std::ops::Range<usize>, key: &str, problem: String| -> anyhow::Error {
+        if span.is_empty() && span.start == 0 {
+            anyhow::anyhow!("{}: key `{key}`: {problem}", path.display())
+        } else {
+            let (line, col) = line_col(text, span.start);
+            anyhow::anyhow!("{}:{line}:{col}: key `{key}`: {problem}", path.display())
+        }
+    };
+    if let Some(k) = &c.provider.api_key {
+        return Err(err(
+            k.span(),
+            "provider.api_key",
+            "API keys are never read from config.toml (plain-text keys are how agents get robbed); remove it and set OPENAI_API_KEY".into(),
+        ));
+    }
+    if let Err(problem) = check_bind(c.server.bind.get_ref()) {
+        return Err(err(c.server.bind.span(), "server.bind", problem));
+    }
+    if let Some(url) = &c.provider.base_url {
+        if let Err(problem) = check_base_url(url.get_ref()) {
+            return Err(err(url.span(), "provider.base_url", problem));
+        }
+    }
+    if let Some(model) = &c.provider.model {
+        if model.get_ref().trim().is_empty() {
+            return Err(err(
+                model.span(),
+                "provider.model",
+                "must not be empty".into(),
+            ));
+        }
+    }
+    let ranges: [(&Spanned<u64>, &str, u64, u64); 7] = [
+        (
+            &c.server.max_body_bytes,
+            "server.max_body_bytes",
+            1024,
+            64 * 1024 * 1024,
+        ),
+        (
+            &c.provider.request_timeout_secs,
+            "provider.request_timeout_secs",
+            1,
+            3600,
+        ),
+        (
+            &c.provider.stall_timeout_secs,
+            "provider.stall_timeout_secs",
+            1,
+            3600,
+        ),
+        (&c.agent.max_steps, "agent.max_steps", 1, 200),
+        (&c.gate.tool_timeout_secs, "gate.tool_timeout_secs", 1, 3600),
+        (
+            &c.gate.approval_timeout_secs,
+            "gate.approval_timeout_secs",
+            1,
+            86400,
+        ),
+        (&c.gate.rate_per_minute, "gate.rate_per_minute", 1, 100_000),
+    ];
+    for (value, key, min, max) in ranges {
+        let v = *value.get_ref();
+        if v < min || v > max {
+            return Err(err(
+                value.span(),
+                key,
+                format!("{v} is out of range {min}..={max}"),
+            ));
+        }
+    }
+    let known = carapace_gate::GateConfig::default().granted_tools;
+    for tool in c.gate.tools.get_ref() {
+        if !known.contains(tool) {
+            return Err(err(
+                c.gate.tools.span(),
+                "gate.tools",
+                format!("unknown tool `{tool}`; known tools: {}", known.join(", ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A bind address must parse and be loopback: TLS and auth for other interfaces are
+/// not available yet.
+pub fn check_bind(bind: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = bind
+        .parse()
+        .map_err(|_| format!("`{bind}` is not an address:port like 127.0.0.1:8321"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "`{bind}` is not a loopback address; Carapace refuses to listen beyond this machine without TLS and authentication, which are not available yet. Use 127.0.0.1 and an SSH tunnel"
+        ));
+    }
+    Ok(addr)
+}
+
+/// Plain HTTP only to loopback: anything else would send the API key in the clear.
+pub fn check_base_url(url: &str) -> Result<(), String> {
+    let rest = if let Some(r) = url.strip_prefix("https://") {
+        r
+    } else if let Some(r) = url.strip_prefix("http://") {
+        let host = r.split(['/', '?']).next().unwrap_or("");
+        let host = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            return Err(format!(
+                "`{url}` uses plain http to a non-loopback host; use https"
+            ));
+        }
+        r
+    } else {
+        return Err(format!("`{url}` is not an http:// or https:// URL"));
+    };
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("`{url}` has no host"));
+    }
+    Ok(())
+}
+
+/// Applies environment overrides and validates what the daemon needs.
+pub fn settings(
+    path: &Path,
+    c: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<Settings> {
+    let (bind_text, bind_origin) = match env("CARAPACE_BIND") {
+        Some(b) => (b, Origin::Env("CARAPACE_BIND")),
+        None => (
+            c.server.bind.get_ref().clone(),
+            if c.server.bind.span().is_empty() {
+                Origin::Default
+            } else {
+                Origin::File
+            },
+        ),
+    };
+    let bind = check_bind(&bind_text).map_err(|p| match bind_origin {
+        Origin::Env(name) => anyhow::anyhow!("${name}: {p}"),
+        _ => anyhow::anyhow!("{}: key `server.bind`: {p}", path.display()),
+    })?;
+    let provider = resolve_provider(c, env)?;
+    let gate = carapace_gate::GateConfig {
+        tool_timeout: Duration::from_secs(*c.gate.tool_timeout_secs.get_ref()),
+        approval_timeout: Duration::from_secs(*c.gate.approval_timeout_secs.get_ref()),
+        rate_per_minute: *c.gate.rate_per_minute.get_ref() as u32,
+        granted_tools: c.gate.tools.get_ref().clone(),
+        ..carapace_gate::GateConfig::default()
+    };
+    Ok(Settings {
+        bind,
+        bind_origin,
+        max_body_bytes: *c.server.max_body_bytes.get_ref() as usize,
+        provider,
+        max_steps: *c.agent.max_steps.get_ref() as usize,
+        system_prompt: c.agent.system_prompt.clone(),
+        gate,
+    })
+}
+
+pub const OPENAI_DEFAULT_BASE: &str = "https://api.openai.com/v1";
+pub const OPENAI_DEFAULT_MODEL: &str = "gpt-4o-mini";
+
+pub fn missing_provider_hint() -> String {
+    "no model provider is configured.\n\
+     Point Carapace at any OpenAI-compatible server, for example:\n\
+     \x20   export OPENAI_BASE_URL=http://127.0.0.1:11434/v1 CARAPACE_MODEL=llama3.2   # Ollama\n\
+     \x20   export OPENAI_API_KEY=sk-...                                               # OpenAI (model defaults to gpt-4o-mini)\n\
+     or run `cara setup` to write the base URL and model to config.toml"
+        .to_string()
+}
+
+fn resolve_provider(
+    c: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<ProviderSetup> {
+    let api_key = env("OPENAI_API_KEY")
+        .filter(|k| !k.is_empty())
+        .map(Secret::new);
+    let (base_url, base_url_origin) =
+        if let Some(url) = env("OPENAI_BASE_URL").filter(|u| !u.is_empty()) {
+            check_base_url(&url).map_err(|p| anyhow::anyhow!("$OPENAI_BASE_URL: {p}"))?;
+            (url, Origin::Env("OPENAI_BASE_URL"))
+        } else if let Some(url) = &c.provider.base_url {
+            (url.get_ref().clone(), Origin::File)
+        } else if api_key.is_some() {
+            (OPENAI_DEFAULT_BASE.to_string(), Origin::Default)
+        } else {
+            return Ok(ProviderSetup::Missing(missing_provider_hint()));
+        };
+    let (model, model_origin) = if let Some(m) = env("CARAPACE_MODEL").filter(|m| !m.is_empty()) {
+        (m, Origin::Env("CARAPACE_MODEL"))
+    } else if let Some(m) = &c.provider.model {
+        (m.get_ref().clone(), Origin::File)
+    } else if base_url.trim_end_matches('/') == OPENAI_DEFAULT_BASE {
+        (OPENAI_DEFAULT_MODEL.to_string(), Origin::Default)
+    } else {
+        return Ok(ProviderSetup::Missing(format!(
+            "the provider at {base_url} is configured but no model is: set CARAPACE_MODEL (for example `export CARAPACE_MODEL=llama3.2`) or run `cara setup`"
+        )));
+    };
+    Ok(ProviderSetup::Ready(ProviderSettings {
+        base_url,
+        base_url_origin,
+        model,
+        model_origin,
+        api_key,
+        request_timeout: Duration::from_secs(*c.provider.request_timeout_secs.get_ref()),
+        stall_timeout: Duration::from_secs(*c.provider.stall_timeout_secs.get_ref()),
+    }))
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, col)
+}
+
+/// The dotted key at `offset`: the table header above it plus the key on that line.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = line.split('=').next()?.trim();
+    if key.is_empty() || key.starts_with('[') || line.find('=').is_none() {
+        return None;
+    }
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && !l.starts_with("[["))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_string(),
+    })
+}
+
+/// Reads one value by dotted key from the config text, for `cara config get`.
+pub fn get_key(text: &str, key: &str) -> Option<String> {
+    let doc: toml_edit::DocumentMut = text.parse().ok()?;
+    let mut item: &toml_edit::Item = doc.as_item();
+    for part in key.split('.') {
+        item = item.get(part)?;
+    }
+    Some(match item.as_value() {
+        Some(toml_edit::Value::String(s)) => s.value().clone(),
+        Some(v) => v.to_string().trim().to_string(),
+        None => item.to_string().trim().to_string(),
+    })
+}
+
+/// Sets a dotted key in the config text, keeping comments; the value is parsed as a
+/// TOML value when it is one (numbers, booleans, arrays) and taken as a string
+/// otherwise. The result is validated before it is returned.
+pub fn set_key(path: &Path, text: &str, key: &str, raw: &str) -> anyhow::Result<String> {
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .with_context(|| format!("{} does not parse", path.display()))?;
+    let parts: Vec<&str> = key.split('.').collect();
+    let [table, name] = parts.as_slice() else {
+        bail!("key `{key}` must look like section.name, for example provider.model");
+    };
+    let value: toml_edit::Value = raw
+        .parse::<toml_edit::Value>()
+        .ok()
+        .filter(|v| !matches!(v, toml_edit::Value::InlineTable(_)))
+        .unwrap_or_else(|| raw.into());
+    if !doc.contains_key(table) {
+        doc[table] = toml_edit::table();
+    }
+    doc[table][name] = toml_edit::value(value);
+    let new_text = doc.to_string();
+    parse(path, &new_text)?;
+    Ok(new_text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use expect_test::{Expect, expect};
+
+    fn check_err(text: &str, expected: Expect) {
+        let err = parse(Path::new("config.toml"), text).unwrap_err();
+        expected.assert_eq(&err.to_string());
+    }
+
+    #[test]
+    fn the_default_config_is_valid() {
+        let c = parse(Path::new("config.toml"), DEFAULT_CONFIG).unwrap();
+        assert_eq!(c.server.bind.get_ref(), DEFAULT_BIND);
+        assert_eq!(c.gate.tools.get_ref().len(), 4);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        check_err(
+            "[server]\nbind = \"127.0.0.1:8321\"\nbogus = 1\n",
+            expect![[
+                r#"config.toml:3:1: key `server.bogus`: unknown field `bogus`, expected `bind` or `max_body_bytes`"#
+            ]],
+        );
+        check_err(
+            "[agent]\nmax_steps = \"ten\"\n",
+            expect![[
+                r#"config.toml:2:13: key `agent.max_steps`: invalid type: string "ten", expected u64"#
+            ]],
+        );
+        check_err(
+            "[server]\nbind = \"0.0.0.0:8321\"\n",
+            expect![[
+                r#"config.toml:2:8: key `server.bind`: `0.0.0.0:8321` is not a loopback address; Carapace refuses to listen beyond this machine without TLS and authentication, which are not available yet. Use 127.0.0.1 and an SSH tunnel"#
+            ]],
+        );
+        check_err(
+            "[provider]\nbase_url = \"http://example.com/v1\"\n",
+            expect![[
+                r#"config.toml:2:12: key `provider.base_url`: `http://example.com/v1` uses plain http to a non-loopback host; use https"#
+            ]],
+        );
+        check_err(
+            "[provider]\napi_key = \"sk-123\"\n",
+            expect![[
+                r#"config.toml:2:11: key `provider.api_key`: API keys are never read from config.toml (plain-text keys are how agents get robbed); remove it and set OPENAI_API_KEY"#
+            ]],
+        );
+        check_err(
+            "[gate]\ntools = [\"read_file\", \"rm_rf\"]\n",
+            expect![[
+                r#"config.toml:2:9: key `gate.tools`: unknown tool `rm_rf`; known tools: read_file, list_dir, write_file, search_files"#
+            ]],
+        );
+        check_err(
+            "[unknown]\n",
+            expect![[
+                r#"config.toml:1:2: unknown field `unknown`, expected one of `server`, `provider`, `agent`, `gate`"#
+            ]],
+        );
+        check_err(
+            "[server\n",
+            expect!["config.toml:1:8: unclosed table, expected `]`"],
+        );
+    }
+
+    #[test]
+    fn environment_overrides_provider_settings() {
+        let c = parse(
+            Path::new("c"),
+            "[provider]\nbase_url = \"http://127.0.0.1:1/v1\"\nmodel = \"m\"\n",
+        )
+        .unwrap();
+        let env = |k: &str| match k {
+            "OPENAI_BASE_URL" => Some("http://localhost:9/v1".to_string()),
+            "CARAPACE_MODEL" => Some("llama3.2".to_string()),
+            _ => None,
+        };
+        let s = settings(Path::new("c"), &c, &env).unwrap();
+        let ProviderSetup::Ready(p) = s.provider else {
+            panic!("provider should be ready")
+        };
+        assert_eq!(
+            (p.base_url.as_str(), p.model.as_str()),
+            ("http://localhost:9/v1", "llama3.2")
+        );
+        assert_eq!(p.base_url_origin, Origin::Env("OPENAI_BASE_URL"));
+    }
+
+    #[test]
+    fn no_provider_gives_the_hint() {
+        let s = settings(Path::new("c"), &Config::default(), &|_| None).unwrap();
+        assert!(matches!(s.provider, ProviderSetup::Missing(h) if h.contains("OPENAI_BASE_URL")));
+        // A key alone means OpenAI with its default model.
+        let env = |k: &str| (k == "OPENAI_API_KEY").then(|| "sk-x".to_string());
+        let s = settings(Path::new("c"), &Config::default(), &env).unwrap();
+        assert!(matches!(s.provider, ProviderSetup::Ready(p) if p.model == OPENAI_DEFAULT_MODEL));
+        // A base URL without a model asks for the model.
+        let env =
+            |k: &str| (k == "OPENAI_BASE_URL").then(|| "http://127.0.0.1:11434/v1".to_string());
+        let s = settings(Path::new("c"), &Config::default(), &env).unwrap();
+        assert!(matches!(s.provider, ProviderSetup::Missing(h) if h.contains("CARAPACE_MODEL")));
+    }
+
+    #[test]
+    fn set_key_keeps_comments_and_validates() {
+        let text = set_key(Path::new("c"), DEFAULT_CONFIG, "provider.model", "llama3.2").unwrap();
+        assert!(text.contains("# Carapace configuration"));
+        assert_eq!(
+            get_key(&text, "provider.model").as_deref(),
+            Some("llama3.2")
+        );
+        let text = set_key(Path::new("c"), &text, "agent.max_steps", "8").unwrap();
+        assert_eq!(get_key(&text, "agent.max_steps").as_deref(), Some("8"));
+        assert!(set_key(Path::new("c"), &text, "server.bind", "0.0.0.0:1").is_err());
+        assert!(set_key(Path::new("c"), &text, "server.nonsense", "1").is_err());
+    }
+}

@@ -1,0 +1,203 @@
+//! `cara`: the Carapace binary. Parses the command line into validated settings and
+//! calls the libraries; it holds the wiring and the terminal front ends, no policy and
+//! no tool execution of its own.
+
+mod chat;
+mod client;
+mod commands;
+mod config;
+mod datadir;
+mod doctor;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::datadir::DataDir;
+
+/// Carapace: a security-first personal AI agent gateway.
+///
+/// Every tool call the agent makes passes the Gate (validation, rate limits, policy,
+/// your approval, audit); secrets are scrubbed from what the model sees; every decision
+/// lands in a hash-chained audit log.
+///
+/// Start here: `cara chat` (starts the gateway in the background if none runs).
+#[derive(Parser)]
+#[command(name = "cara", version, propagate_version = true)]
+struct Cli {
+    /// Data directory (config.toml, server.token, carapace.db, workspace/, logs/).
+    #[arg(long, global = true, env = "CARAPACE_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway in the foreground (Ctrl-C or SIGTERM stops it cleanly).
+    Serve {
+        /// Loopback address to listen on [default: server.bind from config, 127.0.0.1:8321].
+        #[arg(long, env = "CARAPACE_BIND", value_name = "ADDR:PORT")]
+        bind: Option<String>,
+    },
+    /// Chat with the agent in the terminal; starts the gateway in the background if none runs.
+    ///
+    /// Commands inside the chat: /help, /new, /session, /approve [ID], /deny [ID], /exit.
+    /// When the agent wants to do something that needs your approval, you are asked
+    /// inline and answer y or n. Ctrl-C cancels a running turn; at the prompt it exits.
+    Chat {
+        /// Continue an existing session instead of starting a new one.
+        #[arg(long, value_name = "ID")]
+        session: Option<String>,
+        /// Do not start a gateway; fail if none is running.
+        #[arg(long)]
+        no_start: bool,
+    },
+    /// Show whether the gateway runs, where, with which model, and what waits for you.
+    Status,
+    /// Check configuration, permissions, the provider, the audit log and kernel
+    /// features, and say what to fix.
+    Doctor,
+    /// Write the provider's base URL and model to config.toml (asks when not given).
+    Setup {
+        /// Base URL of an OpenAI-compatible server, like http://127.0.0.1:11434/v1.
+        #[arg(long, value_name = "URL")]
+        base_url: Option<String>,
+        /// Model name, like llama3.2 or gpt-4o-mini.
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// Show, read, change or check config.toml.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Verify or read the tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// List and answer tool calls waiting for your approval.
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective settings and where each came from.
+    Show,
+    /// Print one value, by dotted key (e.g. provider.model).
+    Get {
+        /// Dotted key, like server.bind.
+        key: String,
+    },
+    /// Set one value, by dotted key; the file is validated before it is written.
+    Set {
+        /// Dotted key, like provider.model.
+        key: String,
+        /// New value (TOML syntax for numbers, booleans and arrays; plain text for strings).
+        value: String,
+    },
+    /// Check config.toml; exit 1 with file, line and key on the first problem.
+    Validate,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the whole hash chain and check the signed head; exit 1 naming the first bad record.
+    Verify,
+    /// Show the last records.
+    Tail {
+        /// How many records.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        n: usize,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCommand {
+    /// List pending approvals.
+    List,
+    /// Let a pending call go ahead.
+    Approve {
+        /// Approval id (ap_...).
+        id: String,
+    },
+    /// Refuse a pending call.
+    Deny {
+        /// Approval id (ap_...).
+        id: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let root = match cli.data_dir {
+        Some(d) => d,
+        None => datadir::default_root()?,
+    };
+    let dd = DataDir::new(root);
+    let runtime = |threads: usize| {
+        let mut b = if threads > 1 {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(threads);
+            b
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+        };
+        b.enable_all().build()
+    };
+    match cli.command {
+        Command::Serve { bind } => {
+            runtime(2)?.block_on(serve::serve(&dd, bind))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Chat { session, no_start } => {
+            runtime(1)?.block_on(chat::chat(&dd, session, no_start))
+        }
+        Command::Status => runtime(1)?.block_on(commands::status(&dd)),
+        Command::Doctor => runtime(1)?.block_on(doctor::doctor(&dd)),
+        Command::Setup { base_url, model } => commands::setup(&dd, base_url, model),
+        Command::Config(c) => match c {
+            ConfigCommand::Show => commands::config_show(&dd),
+            ConfigCommand::Get { key } => commands::config_get(&dd, &key),
+            ConfigCommand::Set { key, value } => commands::config_set(&dd, &key, &value),
+            ConfigCommand::Validate => commands::config_validate(&dd),
+        },
+        Command::Audit(c) => match c {
+            AuditCommand::Verify => commands::audit_verify(&dd),
+            AuditCommand::Tail { n, json } => commands::audit_tail(&dd, n, json),
+        },
+        Command::Approvals(c) => runtime(1)?.block_on(async {
+            match c {
+                ApprovalsCommand::List => commands::approvals_list(&dd).await,
+                ApprovalsCommand::Approve { id } => {
+                    commands::approvals_decide(&dd, &id, true).await
+                }
+                ApprovalsCommand::Deny { id } => commands::approvals_decide(&dd, &id, false).await,
+            }
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

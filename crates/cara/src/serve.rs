@@ -1,0 +1,164 @@
+//! `cara serve`: wires store, Gate, agent and server, and runs until a signal.
+
+use std::fs::File;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use carapace_agent::{Agent, AgentConfig, SYSTEM_PROMPT};
+use carapace_fs::Workspace;
+use carapace_gate::{Gate, GateDeps, Scrubber};
+use carapace_llm::{OpenAiCompat, OpenAiConfig};
+use carapace_policy::SimplePolicy;
+use carapace_server::{AppState, ServerDeps, router};
+use carapace_store::{AuditKey, Store};
+use serde_json::json;
+
+use crate::config::{self, ProviderSetup};
+use crate::datadir::{DataDir, write_atomic};
+
+pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
+    dd.prepare()?;
+    init_logging();
+    // One daemon per data directory: the lock is held for the life of the process and
+    // released by the kernel however it ends.
+    let lock_path = dd.root().join("daemon.lock");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        bail!(
+            "another cara daemon is already running for {}; `cara status` shows it",
+            dd.root().display()
+        );
+    }
+
+    let file = config::load(&dd.config())?;
+    let env = |k: &str| {
+        if k == "CARAPACE_BIND" {
+            if let Some(b) = &bind {
+                return Some(b.clone());
+            }
+        }
+        std::env::var(k).ok()
+    };
+    let settings = config::settings(&dd.config(), &file, &env)?;
+
+    let store = Arc::new(
+        Store::open(&dd.db()).with_context(|| format!("cannot open {}", dd.db().display()))?,
+    );
+    let audit_key = Arc::new(AuditKey::load_or_create(&dd.audit_key())?);
+    let token = dd.read_token()?;
+    let mut secrets = vec![token.clone()];
+    if let ProviderSetup::Ready(p) = &settings.provider {
+        secrets.extend(p.api_key.clone());
+    }
+    let gate = Gate::new(GateDeps {
+        store: store.clone(),
+        audit_key: audit_key.clone(),
+        workspace: Workspace::open(&dd.workspace()).context("cannot open the workspace")?,
+        policy: Box::new(SimplePolicy),
+        scrubber: Scrubber::new(&secrets),
+        config: settings.gate.clone(),
+    });
+    let (agent, provider_hint) = match settings.provider {
+        ProviderSetup::Ready(p) => {
+            let provider = OpenAiCompat::new(OpenAiConfig {
+                base_url: p.base_url.clone(),
+                api_key: p.api_key,
+                request_timeout: p.request_timeout,
+                stall_timeout: p.stall_timeout,
+            })
+            .context("cannot set up the model provider")?;
+            tracing::info!(base_url = %p.base_url, model = %p.model, "model provider");
+            let agent = Agent::new(
+                Arc::new(provider),
+                gate.clone(),
+                store.clone(),
+                AgentConfig {
+                    model: p.model,
+                    max_steps: settings.max_steps,
+                    system_prompt: settings
+                        .system_prompt
+                        .clone()
+                        .unwrap_or_else(|| SYSTEM_PROMPT.to_string()),
+                },
+            );
+            (Some(agent), String::new())
+        }
+        ProviderSetup::Missing(hint) => {
+            tracing::warn!("{hint}");
+            (None, hint)
+        }
+    };
+    let state = AppState::new(ServerDeps {
+        store,
+        gate: gate.clone(),
+        agent,
+        provider_hint,
+        token,
+        audit_key,
+        max_body_bytes: settings.max_body_bytes,
+    });
+
+    let listener = tokio::net::TcpListener::bind(settings.bind).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::anyhow!(
+                "{} is already in use; is another program listening there? Pick another with --bind or server.bind",
+                settings.bind
+            )
+        } else {
+            anyhow::Error::new(e).context(format!("cannot listen on {}", settings.bind))
+        }
+    })?;
+    let addr = listener.local_addr()?;
+    let info = json!({ "pid": std::process::id(), "addr": addr.to_string(), "version": env!("CARGO_PKG_VERSION") });
+    write_atomic(&dd.daemon_file(), info.to_string().as_bytes())?;
+    gate.record(
+        "daemon_started",
+        json!({ "addr": addr.to_string(), "version": env!("CARGO_PKG_VERSION") }),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot write the audit log: {e}"))?;
+    tracing::info!(%addr, data_dir = %dd.root().display(), "carapace gateway listening");
+    eprintln!("cara: listening on http://{addr}");
+
+    let served = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    let _ = gate.record("daemon_stopped", json!({}));
+    // Remove the address file only if it is still ours.
+    if std::fs::read_to_string(dd.daemon_file())
+        .is_ok_and(|t| t.contains(&format!("\"pid\":{}", std::process::id())))
+    {
+        let _ = std::fs::remove_file(dd.daemon_file());
+    }
+    drop(lock);
+    served.context("the server failed")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CARAPACE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,167 @@
+//! Tool definitions: name, closed schema, effect class, executor.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use carapace_fs::Workspace;
+use carapace_store::Store;
+use carapace_types::{EffectClass, ErrorCode, GateError, Label, SessionId, Source, Stage};
+use serde_json::Value;
+
+/// A tool as offered to the model: name, description and the JSON Schema of its
+/// arguments.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolSpec {
+    /// The tool name.
+    pub name: String,
+    /// What the tool does, for the model.
+    pub description: String,
+    /// Closed JSON Schema of the arguments.
+    pub parameters: Value,
+    /// The declared effect class.
+    pub effect: EffectClass,
+}
+
+/// What an executor may use. Built by the Gate after every check passed.
+pub(crate) struct ExecCtx {
+    pub workspace: Arc<Workspace>,
+    pub store: Arc<Store>,
+    pub session: SessionId,
+    pub session_label: Label,
+    pub now_ms: i64,
+}
+
+/// An executor's own result, before sanitising.
+pub(crate) struct RawResult {
+    pub content: Value,
+    pub label: Label,
+    pub source: Source,
+}
+
+/// An executor failure, worded for the model (no host paths, no internals).
+#[derive(Debug)]
+pub(crate) struct ToolFailure(pub String);
+
+pub(crate) type ExecFuture = Pin<Box<dyn Future<Output = Result<RawResult, ToolFailure>> + Send>>;
+pub(crate) type ExecFn = Arc<dyn Fn(ExecCtx, Value) -> ExecFuture + Send + Sync>;
+
+pub(crate) struct ToolDef {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub schema: Value,
+    pub effect: EffectClass,
+    pub exec: ExecFn,
+    validator: jsonschema::Validator,
+}
+
+impl ToolDef {
+    /// Builds a definition. Panics if the schema does not compile or is not closed:
+    /// both are programming errors caught by the catalog tests.
+    pub fn new(
+        name: &'static str,
+        description: &'static str,
+        effect: EffectClass,
+        schema: Value,
+        exec: ExecFn,
+    ) -> ToolDef {
+        assert!(
+            schema_is_closed(&schema),
+            "schema of {name} accepts unknown fields"
+        );
+        let validator = jsonschema::validator_for(&schema)
+            .unwrap_or_else(|e| panic!("schema of {name} does not compile: {e}"));
+        ToolDef {
+            name,
+            description,
+            schema,
+            effect,
+            exec,
+            validator,
+        }
+    }
+
+    /// Checks arguments against the closed schema; the error names the first bad field.
+    pub fn validate(&self, args: &Value) -> Result<(), GateError> {
+        let Some(err) = self.validator.iter_errors(args).next() else {
+            return Ok(());
+        };
+        let pointer = err.instance_path().to_string();
+        let field = if pointer.is_empty() {
+            "/".to_string()
+        } else {
+            pointer
+        };
+        // The validator's message quotes the offending value; cap it so a huge
+        // argument is not echoed back whole.
+        let mut message = err.to_string();
+        if message.len() > 300 {
+            let mut end = 300;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push('…');
+        }
+        Err(GateError::new(
+            ErrorCode::ValidationFailed,
+            Stage::Validate,
+            format!("invalid arguments for {} at {field}: {message}", self.name),
+        )
+        .with_field(field))
+    }
+}
+
+/// True when every object schema in `schema` forbids unknown properties.
+pub(crate) fn schema_is_closed(schema: &Value) -> bool {
+    let Value::Object(map) = schema else {
+        return true;
+    };
+    if map.get("type") == Some(&Value::String("object".into()))
+        && map.get("additionalProperties") != Some(&Value::Bool(false))
+    {
+        return false;
+    }
+    map.values().all(|v| match v {
+        Value::Object(_) => schema_is_closed(v),
+        Value::Array(items) => items.iter().all(schema_is_closed),
+        _ => true,
+    })
+}
+
+/// The set of tools the Gate can resolve.
+#[derive(Default)]
+pub(crate) struct Catalog {
+    tools: Vec<ToolDef>,
+}
+
+impl Catalog {
+    pub fn add(&mut self, tool: ToolDef) {
+        assert!(
+            self.get(tool.name).is_none(),
+            "tool {} defined twice",
+            tool.name
+        );
+        self.tools.push(tool);
+    }
+
+    pub fn retain(&mut self, mut granted: impl FnMut(&str) -> bool) {
+        self.tools.retain(|t| granted(t.name));
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ToolDef> {
+        self.tools.iter().find(|t| t.name == name)
+    }
+
+    pub fn specs(&self) -> Vec<ToolSpec> {
+        self.tools
+            .iter()
+            .map(|t| ToolSpec {
+                name: t.name.to_string(),
+                description: t.description.to_string(),
+                parameters: t.schema.clone(),
+                effect: t.effect,
+            })
+            .collect()
+    }
+}

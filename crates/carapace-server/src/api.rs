@@ -1,0 +1,260 @@
+//! `/api/...`: sessions, messages, approvals and the audit log as JSON.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use carapace_gate::{ApprovalDecisionError, ApprovalInfo};
+use carapace_store::{AuditEntry, MessageRecord, SessionRecord, StoreError};
+use carapace_types::{Label, SessionId};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{ApiError, AppState, Authenticated};
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+pub(crate) fn label_json(label: Label) -> Value {
+    json!({ "integrity": label.integrity.as_str(), "confidentiality": label.confidentiality.as_str() })
+}
+
+pub(crate) fn session_json(s: &SessionRecord) -> Value {
+    json!({
+        "id": s.id.as_str(),
+        "title": s.title,
+        "created_ms": s.created_ms,
+        "updated_ms": s.updated_ms,
+        "label": label_json(s.label),
+    })
+}
+
+fn message_json(m: &MessageRecord) -> Value {
+    json!({
+        "seq": m.seq,
+        "role": m.role.as_str(),
+        "content": m.content,
+        "tool_calls": m.tool_calls,
+        "tool_call_id": m.tool_call_id,
+        "source": m.source.as_string(),
+        "label": label_json(m.label),
+        "created_ms": m.created_ms,
+    })
+}
+
+pub(crate) fn approval_json(a: &ApprovalInfo) -> Value {
+    json!({
+        "id": a.id,
+        "session": a.session.as_str(),
+        "tool": a.tool,
+        "args": a.args_preview,
+        "reason": a.reason,
+        "rule": a.rule,
+        "created_ms": a.created_ms,
+        "expires_ms": a.expires_ms,
+    })
+}
+
+fn audit_json(e: &AuditEntry) -> Value {
+    json!({ "seq": e.seq, "prev_hash": e.prev_hash, "hash": e.hash, "record": e.record })
+}
+
+pub(crate) async fn status(State(state): State<Arc<AppState>>) -> ApiResult {
+    let mut body = json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "provider_configured": state.agent.is_some(),
+        "pending_approvals": state.gate.pending_approvals().len(),
+        "tools": state.gate.tool_specs().iter().map(|t| json!({ "name": t.name, "effect": t.effect.as_str() })).collect::<Vec<_>>(),
+    });
+    match &state.agent {
+        Some(agent) => body["model"] = json!(agent.model()),
+        None => body["provider_hint"] = json!(state.provider_hint),
+    }
+    Ok(Json(body))
+}
+
+pub(crate) async fn list_sessions(State(state): State<Arc<AppState>>) -> ApiResult {
+    let sessions = state.store.list_sessions(200).map_err(ApiError::internal)?;
+    Ok(Json(
+        json!({ "sessions": sessions.iter().map(session_json).collect::<Vec<_>>() }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateSession {
+    #[serde(default)]
+    title: Option<String>,
+}
+
+pub(crate) async fn create_session(
+    State(state): State<Arc<AppState>>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    // The body is optional: an empty POST creates an untitled session.
+    let title = if body.iter().all(u8::is_ascii_whitespace) {
+        String::new()
+    } else {
+        let parsed: CreateSession = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+        parsed.title.unwrap_or_default()
+    };
+    let title: String = title.chars().take(200).collect();
+    let id = state.new_session(&title)?;
+    let record = state
+        .store
+        .session(&id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::internal("session vanished"))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "session": session_json(&record) })),
+    ))
+}
+
+fn find_session(state: &AppState, id: &str) -> Result<SessionRecord, ApiError> {
+    if id.len() > 100 {
+        return Err(ApiError::not_found("no such session"));
+    }
+    match state.store.session(&SessionId::new(id)) {
+        Ok(Some(s)) => Ok(s),
+        Ok(None) => Err(ApiError::not_found("no such session")),
+        Err(e) => Err(ApiError::internal(e)),
+    }
+}
+
+pub(crate) async fn get_session(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let s = find_session(&state, &id)?;
+    Ok(Json(json!({ "session": session_json(&s) })))
+}
+
+pub(crate) async fn list_messages(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let s = find_session(&state, &id)?;
+    let messages = state.store.messages(&s.id).map_err(ApiError::internal)?;
+    Ok(Json(
+        json!({ "messages": messages.iter().map(message_json).collect::<Vec<_>>() }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PostMessage {
+    text: String,
+}
+
+pub(crate) async fn post_message(
+    State(state): State<Arc<AppState>>,
+    Extension(Authenticated(principal)): Extension<Authenticated>,
+    Path(id): Path<String>,
+    body: Result<Json<PostMessage>, JsonRejection>,
+) -> ApiResult {
+    let Json(body) = body?;
+    if body.text.trim().is_empty() {
+        return Err(ApiError::bad_request("text must not be empty"));
+    }
+    let s = find_session(&state, &id)?;
+    let outcome = state.run_turn(&principal, &s.id, &body.text, None).await?;
+    Ok(Json(json!({
+        "session": s.id.as_str(),
+        "text": outcome.text,
+        "steps": outcome.steps,
+        "tool_calls": outcome.tool_calls,
+    })))
+}
+
+pub(crate) async fn list_approvals(State(state): State<Arc<AppState>>) -> ApiResult {
+    let pending = state.gate.pending_approvals();
+    Ok(Json(
+        json!({ "approvals": pending.iter().map(approval_json).collect::<Vec<_>>() }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Decide {
+    decision: Decision,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Decision {
+    Approve,
+    Deny,
+}
+
+pub(crate) async fn decide_approval(
+    State(state): State<Arc<AppState>>,
+    Extension(Authenticated(principal)): Extension<Authenticated>,
+    Path(id): Path<String>,
+    body: Result<Json<Decide>, JsonRejection>,
+) -> ApiResult {
+    let Json(body) = body?;
+    let approve = matches!(body.decision, Decision::Approve);
+    decide(&state, &principal, &id, approve)?;
+    Ok(Json(
+        json!({ "id": id, "decision": if approve { "approve" } else { "deny" } }),
+    ))
+}
+
+pub(crate) fn decide(
+    state: &AppState,
+    principal: &carapace_types::Principal,
+    id: &str,
+    approve: bool,
+) -> Result<(), ApiError> {
+    state
+        .gate
+        .decide_approval(principal, id, approve)
+        .map_err(|e| match e {
+            ApprovalDecisionError::NotFound => ApiError::not_found(
+                "no pending approval with that id (answered, expired or unknown)",
+            ),
+            ApprovalDecisionError::NotOwner => {
+                ApiError::new(StatusCode::FORBIDDEN, "FORBIDDEN", e.to_string())
+            }
+        })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TailQuery {
+    #[serde(default)]
+    n: Option<usize>,
+    #[serde(default)]
+    after: Option<u64>,
+}
+
+pub(crate) async fn audit_tail(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<TailQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let n = q.n.unwrap_or(50).min(10_000);
+    let entries = match q.after {
+        Some(after) => state.store.audit_after(after, n),
+        None => state.store.audit_tail(n),
+    }
+    .map_err(ApiError::internal)?;
+    Ok(Json(
+        json!({ "entries": entries.iter().map(audit_json).collect::<Vec<_>>() }),
+    ))
+}
+
+pub(crate) async fn audit_verify(State(state): State<Arc<AppState>>) -> ApiResult {
+    match state.store.verify_audit(&state.audit_key) {
+        Ok(report) => Ok(Json(
+            json!({ "ok": true, "records": report.records, "head_hash": report.head_hash }),
+        )),
+        Err(StoreError::AuditBroken { seq, reason }) => {
+            Ok(Json(json!({ "ok": false, "seq": seq, "reason": reason })))
+        }
+        Err(e) => Err(ApiError::internal(e)),
+    }
+}

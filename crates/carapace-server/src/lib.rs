@@ -1,0 +1,291 @@
+//! The gateway's front doors over HTTP: the JSON API, the OpenAI-compatible API and the
+//! WebSocket, built as one axum [`Router`] value.
+//!
+//! This crate owns the wire: it alone knows the JSON shapes clients see. It constructs
+//! the caller's identity from the connection (the bearer token) and never from a field
+//! of the payload; it refuses requests whose `Host` is not a loopback name (DNS
+//! rebinding); it answers with typed errors and never with an internal detail. It does
+//! no side effect of its own: turns go to the agent, tool calls to the Gate.
+
+mod api;
+mod error;
+mod openai;
+mod ws;
+
+pub use error::ApiError;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use carapace_agent::{Agent, AgentError, AgentEvent, TurnOutcome};
+use carapace_gate::Gate;
+use carapace_store::{AuditKey, Store};
+use carapace_types::{FrontDoor, Principal, Secret, SessionId};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::sync::mpsc;
+
+/// Everything the server is built from.
+pub struct ServerDeps {
+    /// State.
+    pub store: Arc<Store>,
+    /// The Gate (for approvals and audit records).
+    pub gate: Gate,
+    /// The agent; `None` when no model provider is configured.
+    pub agent: Option<Agent>,
+    /// What to tell a user when `agent` is `None`.
+    pub provider_hint: String,
+    /// The bearer token every request but `/health` must carry.
+    pub token: Secret<String>,
+    /// The audit key, for `GET /api/audit/verify`.
+    pub audit_key: Arc<AuditKey>,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+}
+
+/// Shared state of all handlers.
+pub struct AppState {
+    store: Arc<Store>,
+    gate: Gate,
+    agent: Option<Agent>,
+    provider_hint: String,
+    token_digest: [u8; 32],
+    audit_key: Arc<AuditKey>,
+    max_body_bytes: usize,
+    turn_locks: Mutex<HashMap<SessionId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl AppState {
+    /// Builds the shared state.
+    pub fn new(deps: ServerDeps) -> Arc<AppState> {
+        let token_digest = Sha256::digest(deps.token.expose().as_bytes()).into();
+        Arc::new(AppState {
+            store: deps.store,
+            gate: deps.gate,
+            agent: deps.agent,
+            provider_hint: deps.provider_hint,
+            token_digest,
+            audit_key: deps.audit_key,
+            max_body_bytes: deps.max_body_bytes,
+            turn_locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn agent(&self) -> Result<&Agent, ApiError> {
+        self.agent
+            .as_ref()
+            .ok_or_else(|| ApiError::no_provider(&self.provider_hint))
+    }
+
+    fn new_session(&self, title: &str) -> Result<SessionId, ApiError> {
+        let id = SessionId::new(format!("s_{}", random_hex(8)));
+        self.store
+            .create_session(&id, title, carapace_gate::now_ms())
+            .map_err(ApiError::internal)?;
+        let _ = self.gate.record(
+            "session_created",
+            serde_json::json!({ "session": id.as_str() }),
+        );
+        Ok(id)
+    }
+
+    /// Runs one agent turn; turns of one session run one at a time so their messages
+    /// never interleave.
+    async fn run_turn(
+        &self,
+        principal: &Principal,
+        session: &SessionId,
+        text: &str,
+        events: Option<mpsc::UnboundedSender<AgentEvent>>,
+    ) -> Result<TurnOutcome, ApiError> {
+        let agent = self.agent()?;
+        let lock = {
+            let mut locks = self.turn_locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(session.clone()).or_default().clone()
+        };
+        let _turn = lock.lock().await;
+        agent
+            .run_turn(principal, session, text, events)
+            .await
+            .map_err(|e| match e {
+                AgentError::Provider(p) => ApiError::model(&p),
+                AgentError::NoSession => ApiError::not_found("no such session"),
+                AgentError::TooManySteps(n) => ApiError::new(
+                    axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                    "TOO_MANY_STEPS",
+                    format!("the model made {n} steps without a final answer; stopped"),
+                ),
+                AgentError::Store(s) => ApiError::internal(s),
+            })
+    }
+}
+
+/// The whole HTTP surface as a value, so tests can call it without binding a socket.
+pub fn router(state: Arc<AppState>) -> Router {
+    let authed = Router::new()
+        .route("/v1/models", get(openai::models))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/api/status", get(api::status))
+        .route(
+            "/api/sessions",
+            get(api::list_sessions).post(api::create_session),
+        )
+        .route("/api/sessions/{id}", get(api::get_session))
+        .route(
+            "/api/sessions/{id}/messages",
+            get(api::list_messages).post(api::post_message),
+        )
+        .route("/api/approvals", get(api::list_approvals))
+        .route("/api/approvals/{id}", post(api::decide_approval))
+        .route("/api/audit", get(api::audit_tail))
+        .route("/api/audit/verify", get(api::audit_verify))
+        .route("/ws", get(ws::upgrade))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route(
+            "/health",
+            get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
+        )
+        .merge(authed)
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(middleware::from_fn(require_loopback_host))
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .with_state(state)
+}
+
+/// The identity a request proved; handlers take it from the request extensions, where
+/// only [`require_token`] puts it.
+#[derive(Clone)]
+struct Authenticated(Principal);
+
+async fn require_token(
+    State(state): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let door = if req.uri().path().starts_with("/v1/") {
+        FrontDoor::OpenAi
+    } else {
+        FrontDoor::Api
+    };
+    match bearer(req.headers()) {
+        Some(given) => {
+            let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+            if bool::from(digest.ct_eq(&state.token_digest)) {
+                req.extensions_mut()
+                    .insert(Authenticated(Principal::owner(door)));
+                return next.run(req).await;
+            }
+            audit_auth_failure(&state, &req, "wrong token");
+        }
+        None => audit_auth_failure(&state, &req, "missing token"),
+    }
+    axum::response::IntoResponse::into_response(ApiError::unauthorized())
+}
+
+fn audit_auth_failure(state: &AppState, req: &Request, reason: &str) {
+    let path: String = req.uri().path().chars().take(200).collect();
+    let fields = serde_json::json!({ "path": path, "reason": reason });
+    if let Err(e) = state.gate.record("auth_failed", fields) {
+        tracing::error!(error = %e, "could not audit an authentication failure");
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Refuses requests addressed to any name but a loopback one: a web page that
+/// rebinds its own DNS name to 127.0.0.1 still sends its own name as `Host`.
+async fn require_loopback_host(req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if is_loopback_host(host) {
+        next.run(req).await
+    } else {
+        axum::response::IntoResponse::into_response(ApiError::new(
+            axum::http::StatusCode::MISDIRECTED_REQUEST,
+            "BAD_HOST",
+            "the Host header must be a loopback name (localhost, 127.0.0.1 or [::1])",
+        ))
+    }
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((inside, port)) if port.is_empty() || valid_port(port) => inside,
+            _ => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if valid_port(port) => name,
+            Some(_) => return false,
+            None => host,
+        }
+    };
+    let name = name.to_ascii_lowercase();
+    name == "localhost"
+        || name == "::1"
+        || name
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn valid_port(port: &str) -> bool {
+    port.strip_prefix(':')
+        .unwrap_or(port)
+        .parse::<u16>()
+        .is_ok()
+}
+
+fn random_hex(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    getrandom::fill(&mut bytes).expect("the OS random source failed");
+    hex::encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn only_loopback_names_pass_the_host_check() {
+        for ok in [
+            "localhost",
+            "localhost:8321",
+            "127.0.0.1:1",
+            "127.8.9.10",
+            "[::1]:8321",
+            "[::1]",
+            "LOCALHOST",
+        ] {
+            assert!(is_loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "evil.com",
+            "localhost.evil.com",
+            "127.0.0.1.nip.io",
+            "10.0.0.1:8321",
+            "[::2]:80",
+            "localhost:notaport",
+            "[::1]x",
+            "0.0.0.0:8321",
+            "evil.com:8321",
+        ] {
+            assert!(!is_loopback_host(bad), "{bad}");
+        }
+    }
+}

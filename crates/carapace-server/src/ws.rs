@@ -1,0 +1,237 @@
+//! `GET /ws`: a WebSocket carrying chat turns, their events and approval requests.
+//!
+//! Client messages: `{"type":"chat","text":..,"session":..?}`, `{"type":"cancel"}`,
+//! `{"type":"approval","id":..,"decision":"approve"|"deny"}`.
+//! Server messages: `session`, `delta`, `tool_call`, `tool_result`, `done`, `error`,
+//! `cancelled`, `approval_request`, `approval_resolved`, each with a `type` field.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use carapace_agent::AgentEvent;
+use carapace_gate::GateEvent;
+use carapace_types::{Principal, SessionId};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::{ApiError, AppState, Authenticated, api};
+
+const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+pub(crate) async fn upgrade(
+    State(state): State<Arc<AppState>>,
+    Extension(Authenticated(principal)): Extension<Authenticated>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    ws.max_message_size(MAX_MESSAGE_BYTES)
+        .on_upgrade(move |socket| connection(state, principal, socket))
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum ClientMessage {
+    Chat {
+        text: String,
+        #[serde(default)]
+        session: Option<String>,
+    },
+    Cancel,
+    Approval {
+        id: String,
+        decision: api::Decision,
+    },
+}
+
+async fn connection(state: Arc<AppState>, principal: Principal, socket: WebSocket) {
+    let (mut sink, mut source) = socket.split();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Value>();
+    let writer = tokio::spawn(async move {
+        while let Some(v) = out_rx.recv().await {
+            if sink
+                .send(Message::Text(v.to_string().into()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+
+    // Approval requests go to every connected owner.
+    let mut gate_events = state.gate.subscribe();
+    let forward_gate = {
+        let out = out_tx.clone();
+        tokio::spawn(async move {
+            loop {
+                match gate_events.recv().await {
+                    Ok(GateEvent::ApprovalRequested(info)) => {
+                        let mut v = api::approval_json(&info);
+                        v["type"] = json!("approval_request");
+                        if out.send(v).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(GateEvent::ApprovalResolved { id, approved }) => {
+                        let _ = out.send(
+                            json!({ "type": "approval_resolved", "id": id, "approved": approved }),
+                        );
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        })
+    };
+
+    let mut turn: Option<JoinHandle<()>> = None;
+    while let Some(Ok(msg)) = source.next().await {
+        let text = match msg {
+            Message::Text(t) => t.to_string(),
+            Message::Close(_) => break,
+            Message::Binary(_) => {
+                let _ = out_tx.send(error_json(
+                    "BAD_REQUEST",
+                    "binary messages are not supported",
+                ));
+                continue;
+            }
+            _ => continue,
+        };
+        let parsed: ClientMessage = match serde_json::from_str(&text) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = out_tx.send(error_json("BAD_REQUEST", &format!("bad message: {e}")));
+                continue;
+            }
+        };
+        match parsed {
+            ClientMessage::Chat { text, session } => {
+                if turn.as_ref().is_some_and(|t| !t.is_finished()) {
+                    let _ = out_tx.send(error_json(
+                        "BUSY",
+                        "a turn is already running on this connection; send cancel first",
+                    ));
+                    continue;
+                }
+                turn = Some(tokio::spawn(run_chat(
+                    state.clone(),
+                    principal.clone(),
+                    session,
+                    text,
+                    out_tx.clone(),
+                )));
+            }
+            ClientMessage::Cancel => {
+                if let Some(t) = turn.take() {
+                    t.abort();
+                    let _ = out_tx.send(json!({ "type": "cancelled" }));
+                }
+            }
+            ClientMessage::Approval { id, decision } => {
+                let approve = matches!(decision, api::Decision::Approve);
+                if let Err(e) = api::decide(&state, &principal, &id, approve) {
+                    let _ = out_tx.send(with_type(e.body(), "error"));
+                }
+            }
+        }
+    }
+    // The client went away: cancel its turn and stop forwarding.
+    if let Some(t) = turn {
+        t.abort();
+    }
+    forward_gate.abort();
+    drop(out_tx);
+    let _ = writer.await;
+}
+
+async fn run_chat(
+    state: Arc<AppState>,
+    principal: Principal,
+    session: Option<String>,
+    text: String,
+    out: mpsc::UnboundedSender<Value>,
+) {
+    let session = match session {
+        Some(id) => {
+            let id = SessionId::new(id);
+            match state.store.session(&id) {
+                Ok(Some(_)) => id,
+                Ok(None) => {
+                    let _ = out.send(error_json("NOT_FOUND", "no such session"));
+                    return;
+                }
+                Err(e) => {
+                    let _ = out.send(with_type(ApiError::internal(e).body(), "error"));
+                    return;
+                }
+            }
+        }
+        None => match state.new_session("chat") {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = out.send(with_type(e.body(), "error"));
+                return;
+            }
+        },
+    };
+    let _ = out.send(json!({ "type": "session", "session": session.as_str() }));
+    if text.trim().is_empty() {
+        let _ = out.send(error_json("BAD_REQUEST", "text must not be empty"));
+        return;
+    }
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let forward = {
+        let out = out.clone();
+        let sid = session.as_str().to_string();
+        tokio::spawn(async move {
+            while let Some(event) = events_rx.recv().await {
+                let v = match event {
+                    AgentEvent::TextDelta(d) => {
+                        json!({ "type": "delta", "session": sid, "text": d })
+                    }
+                    AgentEvent::ToolCall {
+                        id,
+                        name,
+                        arguments,
+                    } => {
+                        let args: String = arguments.chars().take(2000).collect();
+                        json!({ "type": "tool_call", "session": sid, "id": id, "name": name, "arguments": args })
+                    }
+                    AgentEvent::ToolResult { id, name, ok, code } => {
+                        json!({ "type": "tool_result", "session": sid, "id": id, "name": name, "ok": ok, "code": code })
+                    }
+                };
+                let _ = out.send(v);
+            }
+        })
+    };
+    let result = state
+        .run_turn(&principal, &session, &text, Some(events_tx))
+        .await;
+    let _ = forward.await;
+    let _ = out.send(match result {
+        Ok(outcome) => json!({
+            "type": "done",
+            "session": session.as_str(),
+            "text": outcome.text,
+            "steps": outcome.steps,
+            "tool_calls": outcome.tool_calls,
+        }),
+        Err(e) => with_type(e.body(), "error"),
+    });
+}
+
+fn error_json(code: &str, message: &str) -> Value {
+    json!({ "type": "error", "error": { "code": code, "message": message } })
+}
+
+fn with_type(mut body: Value, kind: &str) -> Value {
+    body["type"] = json!(kind);
+    body
+}

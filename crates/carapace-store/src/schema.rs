@@ -1,0 +1,89 @@
+//! The schema, one migration per `PRAGMA user_version` step. Never edit a migration that
+//! has shipped; add the next one.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::StoreError;
+
+const MIGRATIONS: &[&str] = &[V1];
+
+const V1: &str = "
+CREATE TABLE sessions (
+    id TEXT PRIMARY KEY,
+    title TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    integrity TEXT NOT NULL,
+    confidentiality TEXT NOT NULL
+) STRICT;
+CREATE INDEX sessions_by_update ON sessions (updated_ms DESC);
+
+CREATE TABLE messages (
+    session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    role TEXT NOT NULL,
+    content TEXT NOT NULL,
+    tool_calls TEXT,
+    tool_call_id TEXT,
+    source TEXT NOT NULL,
+    integrity TEXT NOT NULL,
+    confidentiality TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (session_id, seq)
+) STRICT, WITHOUT ROWID;
+
+-- No foreign key to sessions: the file outlives the session that wrote it, and losing
+-- this row would make an agent-written file look like one the owner put there.
+CREATE TABLE agent_writes (
+    path TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL,
+    integrity TEXT NOT NULL,
+    confidentiality TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    written_ms INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    record TEXT NOT NULL
+) STRICT;
+CREATE TABLE audit_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    signature TEXT NOT NULL
+) STRICT;
+-- Guards against a bug in this crate, not against an attacker (who can drop them);
+-- the hash chain and the signed head are what catch an attacker.
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+";
+
+/// Brings the schema up to date. Runs in one IMMEDIATE transaction so that two processes
+/// opening a new file at once do not both create the tables.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let supported = MIGRATIONS.len();
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let found: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    let Ok(done) = usize::try_from(found) else {
+        return Err(StoreError::Corrupt(format!(
+            "negative schema version {found}"
+        )));
+    };
+    if done > supported {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            supported: supported as i64,
+        });
+    }
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version as i64 + 1)?;
+    }
+    tx.commit()?;
+    Ok(())
+}

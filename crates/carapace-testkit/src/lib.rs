@@ -1,0 +1,19 @@
+//! Dev-only fakes of the services Carapace talks to, for the tests and benchmarks of the
+//! other crates and for manual demos. Each fake is a small axum app that speaks the real
+//! wire format, so the client code under test is the production code.
+//!
+//! This crate must never be a dependency of production code (only `[dev-dependencies]`)
+//! and must never touch the internet: every fake listens on 127.0.0.1 only.
+
+mod openai;
+
+pub use openai::{FakeOpenAi, Reply, ScriptError, parse_script};
+
+/// A loopback port that was free a moment ago. Nothing listens on it, so connecting to it
+/// is refused (until someone else takes it).
+pub fn free_loopback_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind a loopback port")
+}
