@@ -1,6 +1,6 @@
 //! The audit append is on the hot path of every tool call; the target is well under 50 µs.
-//! Most of its CPU time is the Ed25519 signature over the new head; on a file the rest is
-//! SQLite's locking and WAL writes.
+//! Its CPU time is the canonical JSON, the chain hash, the HMAC over the new head and
+//! SQLite's statements; on a file, SQLite's locking and WAL writes add to it.
 
 use carapace_store::{AuditKey, Store};
 use criterion::{Criterion, criterion_group, criterion_main};

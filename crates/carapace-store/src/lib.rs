@@ -1,5 +1,5 @@
 //! SQLite persistence for Carapace: sessions and their messages, the labels of files the
-//! agent wrote, and the append-only audit log (hash-chained, with an Ed25519-signed head).
+//! agent wrote, and the append-only audit log (hash-chained, with an HMAC-signed head).
 //! This is the only crate that speaks SQL; no other crate opens the database.
 //!
 //! The store keeps facts and never makes a policy decision: it does not decide whether
@@ -30,6 +30,12 @@ pub use session::{AgentWrite, MessageRecord, NewMessage, Role, SessionRecord};
 /// The database. One connection behind a mutex; cheap calls, so callers share one `Store`.
 pub struct Store {
     inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
 }
 
 struct Inner {

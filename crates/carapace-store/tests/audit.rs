@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use carapace_store::{AuditKey, AuditReport, MAX_JSON_DEPTH, Store, StoreError, canonical_json};
-use ed25519_dalek::{Signature, Verifier as _, VerifyingKey};
+use hmac::{Hmac, Mac as _};
 use rusqlite::{Connection, params};
 use serde_json::{Map, Value, json};
 use sha2::{Digest as _, Sha256};
@@ -338,6 +338,16 @@ fn replace_the_head_signature_with_garbage() {
 }
 
 #[test]
+fn upper_case_the_head_signature() {
+    // The same bytes, but not the text append_audit writes.
+    check_tamper(
+        |a| a.exec("UPDATE audit_head SET signature = upper(signature)"),
+        5,
+        "signature",
+    );
+}
+
+#[test]
 fn delete_the_head() {
     check_tamper(|a| a.exec("DELETE FROM audit_head"), 5, "head is missing");
 }
@@ -419,7 +429,9 @@ fn appends_chain_and_read_back_in_order() {
 
 #[test]
 fn hash_and_head_signature_follow_the_documented_format() {
-    let f = Fixture::new();
+    let mut f = Fixture::new();
+    let secret = [0x5a; 32];
+    f.key = key_from_file(f.dir.path(), &secret);
     let mut reversed = Map::new();
     reversed.insert("zeta".into(), json!([1, {"y": "é\n", "x": null}]));
     reversed.insert("alpha".into(), json!(true));
@@ -443,15 +455,31 @@ fn hash_and_head_signature_follow_the_documented_format() {
         )
         .unwrap();
     assert_eq!((seq, &hash), (1, &entry.hash));
-    let mut message = b"carapace-audit-head-v1".to_vec();
+    let mut message = b"carapace-audit-head-v2".to_vec();
     message.extend(1u64.to_be_bytes());
     message.extend(hex::decode(&hash).unwrap());
-    let public: [u8; 32] = hex::decode(f.key.public_hex()).unwrap().try_into().unwrap();
-    let sig: [u8; 64] = hex::decode(sig).unwrap().try_into().unwrap();
-    VerifyingKey::from_bytes(&public)
-        .unwrap()
-        .verify(&message, &Signature::from_bytes(&sig))
-        .unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(&secret).unwrap();
+    mac.update(&message);
+    assert_eq!(sig, hex::encode(mac.finalize().into_bytes()));
+}
+
+/// Loads the key whose file holds `secret`, written as the documented format says.
+fn key_from_file(dir: &Path, secret: &[u8; 32]) -> AuditKey {
+    let path = dir.join("audit.key");
+    std::fs::write(&path, format!("{}\n", hex::encode(secret))).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    AuditKey::load_or_create(&path).unwrap()
+}
+
+#[test]
+fn key_fingerprint_follows_the_documented_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = [0x5a; 32];
+    let key = key_from_file(dir.path(), &secret);
+    let mut input = b"carapace-audit-key-fingerprint-v1".to_vec();
+    input.extend(secret);
+    assert_eq!(key.fingerprint_hex(), hex::encode(Sha256::digest(&input)));
+    assert!(!format!("{key:?}").contains(&hex::encode(secret)));
 }
 
 #[test]
@@ -651,12 +679,12 @@ fn audit_key_file_is_created_private_and_reloads_the_same_key() {
     assert!(text.trim_end().bytes().all(|b| b.is_ascii_hexdigit()));
     assert_ne!(
         text.trim_end(),
-        key.public_hex(),
-        "the file holds the seed, not the public key"
+        key.fingerprint_hex(),
+        "the file holds the key, not its fingerprint"
     );
 
     let again = AuditKey::load_or_create(&path).unwrap();
-    assert_eq!(again.public_hex(), key.public_hex());
+    assert_eq!(again.fingerprint_hex(), key.fingerprint_hex());
     // And it signs a head the first key verifies.
     let store = Store::open_in_memory().unwrap();
     store.append_audit(&again, &json!(1)).unwrap();
@@ -697,7 +725,7 @@ fn racing_processes_agree_on_one_audit_key() {
     let path = dir.path().join("audit.key");
     let keys: Vec<String> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..8)
-            .map(|_| s.spawn(|| AuditKey::load_or_create(&path).unwrap().public_hex()))
+            .map(|_| s.spawn(|| AuditKey::load_or_create(&path).unwrap().fingerprint_hex()))
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
