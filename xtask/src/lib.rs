@@ -408,7 +408,7 @@ pub fn check_dependency_directions(tree: &Tree) -> Vec<Violation> {
                         path,
                         rule,
                         format!(
-                            "carapace-types depends on workspace crate {package} in {table}; \
+                            "carapace-types depends on {package} in {table}; \
                              the vocabulary depends on no other carapace crate"
                         ),
                     ));
@@ -542,7 +542,14 @@ pub fn check_member_manifests(tree: &Tree) -> Vec<Violation> {
             == Some(true);
         let sandbox_ok = manifest.name() == "carapace-sandbox"
             && lints.is_some_and(|l| restates_lints_with_unsafe_deny(l, workspace_lints.as_ref()));
-        if !inherits && !sandbox_ok {
+        if manifest.name() == "carapace-sandbox" && !inherits && !sandbox_ok {
+            violations.push(Violation::new(
+                path,
+                rule,
+                "manifest must set [lints] workspace = true, or restate the workspace lints \
+                 with only rust.unsafe_code changed to \"deny\"",
+            ));
+        } else if !inherits && !sandbox_ok {
             violations.push(Violation::new(
                 path,
                 rule,

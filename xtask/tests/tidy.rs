@@ -382,7 +382,7 @@ fn member_manifests_sandbox_lints() {
         xtask::check_member_manifests,
         sandbox(&allowed),
         expect![[r#"
-            crates/carapace-sandbox/Cargo.toml: [member-manifests] manifest must set [lints] workspace = true
+            crates/carapace-sandbox/Cargo.toml: [member-manifests] manifest must set [lints] workspace = true, or restate the workspace lints with only rust.unsafe_code changed to "deny"
         "#]],
     );
     let dropped = restated.replace("[lints.clippy]\ntodo = \"warn\"\n", "");
@@ -390,7 +390,7 @@ fn member_manifests_sandbox_lints() {
         xtask::check_member_manifests,
         sandbox(&dropped),
         expect![[r#"
-            crates/carapace-sandbox/Cargo.toml: [member-manifests] manifest must set [lints] workspace = true
+            crates/carapace-sandbox/Cargo.toml: [member-manifests] manifest must set [lints] workspace = true, or restate the workspace lints with only rust.unsafe_code changed to "deny"
         "#]],
     );
 }
