@@ -234,10 +234,10 @@ fn search_files(ctx: &ExecCtx, args: &Value) -> Result<RawResult, ToolFailure> {
     let mut label = USER_FILE;
     let mut seen = std::collections::BTreeSet::new();
     for m in &found.matches {
-        if seen.insert(m.path.as_str()) {
-            if let Ok(Some(w)) = ctx.store.agent_write(&m.path) {
-                label = label.join(w.label);
-            }
+        if seen.insert(m.path.as_str())
+            && let Ok(Some(w)) = ctx.store.agent_write(&m.path)
+        {
+            label = label.join(w.label);
         }
     }
     let matches: Vec<Value> = found
@@ -250,4 +250,25 @@ fn search_files(ctx: &ExecCtx, args: &Value) -> Result<RawResult, ToolFailure> {
         label,
         source: Source::Tool("search_files".into()),
     })
+}
+
+/// A tool that does nothing, for measuring the Gate's own cost (`--features noop-tool`;
+/// never granted by default configuration).
+#[cfg(feature = "noop-tool")]
+pub(crate) fn noop() -> ToolDef {
+    ToolDef::new(
+        "noop",
+        "Does nothing; for benchmarks of the Gate.",
+        EffectClass::Read,
+        json!({ "type": "object", "additionalProperties": false }),
+        Arc::new(|_ctx, _args| {
+            Box::pin(async {
+                Ok(RawResult {
+                    content: json!({}),
+                    label: Label::TRUSTED_PUBLIC,
+                    source: Source::Tool("noop".into()),
+                })
+            })
+        }),
+    )
 }

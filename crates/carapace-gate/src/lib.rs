@@ -27,8 +27,8 @@ use carapace_fs::Workspace;
 use carapace_policy::{Policy, PolicyRequest};
 use carapace_store::{AuditKey, Store};
 use carapace_types::{
-    Confidentiality, Decision, ErrorCode, GateError, Integrity, Label, Principal, SessionId,
-    Source, Stage,
+    Confidentiality, Decision, EffectClass, ErrorCode, GateError, Integrity, Label, Principal,
+    SessionId, Source, Stage,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -71,8 +71,8 @@ pub struct GateDeps {
     pub store: Arc<Store>,
     /// Signs the audit chain head.
     pub audit_key: Arc<AuditKey>,
-    /// The agent's workspace; built-in file tools cannot leave it.
-    pub workspace: Workspace,
+    /// The agent's workspace directory; built-in file tools cannot leave it.
+    pub workspace_root: std::path::PathBuf,
     /// The policy the Gate consults at the policy stage.
     pub policy: Box<dyn Policy>,
     /// Scrubs known secrets and credential-shaped strings from results and audit records.
@@ -80,6 +80,23 @@ pub struct GateDeps {
     /// Limits and grants.
     pub config: GateConfig,
 }
+
+/// Why the Gate could not be built.
+#[derive(Debug)]
+pub enum GateSetupError {
+    /// The workspace directory could not be opened.
+    Workspace(carapace_fs::FsError),
+}
+
+impl std::fmt::Display for GateSetupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GateSetupError::Workspace(e) => write!(f, "cannot open the workspace: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for GateSetupError {}
 
 /// Something the owner should see as it happens (sent to the CLI, web UI and WebSocket).
 #[derive(Clone, Debug)]
@@ -151,16 +168,21 @@ struct Inner {
 
 impl Gate {
     /// Builds the Gate with the built-in tools; only tools in `config.granted_tools`
-    /// are visible or callable.
-    pub fn new(deps: GateDeps) -> Gate {
-        Gate::with_catalog(deps, builtin::catalog())
+    /// are visible or callable. Fails when the workspace directory cannot be opened.
+    pub fn new(deps: GateDeps) -> Result<Gate, GateSetupError> {
+        #[allow(unused_mut)]
+        let mut catalog = builtin::catalog();
+        #[cfg(feature = "noop-tool")]
+        catalog.add(builtin::noop());
+        Gate::with_catalog(deps, catalog)
     }
 
-    fn with_catalog(deps: GateDeps, mut catalog: Catalog) -> Gate {
+    fn with_catalog(deps: GateDeps, mut catalog: Catalog) -> Result<Gate, GateSetupError> {
+        let workspace = Workspace::open(&deps.workspace_root).map_err(GateSetupError::Workspace)?;
         catalog.retain(|name| deps.config.granted_tools.iter().any(|g| g == name));
         let (events, _) = broadcast::channel(256);
         let limiter = RateLimiter::new(deps.config.rate_per_minute);
-        Gate {
+        Ok(Gate {
             inner: Arc::new(Inner {
                 store: deps.store,
                 audit_key: deps.audit_key,
@@ -169,11 +191,11 @@ impl Gate {
                 scrubber: deps.scrubber,
                 limiter,
                 approvals: Approvals::default(),
-                workspace: Arc::new(deps.workspace),
+                workspace: Arc::new(workspace),
                 config: deps.config,
                 events,
             }),
-        }
+        })
     }
 
     /// The tools granted to sessions, as offered to the model.
@@ -311,8 +333,11 @@ impl Gate {
             }
         }
 
-        // Write-ahead: the decision to execute is on record before the side effect.
-        self.audit_outcome(audit, "allowed", None)?;
+        // Write-ahead: a call with a side effect is on record before it happens. A read
+        // has none, so its decision is recorded once, with its result.
+        if tool.effect != EffectClass::Read {
+            self.audit_outcome(audit, "allowed", None)?;
+        }
         audit.executed = true;
 
         // execute

@@ -14,15 +14,18 @@ const REDACTED: &str = "[REDACTED]";
 const MIN_SECRET_LEN: usize = 8;
 
 /// Scrubs known secret values and credential-shaped strings.
+///
+/// Everything is compiled into one regular expression, so a string that holds nothing
+/// secret (the common case) costs one linear scan.
 #[derive(Clone)]
 pub struct Scrubber {
-    needles: Vec<String>,
-    patterns: Vec<Regex>,
+    known: usize,
+    all: Regex,
 }
 
 impl std::fmt::Debug for Scrubber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Scrubber({} needles)", self.needles.len())
+        write!(f, "Scrubber({} known secrets)", self.known)
     }
 }
 
@@ -49,8 +52,12 @@ impl Scrubber {
         // Longest first, so a padded encoding is removed whole before its prefix.
         needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
         needles.dedup();
+        let known = secrets
+            .iter()
+            .filter(|s| s.expose().len() >= MIN_SECRET_LEN)
+            .count();
         let patterns = [
-            r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(-----END [A-Z ]*PRIVATE KEY-----|$)",
+            r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)",
             r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_\-]{20,}",
             r"\bgh[pousr]_[A-Za-z0-9]{30,}",
             r"\bgithub_pat_[A-Za-z0-9_]{30,}",
@@ -58,30 +65,28 @@ impl Scrubber {
             r"\bxox[abprs]-[A-Za-z0-9-]{10,}",
             r"\bAIza[0-9A-Za-z_\-]{35}",
             r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
-            r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{20,}",
-        ]
-        .iter()
-        .map(|p| Regex::new(p).expect("built-in scrub pattern compiles"))
-        .collect();
-        Scrubber { needles, patterns }
+            r"(?i:\bbearer\s+[A-Za-z0-9._~+/=-]{20,})",
+        ];
+        // Known values first (longest first), then the shapes.
+        let alternatives: Vec<String> = needles
+            .iter()
+            .map(|n| regex::escape(n))
+            .chain(patterns.iter().map(|p| format!("(?:{p})")))
+            .collect();
+        let all = regex::RegexBuilder::new(&alternatives.join("|"))
+            .size_limit(64 << 20)
+            .build()
+            .expect("scrub patterns compile");
+        Scrubber { known, all }
     }
 
     /// Scrubs one string in place; true when anything was removed.
     pub fn scrub_string(&self, s: &mut String) -> bool {
-        let mut changed = false;
-        for needle in &self.needles {
-            if s.contains(needle.as_str()) {
-                *s = s.replace(needle.as_str(), REDACTED);
-                changed = true;
-            }
+        if !self.all.is_match(s) {
+            return false;
         }
-        for re in &self.patterns {
-            if re.is_match(s) {
-                *s = re.replace_all(s, REDACTED).into_owned();
-                changed = true;
-            }
-        }
-        changed
+        *s = self.all.replace_all(s, REDACTED).into_owned();
+        true
     }
 
     /// Scrubs every string (keys included) of a JSON document; true when anything was
