@@ -324,10 +324,8 @@ pub fn build_messages(system_prompt: &str, history: &[MessageRecord]) -> Vec<Cha
     let mut out = vec![ChatMessage::System {
         content: system_prompt.to_string(),
     }];
-    let answered: HashSet<&str> = history
-        .iter()
-        .filter_map(|m| m.tool_call_id.as_deref())
-        .collect();
+    // Calls of the latest assistant message not answered yet. Answers are matched per
+    // turn, not over the whole history: some servers reuse ids (`call_0`) across turns.
     let mut open: Vec<String> = Vec::new();
     let close_open = |out: &mut Vec<ChatMessage>, open: &mut Vec<String>| {
         for id in open.drain(..) {
@@ -363,11 +361,7 @@ pub fn build_messages(system_prompt: &str, history: &[MessageRecord]) -> Vec<Cha
                             .collect()
                     })
                     .unwrap_or_default();
-                for c in &calls {
-                    if !answered.contains(c.id.as_str()) {
-                        open.push(c.id.clone());
-                    }
-                }
+                open.extend(calls.iter().map(|c| c.id.clone()));
                 let content = if m.content.is_empty() && !calls.is_empty() {
                     None
                 } else {
@@ -379,6 +373,12 @@ pub fn build_messages(system_prompt: &str, history: &[MessageRecord]) -> Vec<Cha
                 });
             }
             Role::Tool => {
+                if let Some(at) = open
+                    .iter()
+                    .position(|id| Some(id.as_str()) == m.tool_call_id.as_deref())
+                {
+                    open.remove(at);
+                }
                 out.push(ChatMessage::Tool {
                     tool_call_id: m.tool_call_id.clone().unwrap_or_default(),
                     content: m.content.clone(),

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
@@ -90,8 +90,9 @@ pub(crate) struct CreateSession {
 
 pub(crate) async fn create_session(
     State(state): State<Arc<AppState>>,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = body?;
     // The body is optional: an empty POST creates an untitled session.
     let title = if body.iter().all(u8::is_ascii_whitespace) {
         String::new()
@@ -126,16 +127,18 @@ fn find_session(state: &AppState, id: &str) -> Result<SessionRecord, ApiError> {
 
 pub(crate) async fn get_session(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
+    let Path(id) = id.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let s = find_session(&state, &id)?;
     Ok(Json(json!({ "session": session_json(&s) })))
 }
 
 pub(crate) async fn list_messages(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
+    let Path(id) = id.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let s = find_session(&state, &id)?;
     let messages = state.store.messages(&s.id).map_err(ApiError::internal)?;
     Ok(Json(
@@ -152,9 +155,10 @@ pub(crate) struct PostMessage {
 pub(crate) async fn post_message(
     State(state): State<Arc<AppState>>,
     Extension(Authenticated(principal)): Extension<Authenticated>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     body: Result<Json<PostMessage>, JsonRejection>,
 ) -> ApiResult {
+    let Path(id) = id.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let Json(body) = body?;
     if body.text.trim().is_empty() {
         return Err(ApiError::bad_request("text must not be empty"));
@@ -192,9 +196,10 @@ pub(crate) enum Decision {
 pub(crate) async fn decide_approval(
     State(state): State<Arc<AppState>>,
     Extension(Authenticated(principal)): Extension<Authenticated>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     body: Result<Json<Decide>, JsonRejection>,
 ) -> ApiResult {
+    let Path(id) = id.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let Json(body) = body?;
     let approve = matches!(body.decision, Decision::Approve);
     decide(&state, &principal, &id, approve)?;

@@ -154,6 +154,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .merge(authed)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                "this endpoint does not take that method",
+            )
+        })
         .layer(middleware::from_fn(require_loopback_host))
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .with_state(state)

@@ -90,7 +90,8 @@ fn choose_session(state: &AppState, user: Option<&str>) -> Result<SessionId, Api
         return Err(ApiError::bad_request("user must be at most 256 bytes"));
     }
     let existing = SessionId::new(user);
-    if user.starts_with("s_")
+    // Both kinds of id, so the `x-carapace-session` header can be sent back as `user`.
+    if (user.starts_with("s_") || user.starts_with("u_"))
         && state
             .store
             .session(&existing)
@@ -111,10 +112,14 @@ fn choose_session(state: &AppState, user: Option<&str>) -> Result<SessionId, Api
         .is_none()
     {
         let title: String = user.chars().take(100).collect();
-        state
+        match state
             .store
             .create_session(&id, &title, carapace_gate::now_ms())
-            .map_err(ApiError::internal)?;
+        {
+            // Two first requests for the same `user` may race; the session exists either way.
+            Ok(_) | Err(carapace_store::StoreError::SessionExists(_)) => {}
+            Err(e) => return Err(ApiError::internal(e)),
+        }
     }
     Ok(id)
 }

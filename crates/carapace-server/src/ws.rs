@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use carapace_agent::AgentEvent;
 use carapace_gate::GateEvent;
 use carapace_types::{Principal, SessionId};
@@ -27,8 +28,16 @@ const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 pub(crate) async fn upgrade(
     State(state): State<Arc<AppState>>,
     Extension(Authenticated(principal)): Extension<Authenticated>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        // A plain request to /ws gets a typed error like any other bad request.
+        Err(rejection) => {
+            return ApiError::new(rejection.status(), "BAD_REQUEST", rejection.body_text())
+                .into_response();
+        }
+    };
     ws.max_message_size(MAX_MESSAGE_BYTES)
         .on_upgrade(move |socket| connection(state, principal, socket))
 }
