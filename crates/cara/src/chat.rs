@@ -176,11 +176,10 @@ pub async fn chat(
                     println!("\n(cancelled)");
                     // Drain until the gateway confirms.
                     while let Some(Ok(m)) = ws_rx.next().await {
-                        if let Message::Text(t) = m {
-                            if serde_json::from_str::<Value>(&t).is_ok_and(|v| v["type"] == "cancelled") {
+                        if let Message::Text(t) = m
+                            && serde_json::from_str::<Value>(&t).is_ok_and(|v| v["type"] == "cancelled") {
                                 break;
                             }
-                        }
                     }
                     break;
                 }

@@ -37,10 +37,10 @@ fn candidate_addrs(dd: &DataDir) -> Vec<SocketAddr> {
     {
         addrs.push(addr);
     }
-    if let Ok(file) = config::load(&dd.config()) {
-        if let Ok(s) = config::settings(&dd.config(), &file, &|k| std::env::var(k).ok()) {
-            addrs.push(s.bind);
-        }
+    if let Ok(file) = config::load(&dd.config())
+        && let Ok(s) = config::settings(&dd.config(), &file, &|k| std::env::var(k).ok())
+    {
+        addrs.push(s.bind);
     }
     addrs.dedup();
     addrs

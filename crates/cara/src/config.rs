@@ -221,19 +221,19 @@ fn validate(path: &Path, text: &str, c: &Config) -> anyhow::Result<()> {
     if let Err(problem) = check_bind(c.server.bind.get_ref()) {
         return Err(err(c.server.bind.span(), "server.bind", problem));
     }
-    if let Some(url) = &c.provider.base_url {
-        if let Err(problem) = check_base_url(url.get_ref()) {
-            return Err(err(url.span(), "provider.base_url", problem));
-        }
+    if let Some(url) = &c.provider.base_url
+        && let Err(problem) = check_base_url(url.get_ref())
+    {
+        return Err(err(url.span(), "provider.base_url", problem));
     }
-    if let Some(model) = &c.provider.model {
-        if model.get_ref().trim().is_empty() {
-            return Err(err(
-                model.span(),
-                "provider.model",
-                "must not be empty".into(),
-            ));
-        }
+    if let Some(model) = &c.provider.model
+        && model.get_ref().trim().is_empty()
+    {
+        return Err(err(
+            model.span(),
+            "provider.model",
+            "must not be empty".into(),
+        ));
     }
     let ranges: [(&Spanned<u64>, &str, u64, u64); 7] = [
         (
@@ -346,7 +346,9 @@ pub fn settings(
         ),
     };
     let bind = check_bind(&bind_text).map_err(|p| match bind_origin {
-        Origin::Env(name) => anyhow::anyhow!("${name}: {p}"),
+        // `cara serve --bind` arrives here as CARAPACE_BIND too (clap reads either), so
+        // name both rather than blame a variable the user may never have set.
+        Origin::Env(name) => anyhow::anyhow!("--bind or ${name}: {p}"),
         _ => anyhow::anyhow!("{}: key `server.bind`: {p}", path.display()),
     })?;
     let provider = resolve_provider(c, env)?;

@@ -125,7 +125,7 @@ pub async fn doctor(dd: &DataDir) -> anyhow::Result<ExitCode> {
                 match provider {
                     Err(e) => r.line(Level::Fail, "provider", &format!("{what}: {e}")),
                     Ok(provider) => match provider.list_models().await {
-                        Ok(models) if models.iter().any(|m| *m == p.model) => r.line(
+                        Ok(models) if models.contains(&p.model) => r.line(
                             Level::Ok,
                             "provider",
                             &format!("{what}: reachable, model listed"),

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use carapace_agent::{Agent, AgentConfig, SYSTEM_PROMPT};
-use carapace_fs::Workspace;
 use carapace_gate::{Gate, GateDeps, Scrubber};
 use carapace_llm::{OpenAiCompat, OpenAiConfig};
 use carapace_policy::SimplePolicy;
@@ -37,10 +36,10 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
 
     let file = config::load(&dd.config())?;
     let env = |k: &str| {
-        if k == "CARAPACE_BIND" {
-            if let Some(b) = &bind {
-                return Some(b.clone());
-            }
+        if k == "CARAPACE_BIND"
+            && let Some(b) = &bind
+        {
+            return Some(b.clone());
         }
         std::env::var(k).ok()
     };
@@ -58,11 +57,11 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
     let gate = Gate::new(GateDeps {
         store: store.clone(),
         audit_key: audit_key.clone(),
-        workspace: Workspace::open(&dd.workspace()).context("cannot open the workspace")?,
+        workspace_root: dd.workspace(),
         policy: Box::new(SimplePolicy),
         scrubber: Scrubber::new(&secrets),
         config: settings.gate.clone(),
-    });
+    })?;
     let (agent, provider_hint) = match settings.provider {
         ProviderSetup::Ready(p) => {
             let provider = OpenAiCompat::new(OpenAiConfig {
@@ -124,9 +123,27 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
     tracing::info!(%addr, data_dir = %dd.root().display(), "carapace gateway listening");
     eprintln!("cara: listening on http://{addr}");
 
-    let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    // Graceful shutdown waits for requests in flight, and a turn can wait minutes for an
+    // approval or a slow model: after the signal they get a moment, then are cut off.
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let signalled = {
+        let stopping = stopping.clone();
+        async move {
+            shutdown_signal().await;
+            stopping.notify_one();
+        }
+    };
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(signalled);
+    let served = tokio::select! {
+        served = std::future::IntoFuture::into_future(server) => served,
+        () = async {
+            stopping.notified().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!("requests still running {SHUTDOWN_GRACE:?} after the signal; stopping anyway");
+            Ok(())
+        }
+    };
     let _ = gate.record("daemon_stopped", json!({}));
     // Remove the address file only if it is still ours.
     if std::fs::read_to_string(dd.daemon_file())
@@ -137,6 +154,9 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
     drop(lock);
     served.context("the server failed")
 }
+
+/// How long requests in flight may run on after Ctrl-C or SIGTERM.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

@@ -124,10 +124,10 @@ impl Workspace {
         if let Ok(abs) = std::path::absolute(root) {
             root_paths.push(abs);
         }
-        if let Ok(canonical) = std::fs::canonicalize(root) {
-            if !root_paths.contains(&canonical) {
-                root_paths.push(canonical);
-            }
+        if let Ok(canonical) = std::fs::canonicalize(root)
+            && !root_paths.contains(&canonical)
+        {
+            root_paths.push(canonical);
         }
         Ok(Workspace {
             root: dir,

@@ -132,23 +132,16 @@ impl OpenAiCompat {
         })
     }
 
-    fn request(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.auth {
-            Some(auth) => builder.header(AUTHORIZATION, auth.expose().clone()),
-            None => builder,
-        }
-    }
-
     /// Sends a request; any status but success becomes [`ProviderError::Http`].
     async fn send(
         &self,
         builder: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ProviderError> {
-        let resp = self
-            .request(builder)
-            .send()
-            .await
-            .map_err(transport_error)?;
+        let builder = match &self.auth {
+            Some(auth) => builder.header(AUTHORIZATION, auth.expose().clone()),
+            None => builder,
+        };
+        let resp = builder.send().await.map_err(transport_error)?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);

@@ -131,6 +131,7 @@ async fn plain_text_turn() {
             .is_some_and(|u| u.prompt_tokens > 0 && u.completion_tokens > 0)
     );
     assert_eq!(fake.requests()[0].get("stream"), None);
+    assert_eq!(fake.disconnects(), 0);
 }
 
 #[tokio::test]
@@ -150,6 +151,7 @@ async fn streamed_text_arrives_in_order_and_adds_up_to_the_content() {
     let body = &fake.requests()[0];
     assert_eq!(body["stream"], json!(true));
     assert_eq!(body["stream_options"], json!({ "include_usage": true }));
+    assert_eq!(fake.disconnects(), 0, "a finished stream is no disconnect");
 }
 
 #[tokio::test]

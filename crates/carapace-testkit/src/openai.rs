@@ -622,3 +622,67 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod wire_tests {
+    use expect_test::expect;
+
+    use super::*;
+
+    fn sorted(v: &Value) -> Value {
+        match v {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                Value::Object(
+                    keys.into_iter()
+                        .map(|k| (k.clone(), sorted(&map[k])))
+                        .collect(),
+                )
+            }
+            Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+
+    #[test]
+    fn a_streamed_tool_call_looks_like_openai_sends_it() {
+        let answer = Answer::Calls(vec![(
+            "call_1".into(),
+            "list_dir".into(),
+            r#"{"path":"src/a"}"#.into(),
+        )]);
+        let usage = json!({ "prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5 });
+        // Keys sorted, so the snapshot holds whatever serde_json's `preserve_order` is.
+        let events: String = stream_events("chatcmpl-fake-1", "m", &answer, Some(usage))
+            .iter()
+            .map(
+                |e| match serde_json::from_str(e.trim_start_matches("data: ")) {
+                    Ok(v) => format!("data: {}\n\n", sorted(&v)),
+                    Err(_) => e.clone(),
+                },
+            )
+            .collect();
+        expect![[r#"
+            data: {"choices":[{"delta":{"content":null,"refusal":null,"role":"assistant"},"finish_reason":null,"index":0,"logprobs":null}],"created":1700000000,"id":"chatcmpl-fake-1","model":"m","object":"chat.completion.chunk","system_fingerprint":null,"usage":null}
+
+            data: {"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"","name":"list_dir"},"id":"call_1","index":0,"type":"function"}]},"finish_reason":null,"index":0,"logprobs":null}],"created":1700000000,"id":"chatcmpl-fake-1","model":"m","object":"chat.completion.chunk","system_fingerprint":null,"usage":null}
+
+            data: {"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"{\"pat"},"index":0}]},"finish_reason":null,"index":0,"logprobs":null}],"created":1700000000,"id":"chatcmpl-fake-1","model":"m","object":"chat.completion.chunk","system_fingerprint":null,"usage":null}
+
+            data: {"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"h\":\"s"},"index":0}]},"finish_reason":null,"index":0,"logprobs":null}],"created":1700000000,"id":"chatcmpl-fake-1","model":"m","object":"chat.completion.chunk","system_fingerprint":null,"usage":null}
+
+            data: {"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"rc/a\""},"index":0}]},"finish_reason":null,"index":0,"logprobs":null}],"created":1700000000,"id":"chatcmpl-fake-1","model":"m","object":"chat.completion.chunk","system_fingerprint":null,"usage":null}
+
+            data: {"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"}"},"index":0}]},"finish_reason":null,"index":0,"logprobs":null}],"created":1700000000,"id":"chatcmpl-fake-1","model":"m","object":"chat.completion.chunk","system_fingerprint":null,"usage":null}
+
+            data: {"choices":[{"delta":{},"finish_reason":"tool_calls","index":0,"logprobs":null}],"created":1700000000,"id":"chatcmpl-fake-1","model":"m","object":"chat.completion.chunk","system_fingerprint":null,"usage":null}
+
+            data: {"choices":[],"created":1700000000,"id":"chatcmpl-fake-1","model":"m","object":"chat.completion.chunk","system_fingerprint":null,"usage":{"completion_tokens":2,"prompt_tokens":3,"total_tokens":5}}
+
+            data: [DONE]
+
+        "#]]
+        .assert_eq(&events);
+    }
+}

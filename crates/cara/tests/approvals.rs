@@ -1,0 +1,189 @@
+//! Approvals through the HTTP API: a `write` call waits for the owner, who lets it go
+//! ahead or refuses it.
+
+use carapace_testkit::{FakeOpenAi, Reply};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::util::{
+    Daemon, TestDir, cara, error_code, json_response, outcomes, tool_call_records, tool_messages,
+    wait_for, wait_requests,
+};
+
+fn write_call(path: &str, content: &str) -> Reply {
+    Reply::ToolCalls(vec![(
+        "write_file".into(),
+        json!({ "path": path, "content": content }),
+    )])
+}
+
+/// Waits for the one pending approval and returns it.
+async fn pending_approval(daemon: &Daemon) -> Value {
+    wait_for("a pending approval", || async {
+        let (status, body) = daemon.get("/api/approvals").await;
+        assert_eq!(status, 200, "{body}");
+        body["approvals"]
+            .as_array()
+            .and_then(|a| a.first().cloned())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_approves_or_denies_through_the_api() {
+    let fake = FakeOpenAi::start(vec![
+        write_call("todo.txt", "buy milk"),
+        Reply::Text("Saved.".into()),
+        write_call("denied.txt", "should never exist"),
+        Reply::Text("Not saved.".into()),
+    ])
+    .await;
+    let dir = TestDir::new();
+    let daemon = Daemon::start(&dir, &fake).await;
+
+    // Approve.
+    let turn = tokio::spawn(
+        daemon
+            .authed(Method::POST, "/v1/chat/completions")
+            .json(&json!({ "messages": [{ "role": "user", "content": "note: buy milk" }] }))
+            .send(),
+    );
+    let approval = pending_approval(&daemon).await;
+    let id = approval["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("ap_"), "{approval}");
+    assert_eq!(approval["tool"], "write_file");
+    assert_eq!(approval["rule"], "default.write-asks");
+    assert!(
+        approval["args"].as_str().unwrap().contains("todo.txt"),
+        "{approval}"
+    );
+    assert!(
+        !dir.workspace().join("todo.txt").exists(),
+        "nothing is written before the owner answers"
+    );
+    let (status, body) = daemon
+        .post(
+            &format!("/api/approvals/{id}"),
+            &json!({ "decision": "approve" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({ "id": id, "decision": "approve" }));
+    let (status, body) = json_response(turn.await.unwrap().unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["message"]["content"], "Saved.");
+    assert_eq!(
+        std::fs::read_to_string(dir.workspace().join("todo.txt")).unwrap(),
+        "buy milk"
+    );
+    let (_, body) = daemon.get("/api/approvals").await;
+    assert_eq!(body["approvals"], json!([]), "answered approvals are gone");
+    // Answering twice is not possible.
+    let (status, body) = daemon
+        .post(
+            &format!("/api/approvals/{id}"),
+            &json!({ "decision": "deny" }),
+        )
+        .await;
+    assert_eq!((status.as_u16(), error_code(&body)), (404, "NOT_FOUND"));
+
+    // Deny.
+    let turn = tokio::spawn(
+        daemon
+            .authed(Method::POST, "/v1/chat/completions")
+            .json(&json!({ "messages": [{ "role": "user", "content": "write another" }] }))
+            .send(),
+    );
+    let approval = pending_approval(&daemon).await;
+    let id = approval["id"].as_str().unwrap();
+    let (status, body) = daemon
+        .post(
+            &format!("/api/approvals/{id}"),
+            &json!({ "decision": "deny" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = json_response(turn.await.unwrap().unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["message"]["content"], "Not saved.");
+    assert!(!dir.workspace().join("denied.txt").exists());
+    let requests = wait_requests(&fake, 4).await;
+    let tools = tool_messages(&requests[3]);
+    let refusal = tools.last().unwrap()["content"].as_str().unwrap();
+    assert!(refusal.contains("CONFIRMATION_DENIED"), "{refusal}");
+
+    let records = tool_call_records(&dir, "write_file").await;
+    assert_eq!(
+        outcomes(&records),
+        [
+            "asked", "approved", "allowed", "executed", "asked", "denied"
+        ],
+        "{records:?}"
+    );
+    assert_eq!(records[5]["code"], "CONFIRMATION_DENIED");
+
+    // Bad answers get typed errors.
+    let (status, body) = daemon
+        .post(
+            "/api/approvals/ap_nonexistent",
+            &json!({ "decision": "approve" }),
+        )
+        .await;
+    assert_eq!((status.as_u16(), error_code(&body)), (404, "NOT_FOUND"));
+    let (status, body) = daemon
+        .post(
+            "/api/approvals/ap_nonexistent",
+            &json!({ "decision": "maybe" }),
+        )
+        .await;
+    assert!(matches!(status.as_u16(), 400 | 422), "{status} {body}");
+    error_code(&body);
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("maybe"),
+        "the message names the bad value: {body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_and_answers_approvals() {
+    let fake = FakeOpenAi::start(vec![
+        write_call("cli.txt", "approved on the command line"),
+        Reply::Text("Done.".into()),
+    ])
+    .await;
+    let dir = TestDir::new();
+    let daemon = Daemon::start(&dir, &fake).await;
+
+    let out = cara(&dir).args(["status"]).run().await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert!(out.stdout.contains("gateway: running"), "{out:#?}");
+    assert!(out.stdout.contains("model: fake-model"), "{out:#?}");
+
+    let turn = tokio::spawn(
+        daemon
+            .authed(Method::POST, "/v1/chat/completions")
+            .json(&json!({ "messages": [{ "role": "user", "content": "save it" }] }))
+            .send(),
+    );
+    let id = pending_approval(&daemon).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = cara(&dir).args(["approvals", "list"]).run().await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert!(out.stdout.contains(&id), "{out:#?}");
+    assert!(out.stdout.contains("write_file"), "{out:#?}");
+
+    let out = cara(&dir).args(["approvals", "approve", &id]).run().await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let (status, body) = json_response(turn.await.unwrap().unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        std::fs::read_to_string(dir.workspace().join("cli.txt")).unwrap(),
+        "approved on the command line"
+    );
+
+    let out = cara(&dir).args(["approvals", "deny", &id]).run().await;
+    assert_eq!(out.code, Some(1), "an answered approval is gone: {out:#?}");
+    assert!(out.stderr.contains("NOT_FOUND"), "{out:#?}");
+}

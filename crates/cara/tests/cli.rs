@@ -1,0 +1,137 @@
+//! The command line: the chat REPL with inline approvals, and the messages a user gets
+//! when there is no provider or the configuration is wrong.
+
+use carapace_testkit::{FakeOpenAi, Reply, free_loopback_port};
+use serde_json::json;
+
+use crate::util::{Daemon, TestDir, cara, outcomes, tool_call_records};
+
+fn write_call(path: &str, content: &str) -> Reply {
+    Reply::ToolCalls(vec![(
+        "write_file".into(),
+        json!({ "path": path, "content": content }),
+    )])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_repl_asks_inline_and_obeys_the_answer() {
+    let fake = FakeOpenAi::start(vec![
+        write_call("from-repl.txt", "written from the repl"),
+        Reply::Text("I wrote the file.".into()),
+        write_call("refused.txt", "never"),
+        Reply::Text("I did not write it.".into()),
+    ])
+    .await;
+    let dir = TestDir::new();
+    let _daemon = Daemon::start(&dir, &fake).await;
+
+    let out = cara(&dir)
+        .args(["chat"])
+        .stdin("please write a file\ny\n/exit\n")
+        .run()
+        .await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    for expected in [
+        "model fake-model",
+        "approval needed (ap_",
+        "write_file",
+        "from-repl.txt",
+        "approve? [y/N]",
+        "    ok\n",
+        "cara> I wrote the file.",
+    ] {
+        assert!(out.stdout.contains(expected), "{expected:?} in {out:#?}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.workspace().join("from-repl.txt")).unwrap(),
+        "written from the repl"
+    );
+
+    let out = cara(&dir)
+        .args(["chat"])
+        .stdin("now another one\nn\n/exit\n")
+        .run()
+        .await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    for expected in [
+        "approval needed (ap_",
+        "refused.txt",
+        "refused: CONFIRMATION_DENIED",
+        "cara> I did not write it.",
+    ] {
+        assert!(out.stdout.contains(expected), "{expected:?} in {out:#?}");
+    }
+    assert!(!dir.workspace().join("refused.txt").exists());
+    let records = tool_call_records(&dir, "write_file").await;
+    assert_eq!(
+        outcomes(&records),
+        [
+            "asked", "approved", "allowed", "executed", "asked", "denied"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_without_a_provider_says_how_to_set_one_up() {
+    let dir = TestDir::new();
+    // A port nothing listens on, so a gateway someone runs on the default port is not
+    // mistaken for this data directory's.
+    let bind = format!("127.0.0.1:{}", free_loopback_port());
+    let out = cara(&dir)
+        .args(["chat"])
+        .env("CARAPACE_BIND", &bind)
+        .stdin("hello\n")
+        .run()
+        .await;
+    assert_eq!(out.code, Some(2), "{out:#?}");
+    assert!(out.stderr.contains("OPENAI_BASE_URL"), "{out:#?}");
+    assert!(out.stderr.contains("cara setup"), "{out:#?}");
+    assert!(!out.stderr.contains("panicked"), "{out:#?}");
+    assert!(
+        !dir.data().join("daemon.json").exists(),
+        "no gateway was started"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_errors_name_file_line_and_key() {
+    let dir = TestDir::new();
+    std::fs::create_dir(dir.data()).unwrap();
+    std::fs::write(
+        dir.config(),
+        "[server]\nbind = \"127.0.0.1:0\"\n\n[provider]\nmodel = \"m\"\ncolour = \"blue\"\n",
+    )
+    .unwrap();
+    let at = format!("{}:6:", dir.config().display());
+
+    let out = cara(&dir).args(["config", "validate"]).run().await;
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert!(out.stderr.contains(&at), "file and line in {out:#?}");
+    assert!(out.stderr.contains("`provider.colour`"), "key in {out:#?}");
+
+    let out = cara(&dir)
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .run()
+        .await;
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert!(out.stderr.contains(&at), "file and line in {out:#?}");
+    assert!(out.stderr.contains("`provider.colour`"), "key in {out:#?}");
+    assert!(!dir.data().join("daemon.json").exists());
+
+    std::fs::remove_file(dir.config()).unwrap();
+    let out = cara(&dir)
+        .args(["serve", "--bind", "0.0.0.0:8321"])
+        .run()
+        .await;
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    // The flag is named: the user passed --bind, not $CARAPACE_BIND.
+    assert!(out.stderr.contains("--bind"), "{out:#?}");
+    assert!(out.stderr.contains("0.0.0.0:8321"), "{out:#?}");
+    assert!(out.stderr.contains("not a loopback address"), "{out:#?}");
+    assert!(!out.stderr.contains("panicked"), "{out:#?}");
+    assert!(!dir.data().join("daemon.json").exists());
+
+    // A valid file passes.
+    let out = cara(&dir).args(["config", "validate"]).run().await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+}

@@ -1,0 +1,17 @@
+//! End-to-end tests of the `cara` binary: each starts the real daemon in a temporary
+//! data directory on a loopback port, with a scripted fake OpenAI server as its model
+//! provider, and drives it like a user would (HTTP, WebSocket, the CLI and the REPL).
+//!
+//! One test binary, as in ripgrep: the modules below are its features; `util` holds the
+//! helpers.
+
+mod util;
+
+mod approvals;
+mod auth;
+mod bad_input;
+mod cli;
+mod durability;
+mod openai_api;
+mod path_escapes;
+mod websocket;
