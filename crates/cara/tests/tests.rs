@@ -13,5 +13,6 @@ mod bad_input;
 mod cli;
 mod durability;
 mod openai_api;
+mod openai_python;
 mod path_escapes;
 mod websocket;

@@ -30,6 +30,7 @@ use carapace_types::{
     Confidentiality, Decision, EffectClass, ErrorCode, GateError, Integrity, Label, Principal,
     SessionId, Source, Stage,
 };
+use futures_util::FutureExt as _;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
@@ -348,10 +349,11 @@ impl Gate {
             session_label: session.label,
             now_ms: now_ms(),
         };
-        let mut handle = tokio::spawn((tool.exec)(ctx, args));
-        let raw = match tokio::time::timeout(inner.config.tool_timeout, &mut handle).await {
+        // The executor runs on this task (a thread hop per call costs more than the whole
+        // pipeline); a panic is caught here and the deadline drops the future.
+        let run = std::panic::AssertUnwindSafe((tool.exec)(ctx, args)).catch_unwind();
+        let raw = match tokio::time::timeout(inner.config.tool_timeout, run).await {
             Err(_) => {
-                handle.abort();
                 return Err(GateError::new(
                     ErrorCode::ToolTimeout,
                     Stage::Execute,
@@ -361,8 +363,13 @@ impl Gate {
                     ),
                 ));
             }
-            Ok(Err(join)) => {
-                tracing::error!(tool = tool.name, error = %join, "tool executor panicked");
+            Ok(Err(panic)) => {
+                let detail = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(tool = tool.name, panic = %detail, "tool executor panicked");
                 return Err(GateError::new(
                     ErrorCode::ToolError,
                     Stage::Execute,
