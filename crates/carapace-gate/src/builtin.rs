@@ -125,7 +125,18 @@ fn file_label(ctx: &ExecCtx, path: &str, sha256_hex: &str) -> Result<(Label, Sou
         // The agent wrote it once but someone changed it since: it is the owner's now,
         // and still carries whatever the agent put in.
         Some(w) => (w.label.join(USER_FILE), Source::UserFile),
-        None => (USER_FILE, Source::UserFile),
+        // Content the agent wrote under another name (a symlink, a hard link, a copy)
+        // still carries the label it was written with.
+        None => match ctx.store.agent_write_label_by_digest(sha256_hex) {
+            Ok(Some(label)) => (label.join(USER_FILE), Source::UserFile),
+            Ok(None) => (USER_FILE, Source::UserFile),
+            Err(e) => {
+                tracing::error!(error = %e, "provenance lookup failed");
+                return Err(ToolFailure(
+                    "could not look up the file's provenance".into(),
+                ));
+            }
+        },
     })
 }
 

@@ -420,6 +420,16 @@ async fn files_the_agent_wrote_keep_the_label_they_were_written_with() {
         Integrity::Untrusted
     );
 
+    // The same content under another name (here a symlink inside the workspace) is
+    // still tainted.
+    std::os::unix::fs::symlink("copy.txt", f.root().join("alias.txt")).unwrap();
+    let out = f
+        .call("read_file", json!({ "path": "alias.txt" }))
+        .await
+        .unwrap();
+    assert_eq!(out.content["content"], "from the web");
+    assert_eq!(out.label.integrity, Integrity::Untrusted);
+
     // Edited by someone else since: no longer the agent's file, and still tainted.
     std::fs::write(f.root().join("copy.txt"), "edited").unwrap();
     let out = f

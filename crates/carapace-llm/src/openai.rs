@@ -53,7 +53,10 @@ impl OpenAiConfig {
 
 /// A [`Provider`] speaking OpenAI Chat Completions over HTTP.
 pub struct OpenAiCompat {
-    client: reqwest::Client,
+    /// Built on first use: a daemon that is never asked anything holds no TLS state.
+    client: std::sync::OnceLock<reqwest::Client>,
+    /// Whether `base_url` is a loopback host (reached without a proxy).
+    loopback: bool,
     /// Without a trailing slash.
     base_url: String,
     api_key: Option<Secret<String>>,
@@ -112,24 +115,34 @@ impl OpenAiCompat {
                 .trim_end_matches(']')
                 .parse::<IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback());
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(cfg.request_timeout.min(Duration::from_secs(30)))
-            .user_agent(concat!("carapace/", env!("CARGO_PKG_VERSION")));
-        if loopback {
-            builder = builder.no_proxy();
-        }
-        let client = builder.build().map_err(|e| {
-            ProviderError::InvalidConfig(format!("cannot build the http client: {e}"))
-        })?;
         Ok(OpenAiCompat {
-            client,
+            client: std::sync::OnceLock::new(),
+            loopback,
             base_url,
             api_key: cfg.api_key,
             auth,
             request_timeout: cfg.request_timeout,
             stall_timeout: cfg.stall_timeout,
         })
+    }
+
+    /// The HTTP client, built on first use.
+    fn client(&self) -> Result<&reqwest::Client, ProviderError> {
+        if let Some(client) = self.client.get() {
+            return Ok(client);
+        }
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(self.request_timeout.min(Duration::from_secs(30)))
+            .user_agent(concat!("carapace/", env!("CARGO_PKG_VERSION")));
+        if self.loopback {
+            builder = builder.no_proxy();
+        }
+        let client = builder.build().map_err(|e| {
+            ProviderError::InvalidConfig(format!("cannot build the http client: {e}"))
+        })?;
+        // Two first requests may race; both clients work and one is kept.
+        Ok(self.client.get_or_init(|| client))
     }
 
     /// Sends a request; any status but success becomes [`ProviderError::Http`].
@@ -171,7 +184,7 @@ impl OpenAiCompat {
     async fn chat_unstreamed(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {
         let url = format!("{}/chat/completions", self.base_url);
         let body = wire::encode_request(req, false);
-        let resp = self.send(self.client.post(url).json(&body)).await?;
+        let resp = self.send(self.client()?.post(url).json(&body)).await?;
         let bytes = read_bounded(resp, MAX_RESPONSE_BYTES, None).await?;
         decode_completion(&bytes, &req.model)
     }
@@ -185,7 +198,7 @@ impl OpenAiCompat {
         let body = wire::encode_request(req, true);
         let resp = timeout(
             self.request_timeout,
-            self.send(self.client.post(url).json(&body)),
+            self.send(self.client()?.post(url).json(&body)),
         )
         .await
         .map_err(|_| ProviderError::Timeout)??;
@@ -292,7 +305,7 @@ impl Provider for OpenAiCompat {
         async move {
             let fetch = async {
                 let url = format!("{}/models", self.base_url);
-                let resp = self.send(self.client.get(url)).await?;
+                let resp = self.send(self.client()?.get(url)).await?;
                 let bytes = read_bounded(resp, MAX_RESPONSE_BYTES, None).await?;
                 let body: Value = serde_json::from_slice(&bytes).map_err(|e| {
                     ProviderError::Protocol(format!("cannot decode the model list: {e}"))

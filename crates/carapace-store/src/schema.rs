@@ -42,6 +42,8 @@ CREATE TABLE agent_writes (
     session_id TEXT NOT NULL,
     written_ms INTEGER NOT NULL
 ) STRICT;
+-- The same content under another name (a link, a copy) keeps the label it was written with.
+CREATE INDEX agent_writes_by_digest ON agent_writes (sha256);
 
 CREATE TABLE audit (
     seq INTEGER PRIMARY KEY,

@@ -320,6 +320,25 @@ impl Store {
     }
 
     /// The last agent write recorded for `path`, if any.
+    /// The join of the labels of every file the agent wrote with this content digest,
+    /// wherever it wrote it; `None` when it never wrote such content.
+    pub fn agent_write_label_by_digest(
+        &self,
+        sha256_hex: &str,
+    ) -> Result<Option<Label>, StoreError> {
+        let inner = self.lock();
+        let mut stmt = inner.conn.prepare_cached(
+            "SELECT integrity, confidentiality FROM agent_writes WHERE sha256 = ?1",
+        )?;
+        let mut rows = stmt.query([sha256_hex])?;
+        let mut label: Option<Label> = None;
+        while let Some(row) = rows.next()? {
+            let found = parse_label(&row.get::<_, String>(0)?, &row.get::<_, String>(1)?)?;
+            label = Some(label.map_or(found, |l| l.join(found)));
+        }
+        Ok(label)
+    }
+
     pub fn agent_write(&self, path: &str) -> Result<Option<AgentWrite>, StoreError> {
         let inner = self.lock();
         let mut stmt = inner.conn.prepare_cached(
