@@ -319,7 +319,6 @@ impl Store {
         Ok(())
     }
 
-    /// The last agent write recorded for `path`, if any.
     /// The join of the labels of every file the agent wrote with this content digest,
     /// wherever it wrote it; `None` when it never wrote such content.
     pub fn agent_write_label_by_digest(
@@ -339,6 +338,7 @@ impl Store {
         Ok(label)
     }
 
+    /// The last agent write recorded for `path`, if any.
     pub fn agent_write(&self, path: &str) -> Result<Option<AgentWrite>, StoreError> {
         let inner = self.lock();
         let mut stmt = inner.conn.prepare_cached(
