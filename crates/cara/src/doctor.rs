@@ -105,9 +105,28 @@ pub async fn doctor(dd: &DataDir) -> anyhow::Result<ExitCode> {
         }
     };
 
+    // The running gateway, if any: its environment may differ from this shell's.
+    let daemon = Daemon::find(dd).await;
+    let daemon_model = match &daemon {
+        Ok(Some(d)) => d
+            .get("/api/status")
+            .await
+            .ok()
+            .and_then(|s| s["model"].as_str().map(String::from)),
+        _ => None,
+    };
+
     // Provider.
     if let Some(s) = settings {
         match s.provider {
+            ProviderSetup::Missing(_) if daemon_model.is_some() => r.line(
+                Level::Warn,
+                "provider",
+                &format!(
+                    "not configured in this shell, but the running gateway uses model {}; a restarted gateway needs the same settings",
+                    daemon_model.as_deref().unwrap_or("?")
+                ),
+            ),
             ProviderSetup::Missing(hint) => {
                 r.line(Level::Fail, "provider", &hint.replace('\n', "\n       "))
             }
@@ -180,7 +199,7 @@ pub async fn doctor(dd: &DataDir) -> anyhow::Result<ExitCode> {
     }
 
     // Gateway.
-    match Daemon::find(dd).await {
+    match daemon {
         Ok(Some(d)) => r.line(
             Level::Ok,
             "gateway",
