@@ -47,19 +47,42 @@ fn candidate_addrs(dd: &DataDir) -> Vec<SocketAddr> {
 }
 
 impl Daemon {
-    /// Finds a running gateway for this data directory.
+    /// Finds a running gateway for this data directory. A process that answers on the
+    /// port but cannot prove it holds the token is not ours: the token is never sent to it.
     pub async fn find(dd: &DataDir) -> anyhow::Result<Option<Daemon>> {
         let http = http_client()?;
-        for addr in candidate_addrs(dd) {
+        let addrs = candidate_addrs(dd);
+        if addrs.is_empty() {
+            return Ok(None);
+        }
+        let token = match dd.read_token() {
+            Ok(t) => t,
+            // No token yet means no daemon ever started here.
+            Err(_) if !dd.token().exists() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        for addr in addrs {
+            let mut nonce = [0u8; 16];
+            getrandom::fill(&mut nonce).context("the OS random source failed")?;
+            let challenge = hex::encode(nonce);
             let health = http
-                .get(format!("http://{addr}/health"))
+                .get(format!("http://{addr}/health?challenge={challenge}"))
                 .timeout(Duration::from_secs(2))
                 .send()
                 .await;
-            if health.is_ok_and(|r| r.status().is_success()) {
-                let token = dd.read_token()?;
+            let Ok(resp) = health else { continue };
+            if !resp.status().is_success() {
+                continue;
+            }
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            let expected = carapace_server::health_proof(token.expose().as_bytes(), &challenge);
+            if body["proof"].as_str() == Some(expected.as_str()) {
                 return Ok(Some(Daemon { addr, token, http }));
             }
+            eprintln!(
+                "cara: something answers on {addr} but is not the gateway of {} (it could not prove it holds the token); not sending it the token",
+                dd.root().display()
+            );
         }
         Ok(None)
     }

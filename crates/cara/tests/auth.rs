@@ -123,3 +123,84 @@ async fn a_foreign_host_name_is_refused_even_with_the_token() {
         assert_eq!(status, 200, "Host: {host}: {body}");
     }
 }
+
+/// A local process that squats on the gateway's port while no gateway runs must not
+/// receive the token: the CLI first asks for a proof that only the token's holder can
+/// compute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_never_sends_the_token_to_an_impostor_on_the_port() {
+    let dir = TestDir::new();
+    // A data dir with a token, as after an earlier run.
+    std::fs::create_dir_all(dir.data()).unwrap();
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dir.data().join("server.token"))
+            .unwrap();
+        std::io::Write::write_all(
+            &mut f,
+            b"0123456789abcdef0123456789abcdef0123456789abcdef\n",
+        )
+        .unwrap();
+    }
+    // The impostor answers every request with 200 {"status":"ok"} and keeps what it hears.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let impostor = {
+        let heard = heard.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    break;
+                };
+                let heard = heard.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let n = stream.read(&mut buf).await.unwrap_or(0);
+                    heard
+                        .lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                    let body = r#"{"status":"ok"}"#;
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                });
+            }
+        })
+    };
+    let bind = format!("127.0.0.1:{port}");
+    for args in [vec!["status"], vec!["approvals", "list"]] {
+        let out = crate::util::cara(&dir)
+            .env("CARAPACE_BIND", &bind)
+            .args(&args)
+            .run()
+            .await;
+        assert_ne!(out.code, Some(0), "{args:?}: {out:?}");
+        assert!(
+            out.stderr.contains("could not prove"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    impostor.abort();
+    let heard = heard.lock().unwrap().clone();
+    assert!(
+        heard.contains("GET /health?challenge="),
+        "the CLI did knock: {heard}"
+    );
+    assert!(
+        !heard.to_ascii_lowercase().contains("authorization"),
+        "token leaked: {heard}"
+    );
+    assert!(
+        !heard.contains("0123456789abcdef0123"),
+        "token leaked: {heard}"
+    );
+}

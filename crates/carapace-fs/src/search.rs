@@ -61,6 +61,8 @@ struct Searcher<'a> {
     /// The query, lowercased if the search ignores case.
     query: String,
     opts: &'a SearchOptions,
+    /// Rewrites a matching line before it is cut to an excerpt (see `search_redacted`).
+    redact: &'a dyn Fn(&str) -> Option<String>,
     result: SearchResult,
 }
 
@@ -77,6 +79,20 @@ impl Workspace {
         query: &str,
         opts: &SearchOptions,
     ) -> Result<SearchResult, FsError> {
+        self.search_redacted(path, query, opts, &|_| None)
+    }
+
+    /// [`Workspace::search`], with each matching line passed whole to `redact` before it
+    /// is cut to an excerpt; `Some(text)` replaces the line. The caller's scrubber sees
+    /// whole lines, so a secret is never cut in two at the edge of an excerpt (where a
+    /// scrubber could no longer recognise it).
+    pub fn search_redacted(
+        &self,
+        path: &WorkspacePath,
+        query: &str,
+        opts: &SearchOptions,
+        redact: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<SearchResult, FsError> {
         let query = if opts.case_insensitive {
             query.to_ascii_lowercase()
         } else {
@@ -85,6 +101,7 @@ impl Workspace {
         let mut s = Searcher {
             query,
             opts,
+            redact,
             result: SearchResult {
                 matches: Vec::new(),
                 truncated: false,
@@ -218,10 +235,25 @@ impl Searcher<'_> {
             };
             // ASCII lowercasing keeps byte offsets, so `at` indexes `line` too.
             if let Some(at) = found {
+                let shown = match (self.redact)(line) {
+                    None => excerpt(line, at, query.len()),
+                    Some(clean) => {
+                        let again = if self.opts.case_insensitive {
+                            clean.to_ascii_lowercase().find(query)
+                        } else {
+                            clean.find(query)
+                        };
+                        // The match may have been redacted away: show the line's start.
+                        match again {
+                            Some(at) => excerpt(&clean, at, query.len()),
+                            None => excerpt(&clean, 0, 0),
+                        }
+                    }
+                };
                 self.result.matches.push(SearchMatch {
                     path: rel.to_owned(),
                     line_number: index as u64 + 1,
-                    line: excerpt(line, at, query.len()),
+                    line: shown,
                 });
                 if self.full() {
                     break;

@@ -53,9 +53,10 @@ struct Entry {
     answer: oneshot::Sender<bool>,
 }
 
-#[derive(Default, Clone)]
+#[derive(Clone)]
 pub(crate) struct Approvals {
     pending: Arc<Mutex<BTreeMap<String, Entry>>>,
+    events: tokio::sync::broadcast::Sender<crate::GateEvent>,
 }
 
 /// A waiting call's end of an approval. Dropping it (the caller went away or timed
@@ -76,11 +77,28 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        self.approvals.lock().remove(&self.id);
+        // Still pending means nobody answered: the caller went away or timed out. Tell
+        // the owners' front ends, so no stale prompt stays on screen.
+        if self.approvals.lock().remove(&self.id).is_some() {
+            let _ = self
+                .approvals
+                .events
+                .send(crate::GateEvent::ApprovalResolved {
+                    id: self.id.clone(),
+                    approved: false,
+                });
+        }
     }
 }
 
 impl Approvals {
+    pub fn new(events: tokio::sync::broadcast::Sender<crate::GateEvent>) -> Approvals {
+        Approvals {
+            pending: Arc::default(),
+            events,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
         // A poisoned map only means a panic elsewhere; the data is still consistent
         // because every critical section is a single insert or remove.

@@ -18,6 +18,8 @@ const DEFAULT_READ_BYTES: u64 = 64 * 1024;
 const MAX_READ_BYTES: u64 = 1024 * 1024;
 const MAX_LIST_ENTRIES: usize = 1000;
 const MAX_WRITE_BYTES: usize = 1024 * 1024;
+/// Longer than any secret the scrubber knows or any credential pattern it looks for.
+const SCRUB_MARGIN_BYTES: u64 = 4096;
 
 /// A file the owner put in the workspace: their private data, trusted as far as the
 /// owner trusts it.
@@ -147,7 +149,20 @@ fn read_file(ctx: &ExecCtx, args: &Value) -> Result<RawResult, ToolFailure> {
         .get("max_bytes")
         .and_then(Value::as_u64)
         .unwrap_or(DEFAULT_READ_BYTES);
-    let file = ws.read_file(&path, max).map_err(fail)?;
+    // Read a margin past the limit and scrub before cutting: a secret cut in two at the
+    // limit would no longer be recognised by the sanitize stage.
+    let mut file = ws
+        .read_file(&path, max.saturating_add(SCRUB_MARGIN_BYTES))
+        .map_err(fail)?;
+    ctx.scrubber.scrub_string(&mut file.text);
+    if file.text.len() as u64 > max {
+        let mut end = max as usize;
+        while !file.text.is_char_boundary(end) {
+            end -= 1;
+        }
+        file.text.truncate(end);
+        file.truncated = true;
+    }
     let (label, source) = file_label(ctx, path.as_str(), &file.sha256_hex)?;
     Ok(RawResult {
         content: json!({
@@ -238,8 +253,13 @@ fn search_files(ctx: &ExecCtx, args: &Value) -> Result<RawResult, ToolFailure> {
             .unwrap_or(100) as usize,
         max_file_bytes: 4 * 1024 * 1024,
     };
+    // Whole lines are scrubbed before they are cut to excerpts (see `search_redacted`).
+    let redact = |line: &str| {
+        let mut text = line.to_string();
+        ctx.scrubber.scrub_string(&mut text).then_some(text)
+    };
     let found = ws
-        .search(&path, str_arg(args, "query"), &opts)
+        .search_redacted(&path, str_arg(args, "query"), &opts, &redact)
         .map_err(fail)?;
     // Matched lines are file content: the result carries the join of their labels.
     let mut label = USER_FILE;

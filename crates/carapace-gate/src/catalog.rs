@@ -30,6 +30,9 @@ pub(crate) struct ExecCtx {
     pub session: SessionId,
     pub session_label: Label,
     pub now_ms: i64,
+    /// For executors that must scrub before they cut (a secret cut in two is no longer
+    /// recognisable by the sanitize stage).
+    pub scrubber: crate::Scrubber,
 }
 
 /// An executor's own result, before sanitising.

@@ -191,7 +191,7 @@ impl Gate {
                 policy: deps.policy,
                 scrubber: deps.scrubber,
                 limiter,
-                approvals: Approvals::default(),
+                approvals: Approvals::new(events.clone()),
                 workspace: Arc::new(workspace),
                 config: deps.config,
                 events,
@@ -244,18 +244,26 @@ impl Gate {
     /// Runs one call through every stage. Never panics; every outcome is a typed result
     /// and every decision is in the audit log before this returns.
     pub async fn call(&self, req: CallRequest<'_>) -> Result<ToolOutput, GateError> {
-        let mut audit = AuditDraft::new(&req);
-        let result = self.run(&req, &mut audit).await;
+        // If the caller goes away mid-call (a cancelled turn, a closed connection), the
+        // guard records that, so no decision is left without its outcome.
+        let mut guard = CancelGuard {
+            gate: self,
+            audit: AuditDraft::new(&req),
+            finished: false,
+        };
+        let result = self.run(&req, &mut guard.audit).await;
+        guard.finished = true;
+        let audit = &mut guard.audit;
         match &result {
             Ok(out) => {
                 audit.set("result_sha256", json!(sha256_json(&out.content)));
                 audit.set("result_label", json!(out.label.to_string()));
                 audit.set("result_source", json!(out.source.as_string()));
-                self.audit_outcome(&mut audit, "executed", None)?;
+                self.audit_outcome(audit, "executed", None)?;
             }
             Err(err) => {
                 let outcome = if audit.executed { "failed" } else { "denied" };
-                if let Err(audit_err) = self.audit_outcome(&mut audit, outcome, Some(err)) {
+                if let Err(audit_err) = self.audit_outcome(audit, outcome, Some(err)) {
                     tracing::error!(error = %audit_err, "could not record a failed call");
                 }
             }
@@ -348,6 +356,7 @@ impl Gate {
             session: req.session.clone(),
             session_label: session.label,
             now_ms: now_ms(),
+            scrubber: inner.scrubber.clone(),
         };
         // The executor runs on this task (a thread hop per call costs more than the whole
         // pipeline); a panic is caught here and the deadline drops the future.
@@ -423,14 +432,14 @@ impl Gate {
         audit: &mut AuditDraft,
     ) -> Result<(), GateError> {
         let inner = &*self.inner;
-        let mut preview = serde_json::to_string(args).unwrap_or_default();
+        let mut preview = approval_preview(args);
         inner.scrubber.scrub_string(&mut preview);
         let now = now_ms();
         let info = ApprovalInfo {
             id: approvals::new_id(),
             session: req.session.clone(),
             tool: tool.name.to_string(),
-            args_preview: truncate(&preview, 2000).to_string(),
+            args_preview: preview,
             reason: reason.to_string(),
             rule: rule.to_string(),
             created_ms: now,
@@ -455,21 +464,16 @@ impl Gate {
                 format!("the owner declined {}", tool.name),
             )
             .with_rule(rule)),
-            Err(_) => {
-                let _ = inner.events.send(GateEvent::ApprovalResolved {
-                    id: info.id.clone(),
-                    approved: false,
-                });
-                Err(GateError::new(
-                    ErrorCode::ConfirmationTimeout,
-                    Stage::Approve,
-                    format!(
-                        "the owner did not answer within {:?}",
-                        inner.config.approval_timeout
-                    ),
-                )
-                .with_rule(rule))
-            }
+            // The expired request was withdrawn (and announced) when `wait` was dropped.
+            Err(_) => Err(GateError::new(
+                ErrorCode::ConfirmationTimeout,
+                Stage::Approve,
+                format!(
+                    "the owner did not answer within {:?}",
+                    inner.config.approval_timeout
+                ),
+            )
+            .with_rule(rule)),
         }
     }
 
@@ -505,6 +509,30 @@ impl Gate {
     }
 }
 
+/// Records a call whose future was dropped before it finished.
+struct CancelGuard<'a> {
+    gate: &'a Gate,
+    audit: AuditDraft,
+    finished: bool,
+}
+
+impl Drop for CancelGuard<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        // During execution the side effect may or may not have happened; say so.
+        let outcome = if self.audit.executed {
+            "cancelled_during_execution"
+        } else {
+            "cancelled"
+        };
+        if let Err(e) = self.gate.audit_outcome(&mut self.audit, outcome, None) {
+            tracing::error!(error = %e, "could not record a cancelled call");
+        }
+    }
+}
+
 /// The audit record of one call, filled in stage by stage.
 struct AuditDraft {
     record: Value,
@@ -532,6 +560,11 @@ impl AuditDraft {
     /// Arguments enter the log scrubbed, and large values only as digests.
     fn set_args(&mut self, args: &Value, scrubber: &Scrubber) {
         self.set("args_sha256", json!(sha256_json(args)));
+        if depth(args) > MAX_LOGGED_DEPTH {
+            // The digest stands for it; the log must stay writable whatever the model sends.
+            self.set("args", json!({ "omitted": "nested too deeply" }));
+            return;
+        }
         let mut shown = args.clone();
         digest_large_strings(&mut shown);
         scrubber.scrub_json(&mut shown);
@@ -540,6 +573,54 @@ impl AuditDraft {
 }
 
 const MAX_LOGGED_STRING: usize = 256;
+const MAX_LOGGED_DEPTH: usize = 32;
+
+/// Nesting depth of a JSON value (a scalar is 0).
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// The arguments as the owner sees them when asked: `path` first, then the other fields
+/// by name, one per line; a long value is cut and says how much is missing and its
+/// digest, so nothing can hide past the end of the preview.
+fn approval_preview(args: &Value) -> String {
+    const MAX_VALUE_CHARS: usize = 400;
+    let show = |v: &Value| -> String {
+        let text = match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let total = text.chars().count();
+        if total <= MAX_VALUE_CHARS {
+            return match v {
+                Value::String(s) => format!("{s:?}"),
+                other => other.to_string(),
+            };
+        }
+        let head: String = text.chars().take(MAX_VALUE_CHARS).collect();
+        format!(
+            "{head:?}… (+{} more characters, {} in all, sha256 {})",
+            total - MAX_VALUE_CHARS,
+            text.len(),
+            &hex::encode(Sha256::digest(text.as_bytes()))[..16]
+        )
+    };
+    match args {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort_by_key(|k| (k.as_str() != "path", k.as_str().to_owned()));
+            keys.iter()
+                .map(|k| format!("{k} = {}", show(&map[k.as_str()])))
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+        other => show(other),
+    }
+}
 
 fn digest_large_strings(v: &mut Value) {
     match v {

@@ -273,8 +273,9 @@ async fn unanswered_approval_times_out_and_is_withdrawn() {
 }
 
 #[tokio::test]
-async fn a_cancelled_call_withdraws_its_approval() {
+async fn a_cancelled_call_withdraws_its_approval_and_is_recorded() {
     let f = fixture();
+    let mut events = f.gate.subscribe();
     let call = f.call("write_file", json!({ "path": "x", "content": "x" }));
     let waited = tokio::time::timeout(Duration::from_millis(100), call).await;
     assert!(waited.is_err(), "the call waits for the owner");
@@ -282,6 +283,21 @@ async fn a_cancelled_call_withdraws_its_approval() {
         f.gate.pending_approvals().is_empty(),
         "dropping the call withdraws the request"
     );
+    // The owners' front ends hear that the request is gone...
+    let asked = match events.try_recv().unwrap() {
+        GateEvent::ApprovalRequested(info) => info.id,
+        other => panic!("{other:?}"),
+    };
+    match events.try_recv().unwrap() {
+        GateEvent::ApprovalResolved { id, approved } => assert_eq!((id, approved), (asked, false)),
+        other => panic!("{other:?}"),
+    }
+    // ...and the decision has its outcome in the log.
+    assert_eq!(
+        f.outcomes(),
+        ["write_file asked -", "write_file cancelled -"]
+    );
+    assert!(!f.root().join("x").exists());
     let err = f
         .gate
         .decide_approval(&f.owner, "ap_unknown", true)
@@ -569,4 +585,79 @@ fn errors_serialise_to_the_documented_shape() {
         GateError::new(ErrorCode::ValidationFailed, Stage::Validate, "bad").with_field("/path");
     expect_test::expect![[r#"{"code":"VALIDATION_FAILED","field":"/path","message":"bad","retriable":false,"stage":"validate"}"#]]
         .assert_eq(&err.to_json().to_string());
+}
+
+#[tokio::test]
+async fn a_secret_cut_by_max_bytes_or_an_excerpt_never_leaks_in_part() {
+    let f = fixture();
+    let prefix = "x".repeat(100);
+    std::fs::write(f.root().join("env"), format!("{prefix}{API_KEY}\n")).unwrap();
+    // The limit falls in the middle of the key.
+    let out = f
+        .call("read_file", json!({ "path": "env", "max_bytes": 110 }))
+        .await
+        .unwrap();
+    let text = out.content["content"].as_str().unwrap();
+    assert_eq!(out.content["truncated"], true);
+    assert!(
+        !text.contains(&API_KEY[..6]),
+        "part of the key leaked: {text}"
+    );
+
+    // A search excerpt (300 characters around the match) would start inside the key.
+    let line = format!("{}{API_KEY}{}MARK", "y".repeat(10), "z".repeat(280));
+    std::fs::write(f.root().join("long.txt"), format!("{line}\n")).unwrap();
+    let out = f
+        .call("search_files", json!({ "query": "MARK" }))
+        .await
+        .unwrap();
+    let shown = out.content["matches"][0]["text"].as_str().unwrap();
+    assert!(shown.contains("MARK"), "{shown}");
+    for cut in 6..API_KEY.len() {
+        assert!(
+            !shown.contains(&API_KEY[API_KEY.len() - cut..]),
+            "a tail of the key leaked: {shown}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_approval_preview_shows_the_path_first_and_marks_what_it_cuts() {
+    let f = fixture();
+    let mut events = f.gate.subscribe();
+    let content = format!("{}MALICIOUS", " ".repeat(2100));
+    let call = f.call(
+        "write_file",
+        json!({ "content": content, "path": "target.txt" }),
+    );
+    let _ = tokio::time::timeout(Duration::from_millis(100), call).await;
+    let GateEvent::ApprovalRequested(info) = events.try_recv().unwrap() else {
+        panic!("no request")
+    };
+    let first_line = info.args_preview.lines().next().unwrap();
+    assert_eq!(first_line, r#"path = "target.txt""#);
+    assert!(
+        info.args_preview
+            .contains("(+1709 more characters, 2109 in all, sha256 "),
+        "{}",
+        info.args_preview
+    );
+}
+
+#[tokio::test]
+async fn arguments_nested_too_deeply_are_refused_and_still_audited() {
+    let f = fixture();
+    let mut deep = json!("leaf");
+    // One level short of what the store can hold, so a record that copied the arguments
+    // would be one level too deep to append.
+    for _ in 0..126 {
+        deep = json!([deep]);
+    }
+    let err = f
+        .call("read_file", json!({ "path": deep }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::ValidationFailed);
+    assert_eq!(f.outcomes(), ["read_file denied VALIDATION_FAILED"]);
+    f.store.verify_audit(&f.key).unwrap();
 }

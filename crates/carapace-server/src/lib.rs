@@ -56,6 +56,8 @@ pub struct AppState {
     agent: Option<Agent>,
     provider_hint: String,
     token_digest: [u8; 32],
+    /// The token's bytes, only as the key of the health proof.
+    token_key: Vec<u8>,
     audit_key: Arc<AuditKey>,
     max_body_bytes: usize,
     turn_locks: Mutex<HashMap<SessionId, Arc<tokio::sync::Mutex<()>>>>,
@@ -71,6 +73,7 @@ impl AppState {
             agent: deps.agent,
             provider_hint: deps.provider_hint,
             token_digest,
+            token_key: deps.token.expose().as_bytes().to_vec(),
             audit_key: deps.audit_key,
             max_body_bytes: deps.max_body_bytes,
             turn_locks: Mutex::new(HashMap::new()),
@@ -148,10 +151,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ws", get(ws::upgrade))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
-        .route(
-            "/health",
-            get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
-        )
+        .route("/health", get(health))
         .merge(authed)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
@@ -164,6 +164,37 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn(require_loopback_host))
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .with_state(state)
+}
+
+#[derive(serde::Deserialize)]
+struct HealthQuery {
+    challenge: Option<String>,
+}
+
+/// `GET /health`, no auth. With `?challenge=<hex>` the answer also carries
+/// `proof = HMAC-SHA256(token, "carapace-health-v1" || challenge)`, so a client can check
+/// that it talks to the daemon that holds the token *before* it sends the token: any
+/// local process could otherwise listen on the port and collect it.
+async fn health(
+    State(state): State<Arc<AppState>>,
+    query: Result<axum::extract::Query<HealthQuery>, axum::extract::rejection::QueryRejection>,
+) -> axum::Json<serde_json::Value> {
+    let mut body = serde_json::json!({ "status": "ok" });
+    if let Ok(axum::extract::Query(HealthQuery { challenge: Some(c) })) = query {
+        if c.len() <= 128 && c.bytes().all(|b| b.is_ascii_hexdigit()) {
+            body["proof"] = serde_json::json!(health_proof(&state.token_key, &c));
+        }
+    }
+    axum::Json(body)
+}
+
+/// The proof of [`health`]: hex of HMAC-SHA256 keyed with the token.
+pub fn health_proof(token: &[u8], challenge: &str) -> String {
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(token).expect("HMAC takes any key length");
+    mac.update(b"carapace-health-v1");
+    mac.update(challenge.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
 }
 
 /// The identity a request proved; handlers take it from the request extensions, where
