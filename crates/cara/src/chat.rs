@@ -20,8 +20,8 @@ commands:
   /help            this help
   /new             start a new session
   /session         show the current session id and its label
-  /approve [ID]    approve a pending tool call (the newest when no id)
-  /deny [ID]       refuse a pending tool call (the newest when no id)
+  /approve [ID]    approve a pending tool call (this session's newest when no id)
+  /deny [ID]       refuse a pending tool call (this session's newest when no id)
   /exit            leave the chat (the gateway keeps running; `cara status`)
 anything else is sent to the agent. Ctrl-C cancels a running turn.";
 
@@ -130,13 +130,19 @@ pub async fn chat(
                 "approve" | "deny" => {
                     let id = match arg {
                         Some(id) => id.to_string(),
+                        // Without an id: the newest request of this chat's session only.
                         None => match daemon.get("/api/approvals").await?["approvals"]
                             .as_array()
-                            .and_then(|a| a.last())
-                        {
+                            .and_then(|a| {
+                                a.iter()
+                                    .rev()
+                                    .find(|a| a["session"].as_str() == session.as_deref())
+                            }) {
                             Some(a) => a["id"].as_str().unwrap_or_default().to_string(),
                             None => {
-                                println!("(nothing waits for approval)");
+                                println!(
+                                    "(nothing in this session waits for approval; `cara approvals list` shows all)"
+                                );
                                 continue;
                             }
                         },
@@ -198,7 +204,7 @@ pub async fn chat(
                         print!("cara> ");
                         at_line_start = false;
                     }
-                    print!("{}", v["text"].as_str().unwrap_or(""));
+                    print!("{}", printable(v["text"].as_str().unwrap_or("")));
                     std::io::stdout().flush().ok();
                 }
                 "tool_call" => {
@@ -208,8 +214,8 @@ pub async fn chat(
                     }
                     println!(
                         "  · {} {}",
-                        v["name"].as_str().unwrap_or("?"),
-                        v["arguments"].as_str().unwrap_or("")
+                        printable(v["name"].as_str().unwrap_or("?")),
+                        printable(v["arguments"].as_str().unwrap_or(""))
                     );
                 }
                 "tool_result" => {
@@ -224,13 +230,23 @@ pub async fn chat(
                         println!();
                         at_line_start = true;
                     }
+                    // Only this chat's own calls are answered here; another session's
+                    // request is mentioned, not prompted for.
+                    if v["session"].as_str() != session.as_deref() {
+                        println!(
+                            "  (another session waits for approval {}; see `cara approvals list`)",
+                            printable(v["id"].as_str().unwrap_or("?"))
+                        );
+                        continue;
+                    }
+                    let args = printable(v["args"].as_str().unwrap_or(""));
                     println!(
-                        "  ? approval needed ({}): {} {}\n    because {} [rule {}]",
-                        v["id"].as_str().unwrap_or("?"),
-                        v["tool"].as_str().unwrap_or("?"),
-                        v["args"].as_str().unwrap_or(""),
-                        v["reason"].as_str().unwrap_or(""),
-                        v["rule"].as_str().unwrap_or("")
+                        "  ? approval needed ({}): {}\n      {}\n    because {} [rule {}]",
+                        printable(v["id"].as_str().unwrap_or("?")),
+                        printable(v["tool"].as_str().unwrap_or("?")),
+                        args.replace('\n', "\n      "),
+                        printable(v["reason"].as_str().unwrap_or("")),
+                        printable(v["rule"].as_str().unwrap_or(""))
                     );
                     print!("    approve? [y/N] ");
                     std::io::stdout().flush().ok();
@@ -250,7 +266,7 @@ pub async fn chat(
                 "approval_resolved" => {}
                 "done" => {
                     if at_line_start {
-                        println!("cara> {}", v["text"].as_str().unwrap_or(""));
+                        println!("cara> {}", printable(v["text"].as_str().unwrap_or("")));
                     } else {
                         println!();
                     }
@@ -261,7 +277,7 @@ pub async fn chat(
                         println!();
                     }
                     let code = v["error"]["code"].as_str().unwrap_or("ERROR");
-                    let message = v["error"]["message"].as_str().unwrap_or("");
+                    let message = printable(v["error"]["message"].as_str().unwrap_or(""));
                     println!("error: {code}: {message}");
                     break;
                 }
@@ -271,6 +287,20 @@ pub async fn chat(
     }
     ws_tx.send(Message::Close(None)).await.ok();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Model text made safe for a terminal: control characters (escape sequences that could
+/// rewrite the screen, hide text or set the clipboard) are shown as `\u{..}` instead.
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Lines of standard input, read on their own task so a turn can run meanwhile.
@@ -285,4 +315,23 @@ fn stdin_lines() -> mpsc::UnboundedReceiver<String> {
         }
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        let hostile = "ok\x1b]52;c;aGk=\x07 \x1b[8mhidden\u{9b}2J\nnext\tline";
+        let shown = super::printable(hostile);
+        assert!(
+            !shown
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t'),
+            "{shown:?}"
+        );
+        assert_eq!(
+            shown,
+            "ok\\u{1b}]52;c;aGk=\\u{7} \\u{1b}[8mhidden\\u{9b}2J\nnext\tline"
+        );
+    }
 }

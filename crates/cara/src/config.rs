@@ -303,6 +303,14 @@ pub fn check_bind(bind: &str) -> Result<SocketAddr, String> {
 
 /// Plain HTTP only to loopback: anything else would send the API key in the clear.
 pub fn check_base_url(url: &str) -> Result<(), String> {
+    let authority = url.split_once("://").map(|(_, rest)| rest).unwrap_or("");
+    let authority = authority.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        // `http://localhost:1@example.com/` is example.com, not localhost.
+        return Err(format!(
+            "`{url}` carries credentials (user@host); put the key in OPENAI_API_KEY"
+        ));
+    }
     let rest = if let Some(r) = url.strip_prefix("https://") {
         r
     } else if let Some(r) = url.strip_prefix("http://") {
@@ -536,6 +544,12 @@ mod tests {
             expect![[
                 r#"config.toml:2:12: key `provider.base_url`: `http://example.com/v1` uses plain http to a non-loopback host; use https"#
             ]],
+        );
+        check_err(
+            "[provider]\nbase_url = \"http://localhost:1@example.com/v1\"\n",
+            expect![
+                "config.toml:2:12: key `provider.base_url`: `http://localhost:1@example.com/v1` carries credentials (user@host); put the key in OPENAI_API_KEY"
+            ],
         );
         check_err(
             "[provider]\napi_key = \"sk-123\"\n",

@@ -81,20 +81,27 @@ async fn a_token_is_required_and_failures_are_audited() {
     assert_eq!(status, 200, "the right token passes");
 
     let entries = audit_entries(&dir).await;
-    let failures: Vec<(&str, &str)> = entries
+    let failures: Vec<(&str, &str, u64)> = entries
         .iter()
         .map(|e| &e["record"])
         .filter(|r| r["event"] == "auth_failed")
-        .map(|r| (r["path"].as_str().unwrap(), r["reason"].as_str().unwrap()))
+        .map(|r| {
+            (
+                r["path"].as_str().unwrap(),
+                r["reason"].as_str().unwrap(),
+                r["count"].as_u64().unwrap(),
+            )
+        })
         .collect();
+    // Failures are recorded at most once a second, each record counting the failures
+    // since the previous one; the first is always recorded at once.
     assert_eq!(
-        failures,
-        [
-            ("/api/status", "missing token"),
-            ("/v1/chat/completions", "wrong token"),
-            ("/api/sessions", "missing token"),
-        ]
+        failures[0],
+        ("/api/status", "missing token", 1),
+        "{failures:?}"
     );
+    let recorded: u64 = failures.iter().map(|f| f.2).sum();
+    assert!(recorded <= 3 && !failures.is_empty(), "{failures:?}");
     let log: String = entries.iter().map(Value::to_string).collect();
     assert!(!log.contains(wrong), "a guessed token is not logged");
     assert!(!log.contains(daemon.token()), "the token is not logged");
@@ -203,4 +210,32 @@ async fn the_cli_never_sends_the_token_to_an_impostor_on_the_port() {
         !heard.contains("0123456789abcdef0123"),
         "token leaked: {heard}"
     );
+}
+
+/// A client without the token (or a web page firing requests at 127.0.0.1) cannot grow
+/// the audit log at the speed it sends requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_failed_logins_is_audited_in_summary() {
+    let fake = FakeOpenAi::start(vec![]).await;
+    let dir = TestDir::new();
+    let daemon = Daemon::start(&dir, &fake).await;
+    for _ in 0..300 {
+        let resp = daemon
+            .http()
+            .get(daemon.url("/api/status"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+    }
+    let entries = audit_entries(&dir).await;
+    let counts: Vec<u64> = entries
+        .iter()
+        .map(|e| &e["record"])
+        .filter(|r| r["event"] == "auth_failed")
+        .map(|r| r["count"].as_u64().unwrap())
+        .collect();
+    // One record a second at most; 300 local requests take far less than 30 s.
+    assert!(!counts.is_empty() && counts.len() < 30, "{counts:?}");
+    assert!(counts.iter().sum::<u64>() <= 300, "{counts:?}");
 }

@@ -61,6 +61,20 @@ pub struct AppState {
     audit_key: Arc<AuditKey>,
     max_body_bytes: usize,
     turn_locks: Mutex<HashMap<SessionId, Arc<tokio::sync::Mutex<()>>>>,
+    auth_failures: Mutex<AuthFailures>,
+}
+
+/// Failed logins are audited at most once per [`AuthFailures::EVERY`], each record
+/// counting the failures it stands for: an unauthenticated client (or a web page) must
+/// not be able to grow the audit log at the speed it can send requests.
+#[derive(Default)]
+struct AuthFailures {
+    last: Option<std::time::Instant>,
+    unrecorded: u64,
+}
+
+impl AuthFailures {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 }
 
 impl AppState {
@@ -77,6 +91,7 @@ impl AppState {
             audit_key: deps.audit_key,
             max_body_bytes: deps.max_body_bytes,
             turn_locks: Mutex::new(HashMap::new()),
+            auth_failures: Mutex::new(AuthFailures::default()),
         })
     }
 
@@ -180,10 +195,11 @@ async fn health(
     query: Result<axum::extract::Query<HealthQuery>, axum::extract::rejection::QueryRejection>,
 ) -> axum::Json<serde_json::Value> {
     let mut body = serde_json::json!({ "status": "ok" });
-    if let Ok(axum::extract::Query(HealthQuery { challenge: Some(c) })) = query {
-        if c.len() <= 128 && c.bytes().all(|b| b.is_ascii_hexdigit()) {
-            body["proof"] = serde_json::json!(health_proof(&state.token_key, &c));
-        }
+    if let Ok(axum::extract::Query(HealthQuery { challenge: Some(c) })) = query
+        && c.len() <= 128
+        && c.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        body["proof"] = serde_json::json!(health_proof(&state.token_key, &c));
     }
     axum::Json(body)
 }
@@ -228,8 +244,24 @@ async fn require_token(
 }
 
 fn audit_auth_failure(state: &AppState, req: &Request, reason: &str) {
+    let count = {
+        let mut f = state
+            .auth_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        f.unrecorded += 1;
+        if f.last
+            .is_some_and(|last| now.duration_since(last) < AuthFailures::EVERY)
+        {
+            return;
+        }
+        f.last = Some(now);
+        std::mem::take(&mut f.unrecorded)
+    };
     let path: String = req.uri().path().chars().take(200).collect();
-    let fields = serde_json::json!({ "path": path, "reason": reason });
+    // `count` includes this failure and those not recorded since the last record.
+    let fields = serde_json::json!({ "path": path, "reason": reason, "count": count });
     if let Err(e) = state.gate.record("auth_failed", fields) {
         tracing::error!(error = %e, "could not audit an authentication failure");
     }
