@@ -219,44 +219,62 @@ fn open_audit(dd: &DataDir) -> anyhow::Result<Option<(Store, AuditKey)>> {
     Ok(Some((store, key)))
 }
 
-pub fn audit_verify(dd: &DataDir) -> anyhow::Result<ExitCode> {
-    let Some((store, key)) = open_audit(dd)? else {
-        println!("no audit log yet ({} does not exist)", dd.db().display());
-        return Ok(ExitCode::SUCCESS);
+/// While the gateway runs it holds the database (exclusively), so the audit commands ask
+/// it; otherwise they read the file themselves.
+pub async fn audit_verify(dd: &DataDir) -> anyhow::Result<ExitCode> {
+    let (ok, records, head, seq, reason) = if let Some(daemon) = Daemon::find(dd).await? {
+        let v = daemon.get("/api/audit/verify").await?;
+        (
+            v["ok"] == json!(true),
+            v["records"].as_u64().unwrap_or(0),
+            v["head_hash"].as_str().unwrap_or("").to_string(),
+            v["seq"].as_u64().unwrap_or(0),
+            v["reason"].as_str().unwrap_or("").to_string(),
+        )
+    } else {
+        let Some((store, key)) = open_audit(dd)? else {
+            println!("no audit log yet ({} does not exist)", dd.db().display());
+            return Ok(ExitCode::SUCCESS);
+        };
+        match store.verify_audit(&key) {
+            Ok(report) => (true, report.records, report.head_hash, 0, String::new()),
+            Err(StoreError::AuditBroken { seq, reason }) => (false, 0, String::new(), seq, reason),
+            Err(e) => return Err(e).context("cannot read the audit log"),
+        }
     };
-    match store.verify_audit(&key) {
-        Ok(report) => {
-            println!(
-                "audit log intact: {} records, head {}",
-                report.records, report.head_hash
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(StoreError::AuditBroken { seq, reason }) => {
-            eprintln!("audit log BROKEN at record {seq}: {reason}");
-            Ok(ExitCode::FAILURE)
-        }
-        Err(e) => Err(e).context("cannot read the audit log"),
+    if ok {
+        println!("audit log intact: {records} records, head {head}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("audit log BROKEN at record {seq}: {reason}");
+        Ok(ExitCode::FAILURE)
     }
 }
 
-pub fn audit_tail(dd: &DataDir, n: usize, as_json: bool) -> anyhow::Result<ExitCode> {
-    let Some((store, _key)) = open_audit(dd)? else {
-        println!("no audit log yet ({} does not exist)", dd.db().display());
-        return Ok(ExitCode::SUCCESS);
+pub async fn audit_tail(dd: &DataDir, n: usize, as_json: bool) -> anyhow::Result<ExitCode> {
+    let entries: Vec<Value> = if let Some(daemon) = Daemon::find(dd).await? {
+        let v = daemon.get(&format!("/api/audit?n={n}")).await?;
+        v["entries"].as_array().cloned().unwrap_or_default()
+    } else {
+        let Some((store, _key)) = open_audit(dd)? else {
+            println!("no audit log yet ({} does not exist)", dd.db().display());
+            return Ok(ExitCode::SUCCESS);
+        };
+        store
+            .audit_tail(n)?
+            .into_iter()
+            .map(|e| json!({ "seq": e.seq, "hash": e.hash, "prev_hash": e.prev_hash, "record": e.record }))
+            .collect()
     };
-    for e in store.audit_tail(n)? {
+    for e in entries {
         if as_json {
-            println!(
-                "{}",
-                json!({ "seq": e.seq, "hash": e.hash, "prev_hash": e.prev_hash, "record": e.record })
-            );
+            println!("{e}");
             continue;
         }
-        let r = &e.record;
+        let r = &e["record"];
         let field = |k: &str| r[k].as_str().map(String::from).unwrap_or_default();
         let ts = r["ts_ms"].as_i64().map(format_ts).unwrap_or_default();
-        let mut line = format!("{:>6}  {ts}  {:<15}", e.seq, field("event"));
+        let mut line = format!("{:>6}  {ts}  {:<15}", e["seq"], field("event"));
         for k in [
             "outcome", "tool", "code", "rule", "session", "reason", "path",
         ] {

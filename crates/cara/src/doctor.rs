@@ -175,8 +175,30 @@ pub async fn doctor(dd: &DataDir) -> anyhow::Result<ExitCode> {
         }
     }
 
-    // Database and audit chain.
-    if dd.db().exists() && dd.audit_key().exists() {
+    // Database and audit chain: the running gateway holds the database, so ask it.
+    let daemon_verify = match &daemon {
+        Ok(Some(d)) => d.get("/api/audit/verify").await.ok(),
+        _ => None,
+    };
+    if let Some(v) = daemon_verify {
+        if v["ok"] == serde_json::json!(true) {
+            r.line(
+                Level::Ok,
+                "audit log",
+                &format!("intact, {} records (checked by the gateway)", v["records"]),
+            );
+        } else {
+            r.line(
+                Level::Fail,
+                "audit log",
+                &format!(
+                    "broken at record {}: {}; see `cara audit verify`",
+                    v["seq"],
+                    v["reason"].as_str().unwrap_or("")
+                ),
+            );
+        }
+    } else if dd.db().exists() && dd.audit_key().exists() {
         match Store::open(&dd.db())
             .map_err(anyhow::Error::from)
             .and_then(|s| {

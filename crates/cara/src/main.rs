@@ -177,8 +177,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ConfigCommand::Validate => commands::config_validate(&dd),
         },
         Command::Audit(c) => match c {
-            AuditCommand::Verify => commands::audit_verify(&dd),
-            AuditCommand::Tail { n, json } => commands::audit_tail(&dd, n, json),
+            AuditCommand::Verify => runtime(1)?.block_on(commands::audit_verify(&dd)),
+            AuditCommand::Tail { n, json } => {
+                runtime(1)?.block_on(commands::audit_tail(&dd, n, json))
+            }
         },
         Command::Approvals(c) => runtime(1)?.block_on(async {
             match c {

@@ -46,7 +46,8 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
     let settings = config::settings(&dd.config(), &file, &env)?;
 
     let store = Arc::new(
-        Store::open(&dd.db()).with_context(|| format!("cannot open {}", dd.db().display()))?,
+        Store::open_exclusive(&dd.db())
+            .with_context(|| format!("cannot open {}", dd.db().display()))?,
     );
     let audit_key = Arc::new(AuditKey::load_or_create(&dd.audit_key())?);
     let token = dd.read_token()?;

@@ -62,7 +62,7 @@ async fn setup() -> Bench {
     ] {
         std::fs::write(root.join(name), text).unwrap();
     }
-    let store = Arc::new(Store::open(&dir.path().join("carapace.db")).unwrap());
+    let store = Arc::new(Store::open_exclusive(&dir.path().join("carapace.db")).unwrap());
     let audit_key = Arc::new(AuditKey::generate());
     let gate = Gate::new(GateDeps {
         store: store.clone(),

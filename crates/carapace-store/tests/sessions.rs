@@ -346,3 +346,24 @@ fn a_newer_schema_is_refused() {
         "{err:?}"
     );
 }
+
+#[test]
+fn the_owner_of_an_exclusive_store_keeps_other_processes_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("carapace.db");
+    let owner = Store::open_exclusive(&path).unwrap();
+    let id = SessionId::new("s_owned");
+    owner.create_session(&id, "t", 1).unwrap();
+    // Another connection (another process, for SQLite) cannot read or write meanwhile.
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.busy_timeout(std::time::Duration::ZERO).unwrap();
+    let err = other
+        .query_row("SELECT count(*) FROM sessions", [], |r| r.get::<_, i64>(0))
+        .unwrap_err();
+    assert!(err.to_string().contains("locked"), "{err}");
+    drop(other);
+    // Once the owner is gone, the data is there for the next one.
+    drop(owner);
+    let next = Store::open(&path).unwrap();
+    assert!(next.session(&id).unwrap().is_some());
+}
