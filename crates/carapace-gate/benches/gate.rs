@@ -1,6 +1,6 @@
 //! Benchmarks of the Gate's hot path: one allowed call through every stage (envelope,
-//! resolve, validate, authorize, policy, execute, sanitize & label, and two audit
-//! appends to a WAL SQLite file opened as the daemon opens it).
+//! resolve, validate, authorize, policy, execute, sanitize & label, and the audit
+//! append: one for a read, to a WAL SQLite file opened as the daemon opens it).
 //!
 //! Two calls: `noop` (a tool that does nothing, compiled in only with the `noop-tool`
 //! feature) measures the Gate itself; `list_dir` on an empty workspace adds the cheapest
