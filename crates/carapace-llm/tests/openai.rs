@@ -11,7 +11,7 @@ use carapace_llm::{
 use carapace_testkit::{FakeOpenAi, Reply, free_loopback_port};
 use carapace_types::Secret;
 use expect_test::expect;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::mpsc;
 
 const KEY: &str = "sk-test-4f9a1c0e7b2d";
@@ -99,23 +99,6 @@ async fn eventually(what: &str, cond: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("timed out waiting for {what}");
-}
-
-/// The JSON with object keys sorted, whatever serde_json's features, for snapshots.
-fn canonical(v: &Value) -> Value {
-    match v {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            Value::Object(
-                keys.into_iter()
-                    .map(|k| (k.clone(), canonical(&map[k])))
-                    .collect(),
-            )
-        }
-        Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
-        other => other.clone(),
-    }
 }
 
 #[tokio::test]
@@ -261,7 +244,8 @@ async fn the_request_body_has_the_openai_shape() {
         temperature: Some(0.2),
     };
     client(&fake).chat(&req, None).await.unwrap();
-    let body = serde_json::to_string_pretty(&canonical(&fake.requests()[0])).unwrap();
+    let body =
+        serde_json::to_string_pretty(&carapace_testkit::sorted_keys(&fake.requests()[0])).unwrap();
     expect![[r#"
         {
           "max_tokens": 256,

@@ -17,3 +17,22 @@ pub fn free_loopback_port() -> u16 {
         .map(|a| a.port())
         .expect("bind a loopback port")
 }
+
+/// The JSON with object keys sorted at every level, whatever serde_json's features: for
+/// snapshots that must not depend on key order.
+pub fn sorted_keys(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            Value::Object(
+                keys.into_iter()
+                    .map(|k| (k.clone(), sorted_keys(&map[k])))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.iter().map(sorted_keys).collect()),
+        other => other.clone(),
+    }
+}

@@ -629,22 +629,6 @@ mod wire_tests {
 
     use super::*;
 
-    fn sorted(v: &Value) -> Value {
-        match v {
-            Value::Object(map) => {
-                let mut keys: Vec<&String> = map.keys().collect();
-                keys.sort();
-                Value::Object(
-                    keys.into_iter()
-                        .map(|k| (k.clone(), sorted(&map[k])))
-                        .collect(),
-                )
-            }
-            Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
-            other => other.clone(),
-        }
-    }
-
     #[test]
     fn a_streamed_tool_call_looks_like_openai_sends_it() {
         let answer = Answer::Calls(vec![(
@@ -658,7 +642,7 @@ mod wire_tests {
             .iter()
             .map(
                 |e| match serde_json::from_str(e.trim_start_matches("data: ")) {
-                    Ok(v) => format!("data: {}\n\n", sorted(&v)),
+                    Ok(v) => format!("data: {}\n\n", crate::sorted_keys(&v)),
                     Err(_) => e.clone(),
                 },
             )
