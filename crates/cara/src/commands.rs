@@ -274,7 +274,11 @@ pub async fn audit_tail(dd: &DataDir, n: usize, as_json: bool) -> anyhow::Result
         let r = &e["record"];
         let field = |k: &str| r[k].as_str().map(String::from).unwrap_or_default();
         let ts = r["ts_ms"].as_i64().map(format_ts).unwrap_or_default();
-        let mut line = format!("{:>6}  {ts}  {:<15}", e["seq"], field("event"));
+        let mut line = format!(
+            "{:>6}  {ts}  {:<15}",
+            e["seq"].as_u64().unwrap_or(0),
+            field("event")
+        );
         for k in [
             "outcome", "tool", "code", "rule", "session", "reason", "path",
         ] {
