@@ -241,7 +241,11 @@ pub(crate) async fn chat_completions(
             }
         }
     });
-    let mut response = Sse::new(body).into_response();
+    // Comment lines every 15 s keep proxies and clients from timing out a stream that
+    // waits for an approval; SSE clients ignore them.
+    let mut response = Sse::new(body)
+        .keep_alive(axum::response::sse::KeepAlive::default())
+        .into_response();
     set_session_header(&mut response, &session);
     Ok(response)
 }
