@@ -3,11 +3,11 @@
 
 use carapace_testkit::{FakeOpenAi, Reply};
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::util::{
     Daemon, TestDir, cara, error_code, json_response, outcomes, tool_call_records, tool_messages,
-    wait_for, wait_requests,
+    wait_requests,
 };
 
 fn write_call(path: &str, content: &str) -> Reply {
@@ -15,18 +15,6 @@ fn write_call(path: &str, content: &str) -> Reply {
         "write_file".into(),
         json!({ "path": path, "content": content }),
     )])
-}
-
-/// Waits for the one pending approval and returns it.
-async fn pending_approval(daemon: &Daemon) -> Value {
-    wait_for("a pending approval", || async {
-        let (status, body) = daemon.get("/api/approvals").await;
-        assert_eq!(status, 200, "{body}");
-        body["approvals"]
-            .as_array()
-            .and_then(|a| a.first().cloned())
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,7 +36,7 @@ async fn the_owner_approves_or_denies_through_the_api() {
             .json(&json!({ "messages": [{ "role": "user", "content": "note: buy milk" }] }))
             .send(),
     );
-    let approval = pending_approval(&daemon).await;
+    let approval = daemon.pending_approval().await;
     let id = approval["id"].as_str().unwrap().to_string();
     assert!(id.starts_with("ap_"), "{approval}");
     assert_eq!(approval["tool"], "write_file");
@@ -94,7 +82,7 @@ async fn the_owner_approves_or_denies_through_the_api() {
             .json(&json!({ "messages": [{ "role": "user", "content": "write another" }] }))
             .send(),
     );
-    let approval = pending_approval(&daemon).await;
+    let approval = daemon.pending_approval().await;
     let id = approval["id"].as_str().unwrap();
     let (status, body) = daemon
         .post(
@@ -165,7 +153,7 @@ async fn the_cli_lists_and_answers_approvals() {
             .json(&json!({ "messages": [{ "role": "user", "content": "save it" }] }))
             .send(),
     );
-    let id = pending_approval(&daemon).await["id"]
+    let id = daemon.pending_approval().await["id"]
         .as_str()
         .unwrap()
         .to_string();

@@ -12,8 +12,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::util::{
-    Daemon, TestDir, audit_entries, cara, json_response, tool_messages, transcript, wait_for,
-    wait_requests,
+    Daemon, TestDir, audit_entries, cara, json_response, tool_messages, transcript, wait_requests,
 };
 
 fn chat_as(user: &str, text: &str) -> Value {
@@ -172,13 +171,7 @@ async fn kill_9_while_an_approval_waits_closes_the_open_call() {
             .json(&chat_as("erin", "write it"))
             .send(),
     );
-    wait_for("a pending approval", || async {
-        let (_, body) = daemon.get("/api/approvals").await;
-        body["approvals"]
-            .as_array()
-            .and_then(|a| a.first().cloned())
-    })
-    .await;
+    daemon.pending_approval().await;
     daemon.kill9().await;
     assert!(turn.await.unwrap().is_err());
     assert!(!dir.workspace().join("pending.txt").exists());
@@ -339,13 +332,7 @@ async fn sigterm_stops_the_daemon_even_with_a_turn_in_flight() {
             .json(&chat_as("frank", "write it"))
             .send(),
     );
-    wait_for("a pending approval", || async {
-        let (_, body) = daemon.get("/api/approvals").await;
-        body["approvals"]
-            .as_array()
-            .and_then(|a| a.first().cloned())
-    })
-    .await;
+    daemon.pending_approval().await;
     // A chat client is connected too, as when someone stops the daemon under `cara chat`.
     let _socket = daemon.websocket(Some(daemon.token())).await.unwrap();
 

@@ -288,6 +288,18 @@ impl Daemon {
     }
 
     /// Asserts that `/health` still answers.
+    /// Waits for the first pending approval and returns it.
+    pub async fn pending_approval(&self) -> Value {
+        wait_for("a pending approval", || async {
+            let (status, body) = self.get("/api/approvals").await;
+            assert_eq!(status, 200, "{body}");
+            body["approvals"]
+                .as_array()
+                .and_then(|a| a.first().cloned())
+        })
+        .await
+    }
+
     pub async fn assert_healthy(&self) {
         let r = self
             .http
