@@ -440,7 +440,8 @@ pub fn check_dependency_directions(tree: &Tree) -> Vec<Violation> {
     violations
 }
 
-/// Rule: executor crates are normal dependencies of `carapace-gate` only, and any crate's
+/// Rule: executor crates are normal dependencies of `carapace-gate` only (and the sandbox
+/// of the `cara` binary, for its init entry point and `cara sandbox`), and any crate's
 /// dev-dependencies; `carapace-testkit` is only ever a dev-dependency.
 pub fn check_executors_only_from_gate(tree: &Tree) -> Vec<Violation> {
     let rule = Rule::ExecutorsOnlyFromGate;
@@ -452,7 +453,11 @@ pub fn check_executors_only_from_gate(tree: &Tree) -> Vec<Violation> {
             let (package, table) = (dep.package.as_str(), &dep.table);
             let allowed = match dep.kind {
                 DepKind::Dev => true,
-                DepKind::Normal => name == "carapace-gate",
+                // The binary holds the sandbox's init entry point (it must run before any
+                // thread starts) and the owner's own `cara sandbox` commands.
+                DepKind::Normal => {
+                    name == "carapace-gate" || (name == "cara" && package == "carapace-sandbox")
+                }
                 DepKind::Build => false,
             };
             if EXECUTOR_CRATES.contains(&package) && !allowed {

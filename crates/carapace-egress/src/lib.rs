@@ -1,0 +1,1 @@
+//! Outbound HTTP for tools: SSRF guard, host allowlists, credential injection, limits.

@@ -1,0 +1,1 @@
+//! Secret backends (encrypted file, password managers, environment) and the scrubber.
