@@ -177,9 +177,19 @@ impl Agent {
                     let (delta_tx, mut delta_rx) = mpsc::unbounded_channel();
                     let forward = {
                         let tx = tx.clone();
+                        // A secret split across chunks is caught: the stream scrubber
+                        // holds back a tail until it knows.
+                        let mut scrub = self.gate.scrubber().stream();
                         tokio::spawn(async move {
                             while let Some(StreamEvent::TextDelta(d)) = delta_rx.recv().await {
-                                let _ = tx.send(AgentEvent::TextDelta(d));
+                                let safe = scrub.push(&d);
+                                if !safe.is_empty() {
+                                    let _ = tx.send(AgentEvent::TextDelta(safe));
+                                }
+                            }
+                            let rest = scrub.finish();
+                            if !rest.is_empty() {
+                                let _ = tx.send(AgentEvent::TextDelta(rest));
                             }
                         })
                     };
@@ -196,7 +206,8 @@ impl Agent {
             }
 
             if response.tool_calls.is_empty() {
-                let text = response.content.unwrap_or_default();
+                let mut text = response.content.unwrap_or_default();
+                self.gate.scrubber().scrub_string(&mut text);
                 self.persist(
                     session,
                     Role::Assistant,
@@ -286,11 +297,20 @@ impl Agent {
         source: Source,
         label: Label,
     ) -> Result<i64, AgentError> {
+        // Nothing stored, and so nothing sent to the model or shown later, holds a
+        // secret: not the owner's message, not what the model wrote.
+        let scrubber = self.gate.scrubber();
+        let mut content = content.to_string();
+        scrubber.scrub_string(&mut content);
+        let mut tool_calls = tool_calls;
+        if let Some(calls) = &mut tool_calls {
+            scrubber.scrub_json(calls);
+        }
         Ok(self.store.append_message(
             session,
             &NewMessage {
                 role,
-                content: content.to_string(),
+                content,
                 tool_calls,
                 tool_call_id,
                 source,

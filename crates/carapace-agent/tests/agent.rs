@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use carapace_agent::{Agent, AgentConfig, AgentError, AgentEvent, build_messages};
-use carapace_gate::{Gate, GateConfig, GateDeps, Scrubber};
+use carapace_gate::{Gate, GateConfig, GateDeps, Scrubber, SharedScrubber};
 use carapace_llm::{ChatMessage, OpenAiCompat, OpenAiConfig, ProviderError};
 use carapace_policy::SimplePolicy;
 use carapace_store::{AuditKey, MessageRecord, Role, Store};
@@ -82,8 +82,12 @@ async fn fixture_with(script: Vec<Reply>, options: Options) -> Fixture {
         audit_key: Arc::new(AuditKey::generate()),
         workspace_root: root.clone(),
         policy: Box::new(SimplePolicy),
-        scrubber: Scrubber::new(&[Secret::new("sk-agent-test-0123456789abcdef".to_string())]),
+        scrubber: SharedScrubber::new(Scrubber::new(&[Secret::new(
+            "sk-agent-test-0123456789abcdef".to_string(),
+        )])),
         config: options.gate,
+        exec: None,
+        net: None,
     })
     .unwrap();
     let fake = FakeOpenAi::start(script).await;

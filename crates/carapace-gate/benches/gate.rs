@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use carapace_gate::{CallRequest, Gate, GateConfig, GateDeps, RawArgs, Scrubber};
+use carapace_gate::{CallRequest, Gate, GateConfig, GateDeps, RawArgs, Scrubber, SharedScrubber};
 use carapace_policy::SimplePolicy;
 use carapace_store::{AuditKey, Store};
 use carapace_types::{FrontDoor, Principal, Secret, SessionId};
@@ -42,13 +42,17 @@ fn setup(on_disk: bool) -> Bench {
         audit_key: Arc::new(AuditKey::generate()),
         workspace_root: root,
         policy: Box::new(SimplePolicy),
-        scrubber: Scrubber::new(&[Secret::new("sk-bench-0123456789abcdef".to_string())]),
+        scrubber: SharedScrubber::new(Scrubber::new(&[Secret::new(
+            "sk-bench-0123456789abcdef".to_string(),
+        )])),
         // No rate limit in the way of a benchmark loop.
         config: GateConfig {
             rate_per_minute: u32::MAX,
             granted_tools: vec!["noop".into(), "list_dir".into()],
             ..GateConfig::default()
         },
+        exec: None,
+        net: None,
     })
     .unwrap();
     Bench {

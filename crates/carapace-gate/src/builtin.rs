@@ -9,6 +9,8 @@ use carapace_fs::{EntryKind, FsError, SearchOptions, Workspace};
 use carapace_types::{Confidentiality, EffectClass, Integrity, Label, Source};
 use serde_json::{Value, json};
 
+use carapace_vault::Redaction;
+
 use crate::catalog::{Catalog, ExecCtx, ExecFn, RawResult, ToolDef, ToolFailure};
 
 /// Names of the built-in tools, granted by default.
@@ -154,7 +156,13 @@ fn read_file(ctx: &ExecCtx, args: &Value) -> Result<RawResult, ToolFailure> {
     let mut file = ws
         .read_file(&path, max.saturating_add(SCRUB_MARGIN_BYTES))
         .map_err(fail)?;
-    ctx.scrubber.scrub_string(&mut file.text);
+    let redactions = match ctx.scrubber.scrub_counted(&mut file.text) {
+        0 => Vec::new(),
+        count => vec![Redaction {
+            path: "/content".into(),
+            count,
+        }],
+    };
     if file.text.len() as u64 > max {
         let mut end = max as usize;
         while !file.text.is_char_boundary(end) {
@@ -173,6 +181,7 @@ fn read_file(ctx: &ExecCtx, args: &Value) -> Result<RawResult, ToolFailure> {
         }),
         label,
         source,
+        redactions,
     })
 }
 
@@ -203,6 +212,7 @@ fn list_dir(ctx: &ExecCtx, args: &Value) -> Result<RawResult, ToolFailure> {
         content: json!({ "path": path.as_str(), "entries": entries, "truncated": listing.truncated }),
         label: USER_FILE,
         source: Source::Tool("list_dir".into()),
+        redactions: Vec::new(),
     })
 }
 
@@ -234,6 +244,7 @@ fn write_file(ctx: &ExecCtx, args: &Value) -> Result<RawResult, ToolFailure> {
         content: json!({ "path": path.as_str(), "bytes": out.bytes, "created": out.created }),
         label: Label::TRUSTED_PUBLIC,
         source: Source::Tool("write_file".into()),
+        redactions: Vec::new(),
     })
 }
 
@@ -254,9 +265,12 @@ fn search_files(ctx: &ExecCtx, args: &Value) -> Result<RawResult, ToolFailure> {
         max_file_bytes: 4 * 1024 * 1024,
     };
     // Whole lines are scrubbed before they are cut to excerpts (see `search_redacted`).
+    let scrubbed = std::cell::Cell::new(0usize);
     let redact = |line: &str| {
         let mut text = line.to_string();
-        ctx.scrubber.scrub_string(&mut text).then_some(text)
+        let n = ctx.scrubber.scrub_counted(&mut text);
+        scrubbed.set(scrubbed.get() + n);
+        (n > 0).then_some(text)
     };
     let found = ws
         .search_redacted(&path, str_arg(args, "query"), &opts, &redact)
@@ -280,6 +294,13 @@ fn search_files(ctx: &ExecCtx, args: &Value) -> Result<RawResult, ToolFailure> {
         content: json!({ "matches": matches, "truncated": found.truncated, "files_scanned": found.files_scanned }),
         label,
         source: Source::Tool("search_files".into()),
+        redactions: match scrubbed.get() {
+            0 => Vec::new(),
+            count => vec![Redaction {
+                path: "/matches".into(),
+                count,
+            }],
+        },
     })
 }
 
@@ -298,6 +319,7 @@ pub(crate) fn noop() -> ToolDef {
                     content: json!({}),
                     label: Label::TRUSTED_PUBLIC,
                     source: Source::Tool("noop".into()),
+                    redactions: Vec::new(),
                 })
             })
         }),

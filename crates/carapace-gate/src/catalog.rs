@@ -7,6 +7,7 @@ use std::sync::Arc;
 use carapace_fs::Workspace;
 use carapace_store::Store;
 use carapace_types::{EffectClass, ErrorCode, GateError, Label, SessionId, Source, Stage};
+use carapace_vault::Redaction;
 use serde_json::Value;
 
 /// A tool as offered to the model: name, description and the JSON Schema of its
@@ -32,7 +33,9 @@ pub(crate) struct ExecCtx {
     pub now_ms: i64,
     /// For executors that must scrub before they cut (a secret cut in two is no longer
     /// recognisable by the sanitize stage).
-    pub scrubber: crate::Scrubber,
+    pub scrubber: std::sync::Arc<crate::Scrubber>,
+    /// Credentials released for this call (network tools only).
+    pub injections: Vec<carapace_egress::Injection>,
 }
 
 /// An executor's own result, before sanitising.
@@ -40,6 +43,10 @@ pub(crate) struct RawResult {
     pub content: Value,
     pub label: Label,
     pub source: Source,
+    /// What the executor already scrubbed itself (before cutting text to a limit, where
+    /// a secret cut in two would no longer be recognised); the Gate reports these with
+    /// its own finds.
+    pub redactions: Vec<Redaction>,
 }
 
 /// An executor failure, worded for the model (no host paths, no internals).
@@ -55,6 +62,9 @@ pub(crate) struct ToolDef {
     pub schema: Value,
     pub effect: EffectClass,
     pub exec: ExecFn,
+    /// The executor's deadline when it is not the Gate's `tool_timeout` (a tool that
+    /// enforces its own, longer deadline).
+    pub timeout: Option<std::time::Duration>,
     validator: jsonschema::Validator,
 }
 
@@ -80,6 +90,7 @@ impl ToolDef {
             schema,
             effect,
             exec,
+            timeout: None,
             validator,
         }
     }

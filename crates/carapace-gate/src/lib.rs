@@ -11,14 +11,18 @@
 mod approvals;
 mod builtin;
 mod catalog;
+mod exec;
 mod limiter;
-mod scrub;
+mod net;
 #[cfg(test)]
 mod tests;
 
 pub use approvals::{ApprovalDecisionError, ApprovalInfo};
+pub use carapace_egress::{Egress, EgressConfig, EgressError, Place};
+pub use carapace_vault::{Scrubber, SharedScrubber};
 pub use catalog::ToolSpec;
-pub use scrub::Scrubber;
+pub use exec::ExecSetup;
+pub use net::{InjectRule, NetSetup, SecretSource};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -38,6 +42,17 @@ use tokio::sync::broadcast;
 use crate::approvals::Approvals;
 use crate::catalog::{Catalog, ExecCtx, ToolDef};
 use crate::limiter::RateLimiter;
+
+/// Every tool the Gate can offer; configuration grants a subset.
+pub const KNOWN_TOOLS: &[&str] = &[
+    "read_file",
+    "list_dir",
+    "write_file",
+    "search_files",
+    "exec",
+    "web_fetch",
+    "http_request",
+];
 
 /// Limits and grants of the Gate, validated by the caller's configuration loader.
 #[derive(Clone, Debug)]
@@ -77,9 +92,13 @@ pub struct GateDeps {
     /// The policy the Gate consults at the policy stage.
     pub policy: Box<dyn Policy>,
     /// Scrubs known secrets and credential-shaped strings from results and audit records.
-    pub scrubber: Scrubber,
+    pub scrubber: SharedScrubber,
     /// Limits and grants.
     pub config: GateConfig,
+    /// The sandbox of the `exec` tool; without it, `exec` does not exist.
+    pub exec: Option<ExecSetup>,
+    /// The egress client and secrets of the network tools; without it, they do not exist.
+    pub net: Option<NetSetup>,
 }
 
 /// Why the Gate could not be built.
@@ -159,10 +178,11 @@ struct Inner {
     audit_key: Arc<AuditKey>,
     catalog: Catalog,
     policy: Box<dyn Policy>,
-    scrubber: Scrubber,
+    scrubber: SharedScrubber,
     limiter: RateLimiter,
     approvals: Approvals,
     workspace: Arc<Workspace>,
+    net: Option<Arc<net::Net>>,
     config: GateConfig,
     events: broadcast::Sender<GateEvent>,
 }
@@ -175,10 +195,19 @@ impl Gate {
         let mut catalog = builtin::catalog();
         #[cfg(feature = "noop-tool")]
         catalog.add(builtin::noop());
+        if let Some(setup) = deps.exec.clone() {
+            catalog.add(exec::tool(setup));
+        }
         Gate::with_catalog(deps, catalog)
     }
 
     fn with_catalog(deps: GateDeps, mut catalog: Catalog) -> Result<Gate, GateSetupError> {
+        let net = deps.net.map(|setup| Arc::new(net::Net::new(setup)));
+        if let Some(net) = &net {
+            for tool in net::tools(net) {
+                catalog.add(tool);
+            }
+        }
         let workspace = Workspace::open(&deps.workspace_root).map_err(GateSetupError::Workspace)?;
         catalog.retain(|name| deps.config.granted_tools.iter().any(|g| g == name));
         let (events, _) = broadcast::channel(256);
@@ -193,10 +222,17 @@ impl Gate {
                 limiter,
                 approvals: Approvals::new(events.clone()),
                 workspace: Arc::new(workspace),
+                net,
                 config: deps.config,
                 events,
             }),
         })
+    }
+
+    /// The scrubber as it is now (the vault's values, the token, the provider key and
+    /// credential shapes), for front ends that show or store model output.
+    pub fn scrubber(&self) -> Arc<Scrubber> {
+        self.inner.scrubber.current()
     }
 
     /// The tools granted to sessions, as offered to the model.
@@ -233,7 +269,7 @@ impl Gate {
     /// Appends an event that is not a tool call (a failed login, a session created) to
     /// the audit log. Secrets in `fields` are scrubbed first.
     pub fn record(&self, event: &str, mut fields: Value) -> Result<u64, GateError> {
-        self.inner.scrubber.scrub_json(&mut fields);
+        self.inner.scrubber.current().scrub_json(&mut fields);
         let mut record = json!({ "ts_ms": now_ms(), "event": event });
         if let (Some(map), Value::Object(extra)) = (record.as_object_mut(), fields) {
             map.extend(extra);
@@ -308,8 +344,17 @@ impl Gate {
 
         // validate
         let args = parse_args(req.args, inner.config.max_args_bytes)?;
-        audit.set_args(&args, &inner.scrubber);
+        let scrubber = inner.scrubber.current();
+        audit.set_args(&args, &scrubber);
         tool.validate(&args)?;
+        if scrubber.contains_secret(&args.to_string()) {
+            return Err(GateError::new(
+                ErrorCode::ValidationFailed,
+                Stage::Validate,
+                "an argument holds a secret value; secrets are added by Carapace where the \
+                 owner configured them, never passed in arguments",
+            ));
+        }
 
         // authorize
         if let Err(retry_after) = rate {
@@ -328,6 +373,39 @@ impl Gate {
             effect: tool.effect,
             session_label: session.label,
         });
+        // Secrets the call would carry; a first use in the session needs the owner, so an
+        // allow becomes an ask (never the other way round).
+        let secret_plan = match &inner.net {
+            Some(net) if tool.effect == EffectClass::Egress => net.plan(req.session, &args),
+            _ => net::SecretPlan::default(),
+        };
+        let decision = match decision {
+            Decision::Allow { .. } if !secret_plan.needs_approval.is_empty() => Decision::Ask {
+                rule: "secret_first_use".into(),
+                reason: format!(
+                    "first use in this session of the credential {}",
+                    secret_plan.needs_approval.join(", ")
+                ),
+            },
+            Decision::Ask { rule, reason } if !secret_plan.needs_approval.is_empty() => {
+                Decision::Ask {
+                    rule,
+                    reason: format!(
+                        "{reason}; and first use in this session of the credential {}",
+                        secret_plan.needs_approval.join(", ")
+                    ),
+                }
+            }
+            other => other,
+        };
+        if !secret_plan.rules.is_empty() {
+            let names: Vec<&str> = secret_plan
+                .rules
+                .iter()
+                .map(|r| r.secret.as_str())
+                .collect();
+            audit.set("secrets", json!(names));
+        }
         audit.set("rule", json!(decision.rule()));
         match decision {
             Decision::Allow { .. } => {}
@@ -338,7 +416,10 @@ impl Gate {
             }
             Decision::Ask { rule, reason } => {
                 self.approve(req, tool, &args, &rule, &reason, audit)
-                    .await?
+                    .await?;
+                if let Some(net) = &inner.net {
+                    net.approved(req.session, &secret_plan.needs_approval);
+                }
             }
         }
 
@@ -349,27 +430,33 @@ impl Gate {
         }
         audit.executed = true;
 
-        // execute
+        // execute: secrets are released for this call only, after every check.
+        let injections = match &inner.net {
+            Some(net) if !secret_plan.rules.is_empty() => net
+                .release(&secret_plan)
+                .await
+                .map_err(|f| GateError::new(ErrorCode::ToolError, Stage::Execute, f.0))?,
+            _ => Vec::new(),
+        };
         let ctx = ExecCtx {
+            injections,
             workspace: inner.workspace.clone(),
             store: inner.store.clone(),
             session: req.session.clone(),
             session_label: session.label,
             now_ms: now_ms(),
-            scrubber: inner.scrubber.clone(),
+            scrubber: inner.scrubber.current(),
         };
         // The executor runs on this task (a thread hop per call costs more than the whole
         // pipeline); a panic is caught here and the deadline drops the future.
         let run = std::panic::AssertUnwindSafe((tool.exec)(ctx, args)).catch_unwind();
-        let raw = match tokio::time::timeout(inner.config.tool_timeout, run).await {
+        let deadline = tool.timeout.unwrap_or(inner.config.tool_timeout);
+        let raw = match tokio::time::timeout(deadline, run).await {
             Err(_) => {
                 return Err(GateError::new(
                     ErrorCode::ToolTimeout,
                     Stage::Execute,
-                    format!(
-                        "{} did not finish within {:?}",
-                        tool.name, inner.config.tool_timeout
-                    ),
+                    format!("{} did not finish within {deadline:?}", tool.name),
                 ));
             }
             Ok(Err(panic)) => {
@@ -387,7 +474,7 @@ impl Gate {
             }
             Ok(Ok(Err(failure))) => {
                 let mut message = failure.0;
-                inner.scrubber.scrub_string(&mut message);
+                inner.scrubber.current().scrub_string(&mut message);
                 return Err(GateError::new(
                     ErrorCode::ToolError,
                     Stage::Execute,
@@ -399,15 +486,23 @@ impl Gate {
 
         // sanitize & label
         let mut content = raw.content;
-        let scrubbed = inner.scrubber.scrub_json(&mut content);
+        // Values released during the call (a password-manager entry) are known by now.
+        let mut redactions = raw.redactions;
+        redactions.extend(inner.scrubber.current().scrub_json_report(&mut content));
         let mut label = raw.label;
-        if scrubbed {
+        if !redactions.is_empty() {
             // Something credential-shaped was there: the result is at least private.
             label = label.join(Label {
                 integrity: Integrity::Trusted,
                 confidentiality: Confidentiality::Private,
             });
             audit.set("scrubbed", json!(true));
+            // Where in the result, and how many: the owner can see what was withheld.
+            let places: Vec<Value> = redactions
+                .iter()
+                .map(|r| json!({ "path": r.path, "count": r.count }))
+                .collect();
+            audit.set("redactions", Value::Array(places));
         }
         if let Err(e) = inner
             .store
@@ -433,7 +528,7 @@ impl Gate {
     ) -> Result<(), GateError> {
         let inner = &*self.inner;
         let mut preview = approval_preview(args);
-        inner.scrubber.scrub_string(&mut preview);
+        inner.scrubber.current().scrub_string(&mut preview);
         let now = now_ms();
         let info = ApprovalInfo {
             id: approvals::new_id(),
@@ -497,7 +592,7 @@ impl Gate {
                 record["field"] = json!(field);
             }
         }
-        self.inner.scrubber.scrub_json(&mut record);
+        self.inner.scrubber.current().scrub_json(&mut record);
         self.append(&record)
     }
 

@@ -81,8 +81,10 @@ fn fixture_with(config: GateConfig, extra: Vec<ToolDef>) -> Fixture {
             audit_key: key.clone(),
             workspace_root: root.clone(),
             policy: Box::new(SimplePolicy),
-            scrubber: Scrubber::new(&[Secret::new(API_KEY.to_string())]),
+            scrubber: SharedScrubber::new(Scrubber::new(&[Secret::new(API_KEY.to_string())])),
             config,
+            exec: None,
+            net: None,
         },
         catalog,
     )
@@ -367,6 +369,20 @@ async fn secrets_in_results_are_scrubbed_and_raise_the_label() {
     )
     .unwrap();
     assert!(!log.contains(API_KEY));
+    // The record says where in the result something was withheld, and how often.
+    let executed = f
+        .store
+        .audit_tail(10)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.record)
+        .find(|r| r["outcome"] == "executed")
+        .unwrap();
+    assert_eq!(
+        executed["redactions"],
+        json!([{ "path": "/content", "count": 2 }]),
+        "{executed}"
+    );
 }
 
 #[tokio::test]
@@ -374,12 +390,23 @@ async fn secret_arguments_never_enter_the_audit_log() {
     let f = fixture();
     auto_answer(&f.gate, true);
     let big = "x".repeat(10_000);
-    f.call(
-        "write_file",
-        json!({ "path": "k", "content": format!("key={API_KEY}") }),
-    )
-    .await
-    .unwrap();
+    // A known secret in the arguments is refused outright (and not logged), raw or
+    // encoded: secrets are injected where the owner configured them, never passed.
+    for content in [
+        format!("key={API_KEY}"),
+        format!("key={}", hex::encode(API_KEY)),
+    ] {
+        let err = f
+            .call("write_file", json!({ "path": "k", "content": content }))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.code, err.stage),
+            (ErrorCode::ValidationFailed, Stage::Validate),
+            "{err:?}"
+        );
+    }
+    assert!(!f.root().join("k").exists());
     f.call("write_file", json!({ "path": "big", "content": big }))
         .await
         .unwrap();

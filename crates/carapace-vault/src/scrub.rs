@@ -300,7 +300,7 @@ impl Scrubber {
     }
 
     /// Scrubs `s` in place and returns how many ranges were replaced.
-    fn scrub_counted(&self, s: &mut String) -> usize {
+    pub fn scrub_counted(&self, s: &mut String) -> usize {
         let mut hits = Vec::new();
         self.collect(s, 0, &mut hits);
         if hits.is_empty() {
