@@ -11,6 +11,36 @@ use carapace_types::Secret;
 use serde::Deserialize;
 use toml::Spanned;
 
+pub mod egress;
+pub mod sandbox;
+pub mod vault;
+
+/// Turns a problem at a place in the file into `FILE:LINE:COL: key `K`: problem`.
+pub struct Locator<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    /// A problem at `span` (an empty span at 0 is a default value: no line to name).
+    pub fn span(&self, span: std::ops::Range<usize>, key: &str, problem: String) -> anyhow::Error {
+        if span.is_empty() && span.start == 0 {
+            self.key(key, problem)
+        } else {
+            let (line, col) = line_col(self.text, span.start);
+            anyhow::anyhow!(
+                "{}:{line}:{col}: key `{key}`: {problem}",
+                self.path.display()
+            )
+        }
+    }
+
+    /// A problem with a key whose place is not known.
+    pub fn key(&self, key: &str, problem: String) -> anyhow::Error {
+        anyhow::anyhow!("{}: key `{key}`: {problem}", self.path.display())
+    }
+}
+
 /// The file as written by the owner.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -19,6 +49,9 @@ pub struct Config {
     pub provider: ProviderSection,
     pub agent: AgentSection,
     pub gate: GateSection,
+    pub sandbox: sandbox::SandboxSection,
+    pub egress: egress::EgressSection,
+    pub vault: vault::VaultSection,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,12 +129,17 @@ impl Default for GateSection {
             tool_timeout_secs: Spanned::new(0..0, 30),
             approval_timeout_secs: Spanned::new(0..0, 300),
             rate_per_minute: Spanned::new(0..0, 120),
-            tools: Spanned::new(0..0, carapace_gate::GateConfig::default().granted_tools),
+            tools: Spanned::new(0..0, DEFAULT_TOOLS.iter().map(|t| t.to_string()).collect()),
         }
     }
 }
 
 pub const DEFAULT_BIND: &str = "127.0.0.1:8321";
+
+/// Tools granted when config.toml does not say: all of them. `exec` runs in the
+/// sandbox, and the network tools reach only hosts in `[egress] allow_hosts` (none by
+/// default).
+pub const DEFAULT_TOOLS: &[&str] = carapace_gate::KNOWN_TOOLS;
 
 /// The text of a new `config.toml`: every key at its default, commented.
 pub const DEFAULT_CONFIG: &str = r#"# Carapace configuration. `cara config validate` checks this file;
@@ -129,7 +167,58 @@ tool_timeout_secs = 30
 approval_timeout_secs = 300
 rate_per_minute = 120
 # Tools granted to sessions; a tool not listed does not exist for the agent.
-tools = ["read_file", "list_dir", "write_file", "search_files"]
+# exec runs commands in the sandbox ([sandbox] below); web_fetch and http_request
+# reach only the hosts in [egress] allow_hosts.
+tools = ["read_file", "list_dir", "write_file", "search_files", "exec", "web_fetch", "http_request"]
+
+[sandbox]
+# The profile the exec tool runs in. Built in: tool (workspace read-write, no network,
+# system read-only) and readonly (workspace read-only). Override or add profiles:
+exec_profile = "tool"
+# [sandbox.profiles.tool]
+# workspace = "rw"                 # rw, ro or none (bound at /workspace)
+# binds = ["/opt/data:/data:ro"]   # SRC:DST or SRC:DST:ro
+# allow_degraded = false           # run even if a kernel feature is missing
+# wall_clock_secs = 60
+# cpu_secs = 60
+# memory_mb = 1024                 # cgroup v2, where it can be written
+# address_space_mb = 4096
+# processes = 256
+# open_files = 1024
+# output_bytes = 1048576
+# tmp_mb = 256
+
+[egress]
+# Deny by default: the network tools reach only these hosts (host, host:port, *.domain).
+allow_hosts = []
+# Private addresses (loopback, LAN, link-local) allowed, as host:port; e.g. Ollama:
+# allow_private = ["127.0.0.1:11434"]
+allow_private = []
+# Plain HTTP allowed, as host:port; everything else must be HTTPS.
+allow_http = []
+# More ranges to refuse, as CIDR.
+deny_ranges = []
+max_redirects = 5
+timeout_secs = 30
+max_response_bytes = 2097152
+
+[vault]
+# Secrets live in the encrypted vault (`cara vault set NAME`), never here. Its key comes
+# from $CARAPACE_VAULT_PASSPHRASE, the terminal, or a key file:
+# key_file = "/home/me/.config/carapace/vault.key"
+#
+# Entries kept elsewhere:
+# [vault.secrets.github]
+# backend = "pass"                 # file (default), env, pass, bw or op
+# ref = "carapace/github"          # variable, pass path, bw item or op://vault/item/field
+# approve_first_use = true         # default: on for pass, bw and op
+#
+# Where a secret is injected; the model never sees it:
+# [[vault.inject]]
+# secret = "github"
+# hosts = ["api.github.com"]
+# header = "Authorization"
+# format = "Bearer {}"
 "#;
 
 /// Where a value came from, for `cara config show` and `cara doctor`.
@@ -175,6 +264,8 @@ pub struct Settings {
     pub max_steps: usize,
     pub system_prompt: Option<String>,
     pub gate: carapace_gate::GateConfig,
+    /// The profile the `exec` tool runs in.
+    pub exec_profile: sandbox::Profile,
 }
 
 /// Reads and validates `path`; a missing file means all defaults.
@@ -203,14 +294,8 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<Config> {
 }
 
 fn validate(path: &Path, text: &str, c: &Config) -> anyhow::Result<()> {
-    let err = |span: std::ops::Range<usize>, key: &str, problem: String| -> anyhow::Error {
-        if span.is_empty() && span.start == 0 {
-            anyhow::anyhow!("{}: key `{key}`: {problem}", path.display())
-        } else {
-            let (line, col) = line_col(text, span.start);
-            anyhow::anyhow!("{}:{line}:{col}: key `{key}`: {problem}", path.display())
-        }
-    };
+    let at = Locator { path, text };
+    let err = |span, key: &str, problem| at.span(span, key, problem);
     if let Some(k) = &c.provider.api_key {
         return Err(err(
             k.span(),
@@ -274,9 +359,9 @@ fn validate(path: &Path, text: &str, c: &Config) -> anyhow::Result<()> {
             ));
         }
     }
-    let known = carapace_gate::GateConfig::default().granted_tools;
+    let known = carapace_gate::KNOWN_TOOLS;
     for tool in c.gate.tools.get_ref() {
-        if !known.contains(tool) {
+        if !known.contains(&tool.as_str()) {
             return Err(err(
                 c.gate.tools.span(),
                 "gate.tools",
@@ -284,6 +369,9 @@ fn validate(path: &Path, text: &str, c: &Config) -> anyhow::Result<()> {
             ));
         }
     }
+    c.sandbox.validate(&at)?;
+    c.egress.validate(&at)?;
+    c.vault.validate(&at)?;
     Ok(())
 }
 
@@ -375,6 +463,10 @@ pub fn settings(
         max_steps: *c.agent.max_steps.get_ref() as usize,
         system_prompt: c.agent.system_prompt.clone(),
         gate,
+        exec_profile: c
+            .sandbox
+            .profile(c.sandbox.exec_profile.get_ref())
+            .context("sandbox.exec_profile names no profile")?,
     })
 }
 
@@ -516,7 +608,11 @@ mod tests {
     fn the_default_config_is_valid() {
         let c = parse(Path::new("config.toml"), DEFAULT_CONFIG).unwrap();
         assert_eq!(c.server.bind.get_ref(), DEFAULT_BIND);
-        assert_eq!(c.gate.tools.get_ref().len(), 4);
+        assert_eq!(
+            c.gate.tools.get_ref().len(),
+            carapace_gate::KNOWN_TOOLS.len()
+        );
+        assert_eq!(c.sandbox.exec_profile.get_ref(), "tool");
     }
 
     #[test]
@@ -559,15 +655,69 @@ mod tests {
         );
         check_err(
             "[gate]\ntools = [\"read_file\", \"rm_rf\"]\n",
-            expect![[
-                r#"config.toml:2:9: key `gate.tools`: unknown tool `rm_rf`; known tools: read_file, list_dir, write_file, search_files"#
-            ]],
+            expect![
+                "config.toml:2:9: key `gate.tools`: unknown tool `rm_rf`; known tools: read_file, list_dir, write_file, search_files, exec, web_fetch, http_request"
+            ],
         );
         check_err(
             "[unknown]\n",
+            expect![
+                "config.toml:1:2: unknown field `unknown`, expected one of `server`, `provider`, `agent`, `gate`, `sandbox`, `egress`, `vault`"
+            ],
+        );
+        check_err(
+            "[sandbox.profiles.build]\nbinds = [\"/opt:opt\"]\n",
+            expect![
+                "config.toml:2:9: key `sandbox.profiles.build.binds`: bind destination `opt` in `/opt:opt` must be an absolute path"
+            ],
+        );
+        check_err(
+            "[sandbox.profiles.build]\nnetwork = \"host\"\n",
             expect![[
-                r#"config.toml:1:2: unknown field `unknown`, expected one of `server`, `provider`, `agent`, `gate`"#
+                r#"config.toml:2:11: key `sandbox.profiles.build.network`: `host`: only "none" is available (loopback inside the sandbox); tools reach the network through the egress tools"#
             ]],
+        );
+        check_err(
+            "[sandbox.profiles.build]\nprocesses = 0\n",
+            expect![
+                "config.toml:2:13: key `sandbox.profiles.build.processes`: 0 is out of range 1..=65536"
+            ],
+        );
+        check_err(
+            "[sandbox]\nexec_profile = \"gone\"\n",
+            expect![
+                "config.toml:2:16: key `sandbox.exec_profile`: no profile `gone`; profiles: tool, readonly"
+            ],
+        );
+        check_err(
+            "[egress]\nallow_private = [\"127.0.0.1\"]\n",
+            expect![
+                "config.toml:2:17: key `egress.allow_private`: `127.0.0.1` must name a port, like 127.0.0.1:11434"
+            ],
+        );
+        check_err(
+            "[egress]\ndeny_ranges = [\"10.0.0.0/40\"]\n",
+            expect![
+                "config.toml:2:15: key `egress.deny_ranges`: `10.0.0.0/40`: prefix length must be 0..=32"
+            ],
+        );
+        check_err(
+            "[vault.secrets.gh]\nbackend = \"keychain\"\n",
+            expect![
+                "config.toml:2:11: key `vault.secrets.gh.backend`: `keychain` is not a backend; use file, env, pass, bw or op"
+            ],
+        );
+        check_err(
+            "[[vault.inject]]\nsecret = \"gh\"\nhosts = [\"api.github.com\"]\nheader = \"Authorization\"\nquery = \"key\"\n",
+            expect![
+                "config.toml:5:9: key `vault.inject[0].query`: set either `header` or `query`, not both"
+            ],
+        );
+        check_err(
+            "[[vault.inject]]\nsecret = \"gh\"\nhosts = [\"api.github.com\"]\nheader = \"Authorization\"\nformat = \"Bearer\"\n",
+            expect![
+                "config.toml:5:10: key `vault.inject[0].format`: `Bearer` must hold `{}` exactly once, where the secret goes"
+            ],
         );
         check_err(
             "[server\n",

@@ -235,9 +235,20 @@ pub async fn doctor(dd: &DataDir) -> anyhow::Result<ExitCode> {
         Err(e) => r.line(Level::Fail, "gateway", &format!("{e:#}")),
     }
 
-    // Kernel features the sandbox (a later release) builds on.
-    for (feature, level, detail) in kernel_features() {
-        r.line(level, feature, &detail);
+    // The sandbox's kernel features, probed for real (`cara sandbox check` lists them).
+    // A missing one is a warning: profiles refuse to run without it unless they allow
+    // degraded runs, and the exec tool says which feature is missing.
+    for f in carapace_sandbox::check() {
+        let level = if f.available { Level::Ok } else { Level::Warn };
+        r.line(level, &format!("sandbox: {}", f.feature), &f.detail);
+    }
+    if running_as_root() {
+        r.line(
+            Level::Warn,
+            "sandbox: user",
+            "running as root: sandboxed processes keep root's kernel user id (without \
+             capabilities); run Carapace as an ordinary user for defence in depth",
+        );
     }
 
     if r.failed {
@@ -249,54 +260,9 @@ pub async fn doctor(dd: &DataDir) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn read(path: &str) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|s| s.trim().to_string())
-}
-
-fn kernel_features() -> Vec<(&'static str, Level, String)> {
-    let mut out = Vec::new();
-    let userns = match (
-        read("/proc/sys/user/max_user_namespaces"),
-        read("/proc/sys/kernel/unprivileged_userns_clone"),
-    ) {
-        (_, Some(v)) if v == "0" => (
-            Level::Warn,
-            "unprivileged user namespaces are disabled (kernel.unprivileged_userns_clone=0)"
-                .to_string(),
-        ),
-        (Some(v), _) if v == "0" => (
-            Level::Warn,
-            "user namespaces are disabled (user.max_user_namespaces=0)".to_string(),
-        ),
-        (Some(v), _) => (Level::Ok, format!("available (max {v})")),
-        (None, _) => (
-            Level::Warn,
-            "unknown (no /proc/sys/user/max_user_namespaces)".to_string(),
-        ),
-    };
-    out.push(("user namespaces", userns.0, userns.1));
-    let landlock = match read("/sys/kernel/security/lsm") {
-        Some(lsm) if lsm.split(',').any(|m| m == "landlock") => (Level::Ok, "enabled".to_string()),
-        Some(lsm) => (Level::Warn, format!("not in the active LSMs ({lsm})")),
-        None => (Level::Warn, "unknown (securityfs not readable)".to_string()),
-    };
-    out.push(("landlock", landlock.0, landlock.1));
-    let seccomp = match read("/proc/self/status") {
-        Some(status) if status.lines().any(|l| l.starts_with("Seccomp:")) => {
-            (Level::Ok, "available".to_string())
-        }
-        _ => (Level::Warn, "not reported by the kernel".to_string()),
-    };
-    out.push(("seccomp", seccomp.0, seccomp.1));
-    let cgroup = match read("/sys/fs/cgroup/cgroup.controllers") {
-        Some(c) => (Level::Ok, format!("v2 ({c})")),
-        None => (
-            Level::Warn,
-            "cgroup v2 not mounted at /sys/fs/cgroup".to_string(),
-        ),
-    };
-    out.push(("cgroups", cgroup.0, cgroup.1));
-    out
+fn running_as_root() -> bool {
+    // The owner of /proc/self is the effective user id, without unsafe code.
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
 }

@@ -8,7 +8,9 @@ mod commands;
 mod config;
 mod datadir;
 mod doctor;
+mod sandbox_cmd;
 mod serve;
+mod vault_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -79,6 +81,70 @@ enum Command {
     /// List and answer tool calls waiting for your approval.
     #[command(subcommand)]
     Approvals(ApprovalsCommand),
+    /// Store, list and remove secrets; no command prints a value.
+    #[command(subcommand)]
+    Vault(VaultCommand),
+    /// Run a command in the Carapace sandbox, or check what the kernel offers.
+    #[command(subcommand)]
+    Sandbox(SandboxCommand),
+}
+
+#[derive(Subcommand)]
+enum VaultCommand {
+    /// Store a secret; the value is read from a prompt (no echo) or standard input.
+    ///
+    /// The vault (vault.json in the data directory) is encrypted with AES-256-GCM under
+    /// a key derived with Argon2id from your passphrase ($CARAPACE_VAULT_PASSPHRASE, or
+    /// asked), or under vault.key_file. It is created on first use.
+    Set {
+        /// Entry name: letters, digits, `-`, `_`, `.`.
+        name: String,
+    },
+    /// List entries: name, backend, hosts it is injected for, whether its first use asks.
+    List,
+    /// Remove an entry from the encrypted vault.
+    Rm {
+        /// Entry name.
+        name: String,
+    },
+    /// Move API keys from environment variables into the vault.
+    ///
+    /// Without names, imports whichever of the usual provider variables are set
+    /// (OPENAI_API_KEY, ANTHROPIC_API_KEY, GITHUB_TOKEN, ...). Entries are named like
+    /// the variables.
+    ImportEnv {
+        /// Variables to import.
+        names: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SandboxCommand {
+    /// Run a command isolated by namespaces, Landlock, seccomp and rlimits.
+    ///
+    /// The workspace (the current directory unless --workspace) appears at /workspace,
+    /// read-write in the `tool` profile. Nothing else of your home is visible, there is no
+    /// network but loopback, and the environment is built from scratch. The exit status
+    /// is the command's.
+    Run {
+        /// Profile from config.toml: tool (default), readonly, or one of your own.
+        #[arg(long, value_name = "P")]
+        profile: Option<String>,
+        /// Extra bind, SRC:DST (read-write) or SRC:DST:ro; repeatable.
+        #[arg(long = "bind", value_name = "SRC:DST[:ro]")]
+        binds: Vec<String>,
+        /// Directory to bind at /workspace [default: the current directory].
+        #[arg(long, value_name = "DIR")]
+        workspace: Option<PathBuf>,
+        /// Environment variable for the command, NAME=VALUE; repeatable.
+        #[arg(long = "env", value_name = "NAME=VALUE")]
+        env: Vec<String>,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Report each kernel feature the sandbox uses as available or missing.
+    Check,
 }
 
 #[derive(Subcommand)]
@@ -133,6 +199,14 @@ enum ApprovalsCommand {
 }
 
 fn main() -> ExitCode {
+    // A sandbox's init process is this binary re-executed; it must start before any
+    // thread does, so it comes before everything else.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == carapace_sandbox::INIT_ARG)
+    {
+        carapace_sandbox::init_main();
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -191,6 +265,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ApprovalsCommand::Deny { id } => commands::approvals_decide(&dd, &id, false).await,
             }
         }),
+        Command::Vault(c) => match c {
+            VaultCommand::Set { name } => vault_cmd::set(&dd, &name),
+            VaultCommand::List => vault_cmd::list(&dd),
+            VaultCommand::Rm { name } => vault_cmd::rm(&dd, &name),
+            VaultCommand::ImportEnv { names } => vault_cmd::import_env(&dd, names),
+        },
+        Command::Sandbox(SandboxCommand::Check) => sandbox_cmd::check(),
+        Command::Sandbox(SandboxCommand::Run {
+            profile,
+            binds,
+            workspace,
+            env,
+            command,
+        }) => runtime(1)?.block_on(sandbox_cmd::run(
+            &dd,
+            sandbox_cmd::RunArgs {
+                profile,
+                binds,
+                workspace,
+                env,
+                command,
+            },
+        )),
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use carapace_agent::{Agent, AgentConfig, SYSTEM_PROMPT};
-use carapace_gate::{Gate, GateDeps, Scrubber};
+use carapace_gate::{Egress, ExecSetup, Gate, GateDeps, NetSetup, Scrubber, SharedScrubber};
 use carapace_llm::{OpenAiCompat, OpenAiConfig};
 use carapace_policy::SimplePolicy;
 use carapace_server::{AppState, ServerDeps, router};
@@ -14,6 +14,7 @@ use serde_json::json;
 
 use crate::config::{self, ProviderSetup};
 use crate::datadir::{DataDir, write_atomic};
+use crate::vault_cmd::VaultSource;
 
 pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
     dd.prepare()?;
@@ -35,13 +36,23 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
     }
 
     let file = config::load(&dd.config())?;
+    // Secrets: every value the vault holds joins the scrubber before anything runs.
+    let scrubber = SharedScrubber::new(Scrubber::new(&[]));
+    let vault = VaultSource::open(dd, &file, scrubber.clone());
+    let preloaded = vault.preload();
     let env = |k: &str| {
         if k == "CARAPACE_BIND"
             && let Some(b) = &bind
         {
             return Some(b.clone());
         }
-        std::env::var(k).ok()
+        // A provider key imported into the vault (`cara vault import-env`) stands in
+        // for the variable.
+        std::env::var(k).ok().filter(|v| !v.is_empty()).or_else(|| {
+            (k == "OPENAI_API_KEY")
+                .then(|| vault.file_value(k).map(|v| v.expose().clone()))
+                .flatten()
+        })
     };
     let settings = config::settings(&dd.config(), &file, &env)?;
 
@@ -55,13 +66,32 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
     if let ProviderSetup::Ready(p) = &settings.provider {
         secrets.extend(p.api_key.clone());
     }
+    scrubber.add(&secrets);
+    tracing::info!(secrets = preloaded, "vault loaded");
+    let net = NetSetup {
+        egress: Egress::new(file.egress.to_config())
+            .map_err(|e| anyhow::anyhow!("{}: [egress]: {e}", dd.config().display()))?,
+        inject: file.vault.rules(),
+        secrets: Arc::new(vault),
+    };
+    let exec = ExecSetup {
+        sandbox: carapace_sandbox::Sandbox::new(crate::sandbox_cmd::init_program()?),
+        profile: settings.exec_profile.name.clone(),
+        template: settings.exec_profile.spec(
+            &dd.workspace(),
+            crate::sandbox_cmd::base_env(),
+            Vec::new(),
+        ),
+    };
     let gate = Gate::new(GateDeps {
         store: store.clone(),
         audit_key: audit_key.clone(),
         workspace_root: dd.workspace(),
         policy: Box::new(SimplePolicy),
-        scrubber: Scrubber::new(&secrets),
+        scrubber,
         config: settings.gate.clone(),
+        exec: Some(exec),
+        net: Some(net),
     })?;
     let (agent, provider_hint) = match settings.provider {
         ProviderSetup::Ready(p) => {

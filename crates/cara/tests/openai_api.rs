@@ -72,7 +72,15 @@ async fn chat_completion_runs_a_tool_call_through_the_gate() {
         .collect();
     assert_eq!(
         offered,
-        ["read_file", "list_dir", "write_file", "search_files"]
+        [
+            "read_file",
+            "list_dir",
+            "write_file",
+            "search_files",
+            "exec",
+            "web_fetch",
+            "http_request"
+        ]
     );
     assert_eq!(
         transcript(&requests[1])[..2],

@@ -15,4 +15,6 @@ mod durability;
 mod openai_api;
 mod openai_python;
 mod path_escapes;
+mod sandbox;
+mod secrets;
 mod websocket;

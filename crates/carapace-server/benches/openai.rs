@@ -19,7 +19,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use carapace_agent::{Agent, AgentConfig, SYSTEM_PROMPT};
-use carapace_gate::{Gate, GateConfig, GateDeps, Scrubber};
+use carapace_gate::{Gate, GateConfig, GateDeps, Scrubber, SharedScrubber};
 use carapace_llm::{
     ChatMessage, ChatRequest, OpenAiCompat, OpenAiConfig, Provider, ToolCallRequest, ToolSpec,
 };
@@ -69,12 +69,16 @@ async fn setup() -> Bench {
         audit_key: audit_key.clone(),
         workspace_root: root,
         policy: Box::new(SimplePolicy),
-        scrubber: Scrubber::new(&[Secret::new("sk-bench-0123456789abcdef".to_string())]),
+        scrubber: SharedScrubber::new(Scrubber::new(&[Secret::new(
+            "sk-bench-0123456789abcdef".to_string(),
+        )])),
         // No rate limit in the way of a benchmark loop.
         config: GateConfig {
             rate_per_minute: u32::MAX,
             ..GateConfig::default()
         },
+        exec: None,
+        net: None,
     })
     .unwrap();
     let fake = FakeOpenAi::start(Vec::new()).await;

@@ -12,7 +12,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use carapace_agent::{Agent, AgentConfig};
-use carapace_gate::{Gate, GateConfig, GateDeps, Scrubber};
+use carapace_gate::{Gate, GateConfig, GateDeps, Scrubber, SharedScrubber};
 use carapace_llm::{OpenAiCompat, OpenAiConfig};
 use carapace_policy::SimplePolicy;
 use carapace_server::{AppState, ServerDeps, router};
@@ -78,8 +78,10 @@ pub async fn harness_with(options: Options) -> Harness {
         audit_key: audit_key.clone(),
         workspace_root: root,
         policy: Box::new(SimplePolicy),
-        scrubber: Scrubber::new(&[Secret::new(TOKEN.to_string())]),
+        scrubber: SharedScrubber::new(Scrubber::new(&[Secret::new(TOKEN.to_string())])),
         config: options.gate,
+        exec: None,
+        net: None,
     })
     .unwrap();
     let fake = match options.script {
