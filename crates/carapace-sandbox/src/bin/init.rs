@@ -1,4 +1,4 @@
-//! `carapace-sandbox-init`: test and benchmark support only (`cara` is the init program
+//! `carapace-sandbox-init`: test support only (`cara` is the init program
 //! in production). With [`carapace_sandbox::INIT_ARG`] it is the sandbox's init
 //! program; with `run` it is a tiny CLI over `Sandbox::run`, so the escape suite can run
 //! sandboxes as another user:
