@@ -583,7 +583,9 @@ async fn a_provider_error_surfaces_typed_and_keeps_the_user_message() {
     .await;
     let err = f.turn("hello?").await.unwrap_err();
     match err {
-        AgentError::Provider(ProviderError::Http { status, message }) => {
+        AgentError::Provider(ProviderError::Http {
+            status, message, ..
+        }) => {
             assert_eq!(status, 500);
             assert_eq!(message, "the model is on fire");
         }

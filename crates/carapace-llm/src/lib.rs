@@ -11,6 +11,8 @@ mod openai;
 
 pub use openai::{OpenAiCompat, OpenAiConfig};
 
+use std::time::Duration;
+
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -141,6 +143,8 @@ pub enum ProviderError {
         status: u16,
         /// The provider's message from the error body, at most 500 characters.
         message: String,
+        /// How long the provider asked to wait before trying again (`Retry-After`).
+        retry_after: Option<Duration>,
     },
     /// The provider could not be reached, or the connection broke.
     #[error("cannot reach provider: {0}")]
@@ -159,6 +163,24 @@ pub enum ProviderError {
     InvalidConfig(String),
 }
 
+/// The wait a `Retry-After` header asks for: delay-seconds, or an HTTP date (a date in
+/// the past means now).
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
 impl ProviderError {
     /// Whether trying the same call again later may succeed: rate limits, server errors,
     /// network failures, timeouts and stalls.
@@ -168,5 +190,36 @@ impl ProviderError {
             ProviderError::Connect(_) | ProviderError::Timeout | ProviderError::Stalled => true,
             ProviderError::Protocol(_) | ProviderError::InvalidConfig(_) => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+
+    use super::retry_after;
+
+    fn with(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_and_dates() {
+        assert_eq!(retry_after(&with("7")), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after(&with(" 0 ")), Some(Duration::ZERO));
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        let wait = retry_after(&with(&later)).unwrap();
+        assert!(wait > Duration::from_secs(100) && wait <= Duration::from_secs(120));
+        assert_eq!(
+            retry_after(&with("Wed, 21 Oct 2015 07:28:00 GMT")),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after(&with("soon")), None);
+        assert_eq!(retry_after(&with("-3")), None);
+        assert_eq!(retry_after(&HeaderMap::new()), None);
     }
 }

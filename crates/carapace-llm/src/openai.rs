@@ -159,6 +159,7 @@ impl OpenAiCompat {
         if status.is_success() {
             return Ok(resp);
         }
+        let retry_after = crate::retry_after(resp.headers());
         let body = read_bounded(resp, MAX_ERROR_BODY_BYTES, None)
             .await
             .unwrap_or_default();
@@ -178,6 +179,7 @@ impl OpenAiCompat {
         Err(ProviderError::Http {
             status: status.as_u16(),
             message,
+            retry_after,
         })
     }
 
@@ -267,9 +269,14 @@ impl OpenAiCompat {
             m.chars().take(MAX_MESSAGE_CHARS).collect::<String>()
         };
         match err {
-            ProviderError::Http { status, message } => ProviderError::Http {
+            ProviderError::Http {
+                status,
+                message,
+                retry_after,
+            } => ProviderError::Http {
                 status,
                 message: clean(message),
+                retry_after,
             },
             ProviderError::Connect(m) => ProviderError::Connect(clean(m)),
             ProviderError::Protocol(m) => ProviderError::Protocol(clean(m)),

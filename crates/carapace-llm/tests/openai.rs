@@ -338,7 +338,7 @@ async fn the_key_is_sent_as_a_bearer_token_and_checked() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&wrong, ProviderError::Http { status: 401, message } if message.contains("Incorrect API key")),
+        matches!(&wrong, ProviderError::Http { status: 401, message, .. } if message.contains("Incorrect API key")),
         "{wrong:?}"
     );
     assert!(!wrong.retriable());
@@ -383,7 +383,9 @@ async fn http_errors_carry_the_message_of_the_error_body() {
                 err,
                 ProviderError::Http {
                     status,
-                    message: message.into()
+                    message: message.into(),
+                    // The fake sends `retry-after: 2` with its 429s.
+                    retry_after: (status == 429).then(|| Duration::from_secs(2)),
                 },
                 "{mode:?}"
             );
@@ -414,7 +416,8 @@ async fn an_exhausted_script_is_an_http_500() {
         err,
         ProviderError::Http {
             status: 500,
-            message: "fake script exhausted".into()
+            message: "fake script exhausted".into(),
+            retry_after: None,
         }
     );
 }

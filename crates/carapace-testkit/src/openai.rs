@@ -498,7 +498,14 @@ fn error_response(status: u16, message: &str) -> Response {
     };
     let body =
         json!({ "error": { "message": message, "type": kind, "param": null, "code": code } });
-    (status, Json(body)).into_response()
+    let mut response = (status, Json(body)).into_response();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        // As OpenAI does when it knows when the limit resets.
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("2"));
+    }
+    response
 }
 
 /// Why a script file could not be read.
