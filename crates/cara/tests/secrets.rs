@@ -173,7 +173,7 @@ format = "Bearer {{}}"
     }
 
     let api = format!("http://127.0.0.1:{api_port}");
-    let calls = [
+    let mut calls = vec![
         // The allowed API reflects the injected header back, raw and encoded.
         (
             "http_request",
@@ -195,6 +195,17 @@ format = "Bearer {{}}"
             json!({ "url": "http://169.254.169.254/latest/meta-data/" }),
         ),
     ];
+    // Where the kernel allows sandboxes: ask a command for the daemon's environment, the
+    // vault file and every process's environment it can see.
+    let sandboxed = std::env::var_os("CARAPACE_TEST_SANDBOX").is_some_and(|v| v == "1");
+    if sandboxed {
+        calls.push((
+            "exec",
+            json!({ "command": "env; echo \"pass=[$CARAPACE_VAULT_PASSPHRASE]\"; \
+                                cat ../vault.json /proc/*/environ; \
+                                cat \"$HOME/.carapace/vault.json\"; true" }),
+        ));
+    }
     let fake = FakeOpenAi::start(vec![
         Reply::ToolCalls(
             calls
@@ -254,6 +265,17 @@ format = "Bearer {{}}"
     assert!(results[3].contains("TOOL_ERROR"), "{}", results[3]);
     // 5. Private and metadata addresses are refused.
     assert!(results[4].contains("TOOL_ERROR"), "{}", results[4]);
+    // 6. The sandbox starts from an empty environment and sees no vault file.
+    if sandboxed {
+        let r = &results[5];
+        assert!(r.contains("\"exit_code\":0"), "{r}");
+        assert!(
+            r.contains("pass=[]"),
+            "the passphrase variable is set inside: {r}"
+        );
+        assert!(!r.contains(PASSPHRASE), "{r}");
+        assert!(!r.contains("ciphertext") && !r.contains("argon2"), "{r}");
+    }
 
     let attacker_saw = attacker_seen.lock().unwrap().join("\n");
     assert!(
