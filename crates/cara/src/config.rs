@@ -198,6 +198,9 @@ allow_private = []
 allow_http = []
 # More ranges to refuse, as CIDR.
 deny_ranges = []
+# A narrower list for one network tool (web_fetch, http_request); never wider:
+# [egress.tools.web_fetch]
+# allow_hosts = ["*.wikipedia.org"]
 max_redirects = 5
 timeout_secs = 30
 max_response_bytes = 2097152
@@ -693,6 +696,18 @@ mod tests {
             "[egress]\nallow_private = [\"127.0.0.1\"]\n",
             expect![
                 "config.toml:2:17: key `egress.allow_private`: `127.0.0.1` must name a port, like 127.0.0.1:11434"
+            ],
+        );
+        check_err(
+            "[egress.tools.exec]\nallow_hosts = []\n",
+            expect![
+                "config.toml:1:15: key `egress.tools.exec`: not a network tool; [egress.tools.*] is for web_fetch and http_request"
+            ],
+        );
+        check_err(
+            "[egress.tools.web_fetch]\nallow_hosts = [\"https://x.org\"]\n",
+            expect![
+                "config.toml:2:15: key `egress.tools.web_fetch.allow_hosts`: `https://x.org`: write the host without scheme or path, like `x.org`"
             ],
         );
         check_err(

@@ -73,6 +73,7 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{}: [egress]: {e}", dd.config().display()))?,
         inject: file.vault.rules(),
         secrets: Arc::new(vault),
+        tool_hosts: file.egress.tool_hosts(),
     };
     let exec = ExecSetup {
         sandbox: carapace_sandbox::Sandbox::new(crate::sandbox_cmd::init_program()?),

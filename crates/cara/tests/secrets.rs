@@ -357,3 +357,80 @@ async fn vault_commands_never_print_values_and_refuse_bad_input() {
     let out = run(&["vault", "list"], "").await;
     assert!(out.stdout.contains("MY_TOKEN"), "{out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_list_narrows_the_egress_list_and_never_widens_it() {
+    let seen: Seen = Arc::default();
+    let port = attacker(seen.clone()).await;
+    let dir = TestDir::new();
+    std::fs::create_dir_all(dir.data()).unwrap();
+    std::fs::write(
+        dir.config(),
+        format!(
+            r#"
+[egress]
+allow_hosts = ["127.0.0.1"]
+allow_private = ["127.0.0.1:{port}"]
+allow_http = ["127.0.0.1:{port}"]
+
+# web_fetch may reach only a host the main list does not even hold.
+[egress.tools.web_fetch]
+allow_hosts = ["docs.example.org"]
+"#
+        ),
+    )
+    .unwrap();
+    let url = format!("http://127.0.0.1:{port}/collect");
+    let fake = FakeOpenAi::start(vec![
+        Reply::ToolCalls(vec![
+            ("web_fetch".into(), json!({ "url": url })),
+            (
+                "http_request".into(),
+                json!({ "method": "GET", "url": url }),
+            ),
+        ]),
+        Reply::Text("done".into()),
+    ])
+    .await;
+    let daemon = Daemon::start_with_env(
+        &dir,
+        &[
+            ("OPENAI_BASE_URL", fake.base_url().as_str()),
+            ("CARAPACE_MODEL", "fake-model"),
+        ],
+    )
+    .await;
+    let approver = approve_everything(&daemon);
+    let (status, body) = json_response(
+        daemon
+            .authed(Method::POST, "/v1/chat/completions")
+            .json(&json!({ "messages": [{ "role": "user", "content": "go" }] }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    approver.abort();
+    assert_eq!(status, 200, "{body}");
+    let requests = fake.requests();
+    let results: Vec<String> = tool_messages(&requests[1])
+        .iter()
+        .map(|m| m["content"].as_str().unwrap().to_string())
+        .collect();
+    // web_fetch's own list does not hold 127.0.0.1; http_request has the whole list.
+    assert!(results[0].contains("TOOL_ERROR"), "{}", results[0]);
+    assert!(
+        results[0].contains("[egress.tools.web_fetch]"),
+        "{}",
+        results[0]
+    );
+    assert!(results[1].contains("collected"), "{}", results[1]);
+    let requests_seen = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|h| h.starts_with("user-agent"))
+        .count();
+    assert_eq!(requests_seen, 1, "only http_request reached the server");
+    daemon.stop().await;
+}

@@ -47,6 +47,9 @@ pub struct NetSetup {
     pub inject: Vec<InjectRule>,
     /// Where injected values come from.
     pub secrets: Arc<dyn SecretSource>,
+    /// Per tool, the hosts it may reach, within the egress client's own list (narrows,
+    /// never widens); a tool not named here has the whole list.
+    pub tool_hosts: HashMap<String, Vec<String>>,
 }
 
 /// Per-Gate state of the network tools: which sessions approved which secrets.
@@ -149,7 +152,7 @@ pub(crate) fn tools(net: &Arc<Net>) -> Vec<ToolDef> {
                 headers: Vec::new(),
                 body: None,
             };
-            send(&net, ctx, req, false).await
+            send(&net, "web_fetch", ctx, req).await
         })
     });
     let request_net = net.clone();
@@ -174,7 +177,7 @@ pub(crate) fn tools(net: &Arc<Net>) -> Vec<ToolDef> {
                 headers,
                 body: args["body"].as_str().map(|b| b.as_bytes().to_vec()),
             };
-            send(&net, ctx, req, true).await
+            send(&net, "http_request", ctx, req).await
         })
     });
     vec![
@@ -232,13 +235,15 @@ pub(crate) fn tools(net: &Arc<Net>) -> Vec<ToolDef> {
 
 async fn send(
     net: &Net,
+    tool: &str,
     ctx: ExecCtx,
     req: EgressRequest,
-    with_headers: bool,
 ) -> Result<RawResult, ToolFailure> {
+    let with_headers = tool == "http_request";
     let carried = !ctx.injections.is_empty();
+    let scope_narrowed = net.setup.tool_hosts.contains_key(tool);
     let scope = Scope {
-        allow_hosts: None,
+        allow_hosts: net.setup.tool_hosts.get(tool).cloned(),
         injections: ctx.injections,
     };
     let resp = net
@@ -246,7 +251,7 @@ async fn send(
         .egress
         .send(req, &scope)
         .await
-        .map_err(|e| ToolFailure(describe(&e)))?;
+        .map_err(|e| ToolFailure(describe(&e, tool, scope_narrowed)))?;
     let mut content = json!({
         "status": resp.status,
         "url": resp.final_url,
@@ -275,8 +280,12 @@ async fn send(
     })
 }
 
-fn describe(e: &EgressError) -> String {
+fn describe(e: &EgressError, tool: &str, narrowed: bool) -> String {
     match e {
+        EgressError::HostNotAllowed { .. } if narrowed => format!(
+            "{e}; the owner can allow it in config.toml under [egress] allow_hosts and \
+             [egress.tools.{tool}] allow_hosts"
+        ),
         EgressError::HostNotAllowed { .. } => {
             format!("{e}; the owner can allow it in config.toml under [egress] allow_hosts")
         }

@@ -4,6 +4,7 @@
 //! nothing. Private addresses (loopback, LAN, link-local, ...) are reachable only when a
 //! `host:port` is listed in `allow_private`, and plain HTTP only for `allow_http`.
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -26,7 +27,19 @@ pub struct EgressSection {
     pub max_redirects: Spanned<u64>,
     pub timeout_secs: Spanned<u64>,
     pub max_response_bytes: Spanned<u64>,
+    /// Per network tool, a narrower host list (`[egress.tools.web_fetch]`).
+    pub tools: BTreeMap<Spanned<String>, ToolEgress>,
 }
+
+/// One network tool's own host list: within `allow_hosts`, never wider.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolEgress {
+    pub allow_hosts: Spanned<Vec<String>>,
+}
+
+/// The tools `[egress.tools.*]` may name.
+const NETWORK_TOOLS: &[&str] = &["web_fetch", "http_request"];
 
 impl Default for EgressSection {
     fn default() -> Self {
@@ -39,6 +52,7 @@ impl Default for EgressSection {
             max_redirects: Spanned::new(0..0, 5),
             timeout_secs: Spanned::new(0..0, 30),
             max_response_bytes: Spanned::new(0..0, 2 << 20),
+            tools: BTreeMap::new(),
         }
     }
 }
@@ -46,6 +60,12 @@ impl Default for EgressSection {
 /// Checks `host`, `host:port`, `[v6]:port` or `*.domain`; `need_port` for entries that
 /// must name one service.
 pub fn check_host_entry(entry: &str, need_port: bool) -> Result<(), String> {
+    if let Some((_, rest)) = entry.split_once("://") {
+        let host = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+        return Err(format!(
+            "`{entry}`: write the host without scheme or path, like `{host}`"
+        ));
+    }
     let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
         let Some((h, after)) = rest.split_once(']') else {
             return Err(format!("`{entry}`: unclosed `[`"));
@@ -112,6 +132,24 @@ impl EgressSection {
                 }
             }
         }
+        for (tool, own) in &self.tools {
+            if !NETWORK_TOOLS.contains(&tool.get_ref().as_str()) {
+                return Err(at.span(
+                    tool.span(),
+                    &format!("egress.tools.{}", tool.get_ref()),
+                    format!(
+                        "not a network tool; [egress.tools.*] is for {}",
+                        NETWORK_TOOLS.join(" and ")
+                    ),
+                ));
+            }
+            let key = format!("egress.tools.{}.allow_hosts", tool.get_ref());
+            for entry in own.allow_hosts.get_ref() {
+                if let Err(problem) = check_host_entry(entry, false) {
+                    return Err(at.span(own.allow_hosts.span(), &key, problem));
+                }
+            }
+        }
         for range in self.deny_ranges.get_ref() {
             if let Err(problem) = check_cidr(range) {
                 return Err(at.span(self.deny_ranges.span(), "egress.deny_ranges", problem));
@@ -137,6 +175,14 @@ impl EgressSection {
             }
         }
         Ok(())
+    }
+
+    /// Each network tool's narrower host list.
+    pub fn tool_hosts(&self) -> HashMap<String, Vec<String>> {
+        self.tools
+            .iter()
+            .map(|(tool, own)| (tool.get_ref().clone(), own.allow_hosts.get_ref().clone()))
+            .collect()
     }
 
     /// The egress client's configuration.
