@@ -118,6 +118,52 @@ fn approve_everything(daemon: &Daemon) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// One turn in which the model makes `calls` at once, every approval granted. Returns
+/// the daemon, every request the model server received, and the tool results the model
+/// was sent, in call order.
+async fn turn_with_calls(
+    dir: &TestDir,
+    calls: &[(&str, Value)],
+    env: &[(&str, &str)],
+) -> (Daemon, Vec<Value>, Vec<String>) {
+    let fake = FakeOpenAi::start(vec![
+        Reply::ToolCalls(
+            calls
+                .iter()
+                .map(|(n, a)| (n.to_string(), a.clone()))
+                .collect(),
+        ),
+        Reply::Text("done".into()),
+    ])
+    .await;
+    let base_url = fake.base_url();
+    let mut all_env = vec![
+        ("OPENAI_BASE_URL", base_url.as_str()),
+        ("CARAPACE_MODEL", "fake-model"),
+    ];
+    all_env.extend_from_slice(env);
+    let daemon = Daemon::start_with_env(dir, &all_env).await;
+    let approver = approve_everything(&daemon);
+    let (status, body) = json_response(
+        daemon
+            .authed(Method::POST, "/v1/chat/completions")
+            .json(&json!({ "messages": [{ "role": "user", "content": "go" }] }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    approver.abort();
+    assert_eq!(status, 200, "{body}");
+    let requests = fake.requests();
+    let results: Vec<String> = tool_messages(&requests[1])
+        .iter()
+        .map(|m| m["content"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(results.len(), calls.len(), "{results:?}");
+    (daemon, requests, results)
+}
+
 /// Every form of the secret a leak could take.
 fn forms() -> Vec<String> {
     vec![
@@ -206,45 +252,8 @@ format = "Bearer {{}}"
                                 cat \"$HOME/.carapace/vault.json\"; true" }),
         ));
     }
-    let fake = FakeOpenAi::start(vec![
-        Reply::ToolCalls(
-            calls
-                .iter()
-                .map(|(n, a)| (n.to_string(), a.clone()))
-                .collect(),
-        ),
-        Reply::Text("done".into()),
-    ])
-    .await;
-    let daemon = Daemon::start_with_env(
-        &dir,
-        &[
-            ("OPENAI_BASE_URL", fake.base_url().as_str()),
-            ("CARAPACE_MODEL", "fake-model"),
-            ("CARAPACE_VAULT_PASSPHRASE", PASSPHRASE),
-        ],
-    )
-    .await;
-    let approver = approve_everything(&daemon);
-    let (status, body) = json_response(
-        daemon
-            .authed(Method::POST, "/v1/chat/completions")
-            .json(&json!({ "messages": [{ "role": "user", "content": "go" }] }))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    approver.abort();
-    assert_eq!(status, 200, "{body}");
-
-    let requests = fake.requests();
-    let results = tool_messages(&requests[1]);
-    let results: Vec<String> = results
-        .iter()
-        .map(|m| m["content"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(results.len(), calls.len(), "{results:?}");
+    let (daemon, requests, results) =
+        turn_with_calls(&dir, &calls, &[("CARAPACE_VAULT_PASSPHRASE", PASSPHRASE)]).await;
 
     // 1. The API got the credential; the model got only redactions of its reflection.
     assert!(
@@ -381,42 +390,11 @@ allow_hosts = ["docs.example.org"]
     )
     .unwrap();
     let url = format!("http://127.0.0.1:{port}/collect");
-    let fake = FakeOpenAi::start(vec![
-        Reply::ToolCalls(vec![
-            ("web_fetch".into(), json!({ "url": url })),
-            (
-                "http_request".into(),
-                json!({ "method": "GET", "url": url }),
-            ),
-        ]),
-        Reply::Text("done".into()),
-    ])
-    .await;
-    let daemon = Daemon::start_with_env(
-        &dir,
-        &[
-            ("OPENAI_BASE_URL", fake.base_url().as_str()),
-            ("CARAPACE_MODEL", "fake-model"),
-        ],
-    )
-    .await;
-    let approver = approve_everything(&daemon);
-    let (status, body) = json_response(
-        daemon
-            .authed(Method::POST, "/v1/chat/completions")
-            .json(&json!({ "messages": [{ "role": "user", "content": "go" }] }))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    approver.abort();
-    assert_eq!(status, 200, "{body}");
-    let requests = fake.requests();
-    let results: Vec<String> = tool_messages(&requests[1])
-        .iter()
-        .map(|m| m["content"].as_str().unwrap().to_string())
-        .collect();
+    let calls = [
+        ("web_fetch", json!({ "url": url })),
+        ("http_request", json!({ "method": "GET", "url": url })),
+    ];
+    let (daemon, _, results) = turn_with_calls(&dir, &calls, &[]).await;
     // web_fetch's own list does not hold 127.0.0.1; http_request has the whole list.
     assert!(results[0].contains("TOOL_ERROR"), "{}", results[0]);
     assert!(
