@@ -16,6 +16,47 @@ pub enum BackendKind {
     Bitwarden,
     /// The 1Password CLI, `op`.
     OnePassword,
+    /// The OS keyring: the Secret Service on Linux, the Keychain on macOS.
+    Keyring,
+}
+
+impl BackendKind {
+    /// The backend named as in config (`backend = "..."`) and on the command line:
+    /// `file`, `env`, `pass`, `bw`, `op` or `keyring`.
+    pub fn from_config_name(name: &str) -> Option<BackendKind> {
+        Some(match name {
+            "file" => BackendKind::File,
+            "env" => BackendKind::Env,
+            "pass" => BackendKind::Pass,
+            "bw" => BackendKind::Bitwarden,
+            "op" => BackendKind::OnePassword,
+            "keyring" => BackendKind::Keyring,
+            _ => return None,
+        })
+    }
+
+    /// The name config uses for this backend (the inverse of
+    /// [`BackendKind::from_config_name`]).
+    pub fn config_name(self) -> &'static str {
+        match self {
+            BackendKind::File => "file",
+            BackendKind::Env => "env",
+            BackendKind::Pass => "pass",
+            BackendKind::Bitwarden => "bw",
+            BackendKind::OnePassword => "op",
+            BackendKind::Keyring => "keyring",
+        }
+    }
+
+    /// Password managers ask before their first use in a session unless told otherwise;
+    /// the file vault, the OS keyring (the owner's own stores, unlocked by their session)
+    /// and the environment do not.
+    pub fn approve_first_use_by_default(self) -> bool {
+        matches!(
+            self,
+            BackendKind::Pass | BackendKind::Bitwarden | BackendKind::OnePassword
+        )
+    }
 }
 
 impl fmt::Display for BackendKind {
@@ -26,6 +67,7 @@ impl fmt::Display for BackendKind {
             BackendKind::Pass => "pass",
             BackendKind::Bitwarden => "bitwarden",
             BackendKind::OnePassword => "1password",
+            BackendKind::Keyring => "keyring",
         })
     }
 }
@@ -179,6 +221,33 @@ pub enum VaultError {
         /// How it exited.
         status: String,
         /// The first lines of its error output.
+        detail: String,
+    },
+    /// The backend's service cannot be reached, or did not answer in time.
+    #[error("the {backend} backend is not available: {detail}")]
+    Unavailable {
+        /// The backend.
+        backend: BackendKind,
+        /// Why, without any value.
+        detail: String,
+    },
+    /// The backend cannot do this operation at all (unlike [`VaultError::ReadOnly`], it
+    /// may do others that write).
+    #[error("the {backend} backend does not support {operation}: {reason}")]
+    Unsupported {
+        /// The backend.
+        backend: BackendKind,
+        /// What was attempted.
+        operation: &'static str,
+        /// Why it cannot be done.
+        reason: &'static str,
+    },
+    /// The backend's service answered with an error.
+    #[error("the {backend} backend failed: {detail}")]
+    Failed {
+        /// The backend.
+        backend: BackendKind,
+        /// Its own message, which never holds a value.
         detail: String,
     },
     /// The value read is unusable (empty, or not UTF-8).

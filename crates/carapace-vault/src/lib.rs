@@ -1,6 +1,6 @@
-//! Secret backends (an encrypted file, password managers, the environment) and the
-//! scrubber that removes secret values from everything that goes back to a model or into
-//! the audit log.
+//! Secret backends (an encrypted file, password managers, the OS keyring, the
+//! environment) and the scrubber that removes secret values from everything that goes
+//! back to a model or into the audit log.
 //!
 //! This crate must never print, log or return a secret value other than inside a
 //! [`Secret`], whose value is read only through `Secret::expose` at its one consumer: no
@@ -12,6 +12,7 @@ mod cli;
 mod env;
 mod error;
 mod file;
+mod keyring;
 mod onepassword;
 mod pass;
 mod scrub;
@@ -23,6 +24,7 @@ pub use cli::DEFAULT_TIMEOUT;
 pub use env::EnvBackend;
 pub use error::{BackendKind, VaultError};
 pub use file::{FileVault, KdfParams, KeySource};
+pub use keyring::KeyringBackend;
 pub use onepassword::OnePasswordBackend;
 pub use pass::PassBackend;
 pub use scrub::{MIN_SECRET_LEN, REDACTED, Redaction, Scrubber, SharedScrubber, StreamScrubber};
