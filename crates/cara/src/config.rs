@@ -212,8 +212,9 @@ max_response_bytes = 2097152
 #
 # Entries kept elsewhere:
 # [vault.secrets.github]
-# backend = "pass"                 # file (default), env, pass, bw or op
-# ref = "carapace/github"          # variable, pass path, bw item or op://vault/item/field
+# backend = "pass"                 # file (default), env, pass, bw, op or keyring
+# ref = "carapace/github"          # variable, pass path, bw item, op://vault/item/field
+#                                  # or keyring account (default: the entry's name)
 # approve_first_use = true         # default: on for pass, bw and op
 #
 # Where a secret is injected; the model never sees it:
@@ -719,7 +720,7 @@ mod tests {
         check_err(
             "[vault.secrets.gh]\nbackend = \"keychain\"\n",
             expect![
-                "config.toml:2:11: key `vault.secrets.gh.backend`: `keychain` is not a backend; use file, env, pass, bw or op"
+                "config.toml:2:11: key `vault.secrets.gh.backend`: `keychain` is not a backend; use file, env, pass, bw, op or keyring"
             ],
         );
         check_err(
@@ -738,6 +739,26 @@ mod tests {
             "[server\n",
             expect!["config.toml:1:8: unclosed table, expected `]`"],
         );
+    }
+
+    #[test]
+    fn a_keyring_entry_defaults_to_its_name_and_asks_nothing() {
+        let c = parse(
+            Path::new("c"),
+            "[vault.secrets.gh]\nbackend = \"keyring\"\n[vault.secrets.other]\nbackend = \"keyring\"\nref = \"acct\"\n",
+        )
+        .unwrap();
+        let show = |name: &str| {
+            let e = c.vault.entry(name);
+            format!(
+                "{} {} {}",
+                e.backend.config_name(),
+                e.reference,
+                e.approve_first_use
+            )
+        };
+        expect!["keyring gh false"].assert_eq(&show("gh"));
+        expect!["keyring acct false"].assert_eq(&show("other"));
     }
 
     #[test]

@@ -235,6 +235,31 @@ pub async fn doctor(dd: &DataDir) -> anyhow::Result<ExitCode> {
         Err(e) => r.line(Level::Fail, "gateway", &format!("{e:#}")),
     }
 
+    // The OS keyring: optional (the encrypted file needs none), so never a failure; a
+    // warning only when an entry is kept there.
+    let keyring_used = config::load(&dd.config()).is_ok_and(|f| {
+        f.vault
+            .secrets
+            .keys()
+            .any(|n| f.vault.entry(n).backend == config::vault::BackendKind::Keyring)
+    });
+    let keyring = tokio::task::spawn_blocking(carapace_vault::KeyringBackend::available)
+        .await
+        .unwrap_or_else(|e| Err(format!("the probe failed: {e}")));
+    match keyring {
+        Ok(()) => r.line(Level::Ok, "OS keyring", "available"),
+        Err(why) if keyring_used => r.line(
+            Level::Warn,
+            "OS keyring",
+            &format!("not available: {why}; entries with backend = \"keyring\" cannot be read"),
+        ),
+        Err(why) => r.line(
+            Level::Ok,
+            "OS keyring",
+            &format!("not available ({why}); no entry uses it"),
+        ),
+    }
+
     // The sandbox's kernel features, probed for real (`cara sandbox check` lists them).
     // A missing one is a warning: profiles refuse to run without it unless they allow
     // degraded runs, and the exec tool says which feature is missing.

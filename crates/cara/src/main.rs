@@ -15,7 +15,7 @@ mod vault_cmd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::datadir::DataDir;
 
@@ -95,17 +95,25 @@ enum VaultCommand {
     ///
     /// The vault (vault.json in the data directory) is encrypted with AES-256-GCM under
     /// a key derived with Argon2id from your passphrase ($CARAPACE_VAULT_PASSPHRASE, or
-    /// asked), or under vault.key_file. It is created on first use.
+    /// asked), or under vault.key_file. It is created on first use. With `--backend
+    /// keyring` (or `backend = "keyring"` in the entry's [vault.secrets] table) the value
+    /// goes to the OS keyring instead, under service `carapace`.
     Set {
         /// Entry name: letters, digits, `-`, `_`, `.`.
         name: String,
+        /// Where to store it: the encrypted file (default) or the OS keyring.
+        #[arg(long, value_enum)]
+        backend: Option<WritableBackend>,
     },
     /// List entries: name, backend, hosts it is injected for, whether its first use asks.
     List,
-    /// Remove an entry from the encrypted vault.
+    /// Remove an entry from the encrypted vault, or from the OS keyring.
     Rm {
         /// Entry name.
         name: String,
+        /// Where it is stored: the encrypted file (default) or the OS keyring.
+        #[arg(long, value_enum)]
+        backend: Option<WritableBackend>,
     },
     /// Move API keys from environment variables into the vault.
     ///
@@ -116,6 +124,24 @@ enum VaultCommand {
         /// Variables to import.
         names: Vec<String>,
     },
+}
+
+/// The backends `cara vault set` and `rm` write to.
+#[derive(Clone, Copy, ValueEnum)]
+enum WritableBackend {
+    /// The encrypted vault.json.
+    File,
+    /// The OS keyring (Secret Service, Keychain).
+    Keyring,
+}
+
+impl WritableBackend {
+    fn kind(self) -> config::vault::BackendKind {
+        match self {
+            WritableBackend::File => config::vault::BackendKind::File,
+            WritableBackend::Keyring => config::vault::BackendKind::Keyring,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -266,9 +292,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }),
         Command::Vault(c) => match c {
-            VaultCommand::Set { name } => vault_cmd::set(&dd, &name),
+            VaultCommand::Set { name, backend } => {
+                vault_cmd::set(&dd, &name, backend.map(WritableBackend::kind))
+            }
             VaultCommand::List => vault_cmd::list(&dd),
-            VaultCommand::Rm { name } => vault_cmd::rm(&dd, &name),
+            VaultCommand::Rm { name, backend } => {
+                vault_cmd::rm(&dd, &name, backend.map(WritableBackend::kind))
+            }
             VaultCommand::ImportEnv { names } => vault_cmd::import_env(&dd, names),
         },
         Command::Sandbox(SandboxCommand::Check) => sandbox_cmd::check(),

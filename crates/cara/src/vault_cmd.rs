@@ -2,7 +2,8 @@
 //!
 //! No command prints a value: `set` reads it from a prompt without echo or from standard
 //! input (never from the command line, where `ps` and shell history would show it), and
-//! `list` shows names, backends and where each is injected.
+//! `list` shows names, backends and where each is injected. `set` and `rm` write to the
+//! encrypted file or to the OS keyring; the other backends are read-only.
 
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
@@ -11,8 +12,8 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use carapace_gate::{SecretSource, SharedScrubber};
 use carapace_vault::{
-    Backend, BitwardenBackend, EnvBackend, FileVault, KeySource, OnePasswordBackend, PassBackend,
-    Secret, VaultError,
+    Backend, BitwardenBackend, EnvBackend, FileVault, KeySource, KeyringBackend,
+    OnePasswordBackend, PassBackend, Secret, VaultError,
 };
 
 use crate::config::vault::{BackendKind, check_entry_name};
@@ -117,24 +118,78 @@ fn read_value(name: &str) -> anyhow::Result<Secret<String>> {
 }
 
 fn require_file_entry(file: &Config, name: &str) -> anyhow::Result<()> {
-    check_entry_name(name).map_err(|p| anyhow::anyhow!(p))?;
-    let entry = file.vault.entry(name);
-    if entry.backend != BackendKind::File {
-        bail!(
-            "`{name}` is kept in {} (config.toml, [vault.secrets.{name}]); change it there",
-            entry.backend.name()
-        );
-    }
-    Ok(())
+    writable_entry(file, name, None).map(drop)
 }
 
-pub fn set(dd: &DataDir, name: &str) -> anyhow::Result<ExitCode> {
+/// The writable store of `name`: the one `--backend` names, else the one its
+/// `[vault.secrets]` table names, else the file. The two must agree, and a read-only
+/// backend is refused.
+fn writable_entry(
+    file: &Config,
+    name: &str,
+    flag: Option<BackendKind>,
+) -> anyhow::Result<config::vault::EntrySettings> {
+    check_entry_name(name).map_err(|p| anyhow::anyhow!(p))?;
+    let mut entry = file.vault.entry(name);
+    let configured = file
+        .vault
+        .secrets
+        .get(name)
+        .is_some_and(|s| s.backend.is_some());
+    if let Some(flag) = flag
+        && flag != entry.backend
+    {
+        if configured {
+            bail!(
+                "`{name}` is kept in {} (config.toml, [vault.secrets.{name}]), not {}; change it there",
+                entry.backend.config_name(),
+                flag.config_name()
+            );
+        }
+        entry.backend = flag;
+    }
+    if !matches!(entry.backend, BackendKind::File | BackendKind::Keyring) {
+        bail!(
+            "`{name}` is kept in {} (config.toml, [vault.secrets.{name}]); change it there",
+            entry.backend.config_name()
+        );
+    }
+    Ok(entry)
+}
+
+/// Fails fast, before a value is asked for, when the OS keyring does not answer.
+fn require_keyring() -> anyhow::Result<()> {
+    KeyringBackend::available().map_err(|why| {
+        anyhow::anyhow!(
+            "the OS keyring is not available: {why}; store the secret in the encrypted file instead (without --backend keyring)"
+        )
+    })
+}
+
+pub fn set(dd: &DataDir, name: &str, backend: Option<BackendKind>) -> anyhow::Result<ExitCode> {
     let file = config::load(&dd.config())?;
-    require_file_entry(&file, name)?;
-    let vault = open_or_create(dd, &file)?;
-    let value = read_value(name)?;
-    vault.set(name, &value)?;
-    println!("stored `{name}` in the vault");
+    let entry = writable_entry(&file, name, backend)?;
+    if entry.backend == BackendKind::Keyring {
+        require_keyring()?;
+        let value = read_value(name)?;
+        KeyringBackend::new().set(&entry.reference, &value)?;
+        println!(
+            "stored `{name}` in the OS keyring (service carapace, account {})",
+            entry.reference
+        );
+        if file.vault.entry(name).backend != BackendKind::Keyring {
+            println!(
+                "for the gateway to read it from there, say so in config.toml:\n\
+                 \x20 [vault.secrets.{name}]\n\
+                 \x20 backend = \"keyring\""
+            );
+        }
+    } else {
+        let vault = open_or_create(dd, &file)?;
+        let value = read_value(name)?;
+        vault.set(name, &value)?;
+        println!("stored `{name}` in the vault");
+    }
     if file.vault.hosts_of(name).is_empty() {
         println!(
             "to let a tool use it, name the hosts that receive it in config.toml:\n\
@@ -148,9 +203,26 @@ pub fn set(dd: &DataDir, name: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn rm(dd: &DataDir, name: &str) -> anyhow::Result<ExitCode> {
+pub fn rm(dd: &DataDir, name: &str, backend: Option<BackendKind>) -> anyhow::Result<ExitCode> {
     let file = config::load(&dd.config())?;
-    require_file_entry(&file, name)?;
+    let entry = writable_entry(&file, name, backend)?;
+    if entry.backend == BackendKind::Keyring {
+        require_keyring()?;
+        return match KeyringBackend::new().remove(&entry.reference) {
+            Ok(()) => {
+                println!(
+                    "removed `{name}` from the OS keyring (account {})",
+                    entry.reference
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(VaultError::NotFound { .. }) => bail!(
+                "there is no secret `{name}` in the OS keyring (service carapace, account {})",
+                entry.reference
+            ),
+            Err(e) => Err(e.into()),
+        };
+    }
     if !FileVault::exists(dd.root()) {
         bail!("there is no vault yet; `cara vault set NAME` creates it");
     }
@@ -192,7 +264,7 @@ pub fn list(dd: &DataDir) -> anyhow::Result<ExitCode> {
                 if e.backend == BackendKind::File {
                     "file".to_string()
                 } else {
-                    format!("{} ({})", e.backend.name(), e.reference)
+                    format!("{} ({})", e.backend.config_name(), e.reference)
                 },
                 if hosts.is_empty() {
                     "(not injected)".to_string()
@@ -341,6 +413,7 @@ impl VaultSource {
             BackendKind::Pass => Box::new(PassBackend::new()),
             BackendKind::Bitwarden => Box::new(BitwardenBackend::new()),
             BackendKind::OnePassword => Box::new(OnePasswordBackend::new()),
+            BackendKind::Keyring => Box::new(KeyringBackend::new()),
         })
     }
 }

@@ -13,7 +13,9 @@ use carapace_testkit::{FakeOpenAi, Reply};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::util::{Daemon, TestDir, cara, json_response, tool_call_records, tool_messages};
+use crate::util::{
+    Daemon, TestDir, cara, json_response, tool_call_records, tool_messages, wait_for,
+};
 
 const SECRET: &str = "tok-e2e-Xy7Qp2Lm9Rt4Vw8Zk3Hs6Jd1";
 const PASSPHRASE: &str = "correct horse battery staple";
@@ -411,4 +413,276 @@ allow_hosts = ["docs.example.org"]
         .count();
     assert_eq!(requests_seen, 1, "only http_request reached the server");
     daemon.stop().await;
+}
+
+/// Whether the real Secret Service test runs: it needs `dbus-daemon` and
+/// `gnome-keyring-daemon` (CI installs them).
+fn keyring_enabled() -> bool {
+    if std::env::var_os("CARAPACE_TEST_KEYRING").is_some_and(|v| v == "1") {
+        return true;
+    }
+    eprintln!("note: skipping the real keyring test; set CARAPACE_TEST_KEYRING=1 to run it");
+    false
+}
+
+/// A private session bus with GNOME Keyring's Secret Service on it, its keyrings in the
+/// test's directory (the user's own are never touched). Both daemons are killed when
+/// this is dropped, however the test ends.
+struct SecretService {
+    bus: std::process::Child,
+    keyring: Option<std::process::Child>,
+    address: String,
+}
+
+impl SecretService {
+    fn start(dir: &TestDir) -> SecretService {
+        use std::io::{BufRead as _, Write as _};
+        use std::process::{Command, Stdio};
+
+        let root = dir.root().join("keyring");
+        let (home, run) = (root.join("home"), root.join("run"));
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        // The policy of the stock session bus (without the second rule replies are not
+        // delivered), and no service activation: only what this test starts answers.
+        let conf = root.join("bus.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:dir={}</listen>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"#,
+                run.display()
+            ),
+        )
+        .unwrap();
+        let mut bus = Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", conf.display()))
+            .args(["--print-address=1", "--nofork"])
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run dbus-daemon (apt-get install dbus-daemon)");
+        let mut address = String::new();
+        std::io::BufReader::new(bus.stdout.take().expect("piped"))
+            .read_line(&mut address)
+            .expect("read the bus address");
+        let address = address.trim().to_string();
+        let mut service = SecretService {
+            bus,
+            keyring: None,
+            address,
+        };
+        assert!(
+            service.address.starts_with("unix:"),
+            "dbus-daemon gave no address"
+        );
+        // `--unlock` reads the login keyring's password from standard input and creates
+        // that keyring, unlocked, as the default collection.
+        let mut keyring = Command::new("gnome-keyring-daemon")
+            .args(["--foreground", "--components=secrets", "--unlock"])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .env("XDG_DATA_HOME", home.join("data"))
+            .env("XDG_RUNTIME_DIR", &run)
+            .env("DBUS_SESSION_BUS_ADDRESS", &service.address)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run gnome-keyring-daemon (apt-get install gnome-keyring)");
+        let mut stdin = keyring.stdin.take().expect("piped");
+        service.keyring = Some(keyring);
+        stdin
+            .write_all(b"keyring-test-password")
+            .expect("write the keyring password");
+        drop(stdin);
+        service
+    }
+}
+
+impl Drop for SecretService {
+    fn drop(&mut self) {
+        for child in self.keyring.iter_mut().chain([&mut self.bus]) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyring_secret_is_injected_never_shown_and_removed() {
+    if !keyring_enabled() {
+        return;
+    }
+    let attacker_port = attacker(Seen::default()).await;
+    let api_seen: Seen = Arc::default();
+    let api_port = api(api_seen.clone(), attacker_port).await;
+    let dir = TestDir::new();
+    let service = SecretService::start(&dir);
+    let bus = service.address.clone();
+    std::fs::create_dir_all(dir.data()).unwrap();
+    std::fs::write(
+        dir.config(),
+        format!(
+            r#"
+[egress]
+allow_hosts = ["127.0.0.1"]
+allow_private = ["127.0.0.1:{api_port}"]
+allow_http = ["127.0.0.1:{api_port}"]
+
+[vault.secrets.api_token]
+backend = "keyring"
+ref = "e2e-api-token"
+
+[[vault.inject]]
+secret = "api_token"
+hosts = ["127.0.0.1:{api_port}"]
+header = "Authorization"
+format = "Bearer {{}}"
+"#
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str], stdin: &str| {
+        cara(&dir)
+            .args(args.iter().copied())
+            .env("DBUS_SESSION_BUS_ADDRESS", &bus)
+            .stdin(stdin)
+            .run()
+    };
+    // The keyring answers once gnome-keyring-daemon has taken its name on the bus.
+    wait_for("the Secret Service on the private bus", || async {
+        let out = run(&["vault", "rm", "api_token"], "").await;
+        out.stderr
+            .contains("there is no secret `api_token` in the OS keyring")
+            .then_some(())
+    })
+    .await;
+
+    // The table says keyring: `set` needs no flag, and asks no passphrase.
+    let out = run(&["vault", "set", "api_token"], &format!("{SECRET}\n")).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("OS keyring"), "{out:?}");
+    assert!(!out.stdout.contains(SECRET) && !out.stderr.contains(SECRET));
+    assert!(
+        !dir.data().join("vault.json").exists(),
+        "the file vault was used"
+    );
+    let out = run(&["vault", "list"], "").await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("keyring (e2e-api-token)"), "{out:?}");
+    assert!(!out.stdout.contains(SECRET) && !out.stderr.contains(SECRET));
+    // The flag and the table must agree.
+    let out = run(&["vault", "set", "api_token", "--backend", "file"], "x\n").await;
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("is kept in keyring"), "{out:?}");
+
+    // The daemon reads it from the keyring and injects it; the model sees none of it.
+    let calls = [(
+        "http_request",
+        json!({ "method": "GET", "url": format!("http://127.0.0.1:{api_port}/reflect") }),
+    )];
+    let (daemon, requests, results) =
+        turn_with_calls(&dir, &calls, &[("DBUS_SESSION_BUS_ADDRESS", &bus)]).await;
+    assert!(
+        api_seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|h| h == &format!("authorization: Bearer {SECRET}")),
+        "the allowed host did not receive the credential: {}",
+        results[0]
+    );
+    assert!(results[0].contains("[REDACTED]"), "{}", results[0]);
+    for form in forms() {
+        for r in &requests {
+            assert!(!r.to_string().contains(&form), "the model was sent {form}");
+        }
+    }
+    daemon.stop().await;
+
+    // A second entry stored with the flag alone, without a table.
+    let out = run(
+        &["vault", "set", "loose", "--backend", "keyring"],
+        "loose-value-123456\n",
+    )
+    .await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("backend = \"keyring\""), "{out:?}");
+    let out = run(&["vault", "rm", "loose", "--backend", "keyring"], "").await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+
+    let out = run(&["vault", "rm", "api_token"], "").await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let out = run(&["vault", "rm", "api_token"], "").await;
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "there is no secret `api_token` in the OS keyring (service carapace, account e2e-api-token)"
+        ),
+        "{out:?}"
+    );
+    drop(service);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_session_bus_the_keyring_fails_fast_and_doctor_says_so() {
+    let dir = TestDir::new();
+    std::fs::create_dir_all(dir.data()).unwrap();
+    std::fs::write(dir.config(), "[vault.secrets.gh]\nbackend = \"keyring\"\n").unwrap();
+    let no_bus = format!("unix:path={}", dir.root().join("no-bus").display());
+    let started = std::time::Instant::now();
+    let out = cara(&dir)
+        .args(["vault", "set", "gh", "--backend", "keyring"])
+        .env("DBUS_SESSION_BUS_ADDRESS", &no_bus)
+        .stdin("value-that-is-never-read\n")
+        .run()
+        .await;
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("the OS keyring is not available: no Secret Service answers"),
+        "{out:?}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(!dir.data().join("vault.json").exists());
+    let out = cara(&dir)
+        .args(["vault", "rm", "gh"])
+        .env("DBUS_SESSION_BUS_ADDRESS", &no_bus)
+        .run()
+        .await;
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("not available"), "{out:?}");
+
+    // Doctor warns (the entry needs the keyring) but does not fail on it.
+    let out = cara(&dir)
+        .args(["doctor"])
+        .env("DBUS_SESSION_BUS_ADDRESS", &no_bus)
+        .run()
+        .await;
+    assert!(
+        out.stdout
+            .contains("[warn] OS keyring: not available: no Secret Service answers"),
+        "{out:?}"
+    );
+    assert!(!out.stdout.contains("[FAIL] OS keyring"), "{out:?}");
 }

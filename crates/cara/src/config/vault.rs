@@ -2,7 +2,8 @@
 //!
 //! Values never appear in config.toml. Entries stored with `cara vault set` live in the
 //! encrypted file and need no table here; `[vault.secrets.NAME]` names entries kept
-//! elsewhere (environment, `pass`, Bitwarden, 1Password) or changes an entry's settings.
+//! elsewhere (environment, `pass`, Bitwarden, 1Password, the OS keyring) or changes an
+//! entry's settings.
 //! `[[vault.inject]]` says which hosts receive a secret, and how; the model never does.
 
 use std::collections::BTreeMap;
@@ -25,13 +26,14 @@ pub struct VaultSection {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretSection {
-    /// `file` (the encrypted vault, default), `env`, `pass`, `bw` or `op`.
+    /// `file` (the encrypted vault, default), `env`, `pass`, `bw`, `op` or `keyring`.
     pub backend: Option<Spanned<String>>,
-    /// The variable (env), path (pass), item (bw) or `op://` reference (op).
+    /// The variable (env), path (pass), item (bw), `op://` reference (op) or account
+    /// (keyring, default: the entry's name).
     #[serde(rename = "ref")]
     pub reference: Option<Spanned<String>>,
     /// Ask the owner once per session before the first use (default: on for password
-    /// managers, off otherwise).
+    /// managers, off otherwise: the OS keyring is the owner's own store, like the file).
     pub approve_first_use: Option<bool>,
 }
 
@@ -47,52 +49,14 @@ pub struct InjectSection {
     pub query: Option<Spanned<String>>,
 }
 
-/// Where an entry's value comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BackendKind {
-    File,
-    Env,
-    Pass,
-    Bitwarden,
-    OnePassword,
-}
-
-impl BackendKind {
-    pub fn parse(s: &str) -> Option<BackendKind> {
-        Some(match s {
-            "file" => BackendKind::File,
-            "env" => BackendKind::Env,
-            "pass" => BackendKind::Pass,
-            "bw" => BackendKind::Bitwarden,
-            "op" => BackendKind::OnePassword,
-            _ => return None,
-        })
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            BackendKind::File => "file",
-            BackendKind::Env => "env",
-            BackendKind::Pass => "pass",
-            BackendKind::Bitwarden => "bw",
-            BackendKind::OnePassword => "op",
-        }
-    }
-
-    /// Password managers ask before their first use in a session unless told otherwise.
-    pub fn approve_first_use_by_default(self) -> bool {
-        matches!(
-            self,
-            BackendKind::Pass | BackendKind::Bitwarden | BackendKind::OnePassword
-        )
-    }
-}
+pub use carapace_vault::BackendKind;
 
 /// A secret entry as configured.
 #[derive(Clone, Debug)]
 pub struct EntrySettings {
     pub backend: BackendKind,
-    /// The backend's reference; for the file backend, the entry name.
+    /// The backend's reference; for the file backend, the entry name; for the keyring,
+    /// the account (default: the entry name).
     pub reference: String,
     pub approve_first_use: bool,
 }
@@ -120,14 +84,14 @@ impl VaultSection {
                 return Err(at.key(&format!("vault.secrets.{name}"), problem));
             }
             let backend = match &s.backend {
-                Some(b) => match BackendKind::parse(b.get_ref()) {
+                Some(b) => match BackendKind::from_config_name(b.get_ref()) {
                     Some(k) => k,
                     None => {
                         return Err(at.span(
                             b.span(),
                             &key("backend"),
                             format!(
-                                "`{}` is not a backend; use file, env, pass, bw or op",
+                                "`{}` is not a backend; use file, env, pass, bw, op or keyring",
                                 b.get_ref()
                             ),
                         ));
@@ -141,7 +105,7 @@ impl VaultSection {
                         &key("ref"),
                         format!(
                             "the {} backend needs `ref` ({})",
-                            backend.name(),
+                            backend.config_name(),
                             if backend == BackendKind::Env {
                                 "the variable's name"
                             } else {
@@ -243,7 +207,7 @@ impl VaultSection {
         let s = self.secrets.get(name);
         let backend = s
             .and_then(|s| s.backend.as_ref())
-            .and_then(|b| BackendKind::parse(b.get_ref()))
+            .and_then(|b| BackendKind::from_config_name(b.get_ref()))
             .unwrap_or(BackendKind::File);
         EntrySettings {
             backend,
