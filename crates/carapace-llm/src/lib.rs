@@ -7,6 +7,9 @@
 //! [`ToolCallRequest`]s with the arguments exactly as the model wrote them, for the Gate
 //! to judge. It never logs, displays or puts an API key into an error message.
 
+pub mod anthropic;
+pub mod gemini;
+mod http;
 mod openai;
 
 pub use openai::{OpenAiCompat, OpenAiConfig};

@@ -5,6 +5,8 @@
 //! This crate must never be a dependency of production code (only `[dev-dependencies]`)
 //! and must never touch the internet: every fake listens on 127.0.0.1 only.
 
+pub mod anthropic;
+pub mod gemini;
 mod openai;
 
 pub use openai::{FakeOpenAi, Reply, ScriptError, parse_script};

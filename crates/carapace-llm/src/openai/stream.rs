@@ -3,46 +3,8 @@
 use std::collections::BTreeMap;
 
 use super::wire::{self, Chunk, WireToolCall};
+use crate::http::LineFold;
 use crate::{ChatResponse, ProviderError, ToolCallRequest, Usage};
-
-/// Splits a byte stream into lines, whatever the chunk boundaries. Accepts `\n` and
-/// `\r\n` endings.
-#[derive(Default)]
-pub(super) struct Lines {
-    buf: Vec<u8>,
-    /// How much of `buf` is known to hold no newline, so a long line that arrives in
-    /// many pieces is scanned once.
-    scanned: usize,
-}
-
-impl Lines {
-    /// Adds bytes and returns the lines they completed.
-    pub(super) fn push(&mut self, bytes: &[u8]) -> Vec<String> {
-        self.buf.extend_from_slice(bytes);
-        let mut lines = Vec::new();
-        let mut start = 0;
-        let mut from = self.scanned;
-        while let Some(pos) = self.buf[from..].iter().position(|b| *b == b'\n') {
-            let end = from + pos;
-            lines.push(line_text(&self.buf[start..end]));
-            start = end + 1;
-            from = start;
-        }
-        self.buf.drain(..start);
-        self.scanned = self.buf.len();
-        lines
-    }
-
-    /// The last line, when the stream ended without a newline after it.
-    pub(super) fn rest(self) -> Option<String> {
-        (!self.buf.is_empty()).then(|| line_text(&self.buf))
-    }
-}
-
-fn line_text(bytes: &[u8]) -> String {
-    let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 #[derive(Default)]
 struct PartialCall {
@@ -64,28 +26,6 @@ pub(super) struct Assembler {
 }
 
 impl Assembler {
-    /// Feeds one line; returns the text delta it carried, if any.
-    pub(super) fn line(&mut self, line: &str) -> Result<Option<String>, ProviderError> {
-        // Comments (`: keep-alive`), blank separators and fields other than `data`
-        // (`event`, `id`, `retry`) carry nothing for us. Every compatible server puts one
-        // JSON document on each `data` line, and some omit the blank line between events,
-        // so each line is decoded on its own.
-        let Some(data) = line.strip_prefix("data:") else {
-            return Ok(None);
-        };
-        let data = data.trim();
-        if data.is_empty() {
-            return Ok(None);
-        }
-        if data == "[DONE]" {
-            self.done = true;
-            return Ok(None);
-        }
-        let chunk: Chunk = serde_json::from_str(data)
-            .map_err(|e| ProviderError::Protocol(format!("cannot decode a stream chunk: {e}")))?;
-        self.chunk(chunk)
-    }
-
     fn chunk(&mut self, chunk: Chunk) -> Result<Option<String>, ProviderError> {
         if let Some(error) = chunk.error {
             let message = wire::error_message(&serde_json::json!({ "error": error }))
@@ -154,11 +94,6 @@ impl Assembler {
         self.last_index.unwrap_or(0)
     }
 
-    /// Whether `data: [DONE]` arrived.
-    pub(super) fn is_done(&self) -> bool {
-        self.done
-    }
-
     /// The response, once the stream has ended. A stream that ended with neither
     /// `[DONE]` nor a finish reason was cut off.
     pub(super) fn finish(self, requested_model: &str) -> Result<ChatResponse, ProviderError> {
@@ -191,11 +126,41 @@ impl Assembler {
     }
 }
 
+impl LineFold for Assembler {
+    /// Feeds one line; returns the text delta it carried, if any.
+    fn line(&mut self, line: &str) -> Result<Option<String>, ProviderError> {
+        // Comments (`: keep-alive`), blank separators and fields other than `data`
+        // (`event`, `id`, `retry`) carry nothing for us. Every compatible server puts one
+        // JSON document on each `data` line, and some omit the blank line between events,
+        // so each line is decoded on its own.
+        let Some(data) = line.strip_prefix("data:") else {
+            return Ok(None);
+        };
+        let data = data.trim();
+        if data.is_empty() {
+            return Ok(None);
+        }
+        if data == "[DONE]" {
+            self.done = true;
+            return Ok(None);
+        }
+        let chunk: Chunk = serde_json::from_str(data)
+            .map_err(|e| ProviderError::Protocol(format!("cannot decode a stream chunk: {e}")))?;
+        self.chunk(chunk)
+    }
+
+    /// Whether `data: [DONE]` arrived.
+    fn is_done(&self) -> bool {
+        self.done
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use expect_test::{Expect, expect};
 
-    use super::{Assembler, Lines};
+    use super::Assembler;
+    use crate::http::{LineFold, Lines};
 
     /// Feeds `sse` byte by byte (the worst chunking a server can do) and prints the text
     /// deltas followed by the response or the error.
