@@ -29,7 +29,13 @@ pub async fn chat(
     dd: &DataDir,
     session: Option<String>,
     no_start: bool,
+    allow_hosts: Vec<String>,
 ) -> anyhow::Result<ExitCode> {
+    if session.is_some() && !allow_hosts.is_empty() {
+        bail!(
+            "--allow-host applies to new sessions only: a session's host list is fixed when it starts"
+        );
+    }
     let daemon = match Daemon::find(dd).await? {
         Some(d) => d,
         None if no_start => bail!(
@@ -124,6 +130,10 @@ pub async fn chat(
                             l["integrity"].as_str().unwrap_or("?"),
                             l["confidentiality"].as_str().unwrap_or("?")
                         );
+                        if let Some(hosts) = s["session"]["egress_hosts"].as_array() {
+                            let hosts: Vec<&str> = hosts.iter().filter_map(Value::as_str).collect();
+                            println!("network tools reach only: {}", hosts.join(", "));
+                        }
                     }
                     None => println!("(no session yet: it starts with your first message)"),
                 },
@@ -164,6 +174,17 @@ pub async fn chat(
             continue;
         }
 
+        if session.is_none() && !allow_hosts.is_empty() {
+            // The session's own host list is set when it is created, so create it here.
+            let created = daemon
+                .post(
+                    "/api/sessions",
+                    &json!({ "title": "chat", "egress_hosts": allow_hosts }),
+                )
+                .await
+                .context("cannot start a session with --allow-host")?;
+            session = created["session"]["id"].as_str().map(String::from);
+        }
         let mut msg = json!({ "type": "chat", "text": line });
         if let Some(id) = &session {
             msg["session"] = json!(id);

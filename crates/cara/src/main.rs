@@ -57,6 +57,10 @@ enum Command {
         /// Do not start a gateway; fail if none is running.
         #[arg(long)]
         no_start: bool,
+        /// Let this chat's sessions' network tools reach only HOST (repeatable; `host`,
+        /// `host:port` or `*.domain`). It narrows [egress] allow_hosts, never widens it.
+        #[arg(long = "allow-host", value_name = "HOST")]
+        allow_hosts: Vec<String>,
     },
     /// Show whether the gateway runs, where, with which model, and what waits for you.
     Status,
@@ -264,9 +268,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime(2)?.block_on(serve::serve(&dd, bind))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Chat { session, no_start } => {
-            runtime(1)?.block_on(chat::chat(&dd, session, no_start))
-        }
+        Command::Chat {
+            session,
+            no_start,
+            allow_hosts,
+        } => runtime(1)?.block_on(chat::chat(&dd, session, no_start, allow_hosts)),
         Command::Status => runtime(1)?.block_on(commands::status(&dd)),
         Command::Doctor => runtime(1)?.block_on(doctor::doctor(&dd)),
         Command::Setup { base_url, model } => commands::setup(&dd, base_url, model),

@@ -135,3 +135,41 @@ async fn config_errors_name_file_line_and_key() {
     let out = cara(&dir).args(["config", "validate"]).run().await;
     assert_eq!(out.code, Some(0), "{out:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_allow_host_starts_sessions_with_their_own_host_list() {
+    let fake = FakeOpenAi::start(vec![
+        Reply::Text("first".into()),
+        Reply::Text("second".into()),
+    ])
+    .await;
+    let dir = TestDir::new();
+    let _daemon = Daemon::start(&dir, &fake).await;
+
+    let out = cara(&dir)
+        .args(["chat", "--allow-host", "api.github.com"])
+        .args(["--allow-host", "*.wikipedia.org"])
+        .stdin("hello\n/session\n/new\nagain\n/session\n/exit\n")
+        .run()
+        .await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let listed = "network tools reach only: api.github.com, *.wikipedia.org";
+    assert_eq!(out.stdout.matches(listed).count(), 2, "{out:#?}");
+    assert!(out.stdout.contains("cara> second"), "{out:#?}");
+
+    let out = cara(&dir)
+        .args(["chat", "--allow-host", "http://api.github.com"])
+        .stdin("hello\n/exit\n")
+        .run()
+        .await;
+    assert_ne!(out.code, Some(0), "{out:#?}");
+    assert!(out.stderr.contains("--allow-host"), "{out:#?}");
+
+    let out = cara(&dir)
+        .args(["chat", "--session", "s_1", "--allow-host", "a.example"])
+        .stdin("/exit\n")
+        .run()
+        .await;
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert!(out.stderr.contains("new sessions only"), "{out:#?}");
+}

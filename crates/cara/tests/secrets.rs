@@ -128,6 +128,17 @@ async fn turn_with_calls(
     calls: &[(&str, Value)],
     env: &[(&str, &str)],
 ) -> (Daemon, Vec<Value>, Vec<String>) {
+    turn_in_session(dir, calls, env, None).await
+}
+
+/// [`turn_with_calls`] in a session created first through the API with its own host
+/// list, when `session_hosts` gives one.
+async fn turn_in_session(
+    dir: &TestDir,
+    calls: &[(&str, Value)],
+    env: &[(&str, &str)],
+    session_hosts: Option<&[&str]>,
+) -> (Daemon, Vec<Value>, Vec<String>) {
     let fake = FakeOpenAi::start(vec![
         Reply::ToolCalls(
             calls
@@ -145,11 +156,26 @@ async fn turn_with_calls(
     ];
     all_env.extend_from_slice(env);
     let daemon = Daemon::start_with_env(dir, &all_env).await;
+    let mut request = json!({ "messages": [{ "role": "user", "content": "go" }] });
+    if let Some(hosts) = session_hosts {
+        let (status, body) = json_response(
+            daemon
+                .authed(Method::POST, "/api/sessions")
+                .json(&json!({ "egress_hosts": hosts }))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(body["session"]["egress_hosts"], json!(hosts));
+        request["user"] = body["session"]["id"].clone();
+    }
     let approver = approve_everything(&daemon);
     let (status, body) = json_response(
         daemon
             .authed(Method::POST, "/v1/chat/completions")
-            .json(&json!({ "messages": [{ "role": "user", "content": "go" }] }))
+            .json(&request)
             .send()
             .await
             .unwrap(),
@@ -412,6 +438,99 @@ allow_hosts = ["docs.example.org"]
         .filter(|h| h.starts_with("user-agent"))
         .count();
     assert_eq!(requests_seen, 1, "only http_request reached the server");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_session_list_narrows_the_egress_list_and_bad_lists_are_refused() {
+    let seen: Seen = Arc::default();
+    let port = attacker(seen.clone()).await;
+    let dir = TestDir::new();
+    std::fs::create_dir_all(dir.data()).unwrap();
+    std::fs::write(
+        dir.config(),
+        format!(
+            r#"
+[egress]
+allow_hosts = ["127.0.0.1", "localhost"]
+allow_private = ["127.0.0.1:{port}", "localhost:{port}"]
+allow_http = ["127.0.0.1:{port}", "localhost:{port}"]
+"#
+        ),
+    )
+    .unwrap();
+    // The session may reach localhost only; 127.0.0.1 is in the config's list but not
+    // in the session's, and a session list naming a host the config lacks adds nothing.
+    let calls = [
+        (
+            "web_fetch",
+            json!({ "url": format!("http://127.0.0.1:{port}/collect") }),
+        ),
+        (
+            "http_request",
+            json!({ "method": "GET", "url": format!("http://localhost:{port}/collect") }),
+        ),
+        ("web_fetch", json!({ "url": "https://docs.example.org/" })),
+    ];
+    let (daemon, _, results) =
+        turn_in_session(&dir, &calls, &[], Some(&["localhost", "docs.example.org"])).await;
+    assert!(results[0].contains("TOOL_ERROR"), "{}", results[0]);
+    assert!(
+        results[0].contains("only the hosts it was started with"),
+        "{}",
+        results[0]
+    );
+    assert!(results[1].contains("collected"), "{}", results[1]);
+    assert!(results[2].contains("TOOL_ERROR"), "{}", results[2]);
+    let reached = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|h| h.starts_with("user-agent"))
+        .count();
+    assert_eq!(reached, 1, "only the call to localhost reached the server");
+
+    // Lists that cannot be checked are refused before a session exists.
+    for bad in [
+        json!({ "egress_hosts": ["http://example.org"] }),
+        json!({ "egress_hosts": [""] }),
+        json!({ "egress_hosts": "example.org" }),
+        json!({ "egress_hosts": vec!["a.example"; 101] }),
+    ] {
+        let before = daemon
+            .authed(Method::GET, "/api/sessions")
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()["sessions"]
+            .as_array()
+            .unwrap()
+            .len();
+        let (status, body) = json_response(
+            daemon
+                .authed(Method::POST, "/api/sessions")
+                .json(&bad)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        let after = daemon
+            .authed(Method::GET, "/api/sessions")
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()["sessions"]
+            .as_array()
+            .unwrap()
+            .len();
+        assert_eq!(before, after, "{bad} created a session");
+    }
     daemon.stop().await;
 }
 

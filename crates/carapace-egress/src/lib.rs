@@ -37,6 +37,13 @@ pub use crate::config::EgressConfig;
 pub use crate::error::EgressError;
 pub use crate::resolve::{Resolver, Resolving, SystemResolver};
 
+/// Checks a host list in allowlist syntax (`host`, `host:port`, `*.domain`), as a
+/// session's own list is checked before the session is created; the error names the
+/// first bad entry.
+pub fn check_host_list(entries: &[String]) -> Result<(), String> {
+    crate::config::patterns(entries, "allow_hosts").map(drop)
+}
+
 /// Whether `url`'s host and port match the allowlist entry `pattern`, by the rules the
 /// allowlists and injections use (so the Gate can tell which credentials a call would
 /// carry before it asks the owner). False for a URL without a host or a bad pattern.
@@ -86,8 +93,10 @@ impl EgressRequest {
 #[derive(Clone, Debug, Default)]
 pub struct Scope {
     /// When set, a host must match this list as well as the configuration's (narrows,
-    /// never widens). Same syntax as [`EgressConfig::allow_hosts`].
+    /// never widens): the tool's own list. Same syntax as [`EgressConfig::allow_hosts`].
     pub allow_hosts: Option<Vec<String>>,
+    /// When set, a host must also match this list: the session's own. Same syntax.
+    pub session_hosts: Option<Vec<String>>,
     /// Credentials to add to the hops whose host they belong to.
     pub injections: Vec<Injection>,
 }
@@ -298,12 +307,9 @@ impl Egress {
     pub async fn check_url(&self, url: &str, scope: &Scope) -> Result<CheckedUrl, EgressError> {
         let url = parse_url(url)?;
         let narrow = scope_patterns(scope)?;
-        tokio::time::timeout(
-            self.inner.config.timeout,
-            self.check(url, narrow.as_deref()),
-        )
-        .await
-        .unwrap_or(Err(EgressError::Timeout))
+        tokio::time::timeout(self.inner.config.timeout, self.check(url, &narrow))
+            .await
+            .unwrap_or(Err(EgressError::Timeout))
     }
 
     /// Sends `req`, following redirects, each hop checked like the first.
@@ -348,7 +354,7 @@ impl Egress {
         let mut redirects = Vec::new();
 
         loop {
-            let checked = self.check(url, narrow.as_deref()).await?;
+            let checked = self.check(url, &narrow).await?;
             let lane = if checked.private {
                 inner.private.as_ref().ok_or_else(|| {
                     EgressError::Config("no client for private destinations".to_string())
@@ -440,7 +446,7 @@ impl Egress {
     async fn check(
         &self,
         mut url: Url,
-        narrow: Option<&[HostPattern]>,
+        narrow: &[Vec<HostPattern>],
     ) -> Result<CheckedUrl, EgressError> {
         let inner = &self.inner;
         let scheme = url.scheme().to_string();
@@ -461,7 +467,7 @@ impl Egress {
         };
         let destination = format!("{host}:{port}");
         if !any_match(&inner.allow_hosts, &host, port)
-            || narrow.is_some_and(|n| !any_match(n, &host, port))
+            || narrow.iter().any(|n| !any_match(n, &host, port))
         {
             return Err(EgressError::HostNotAllowed { host: destination });
         }
@@ -674,12 +680,16 @@ impl<'a> Prepared<'a> {
     }
 }
 
-fn scope_patterns(scope: &Scope) -> Result<Option<Vec<HostPattern>>, EgressError> {
-    scope
-        .allow_hosts
-        .as_ref()
-        .map(|h| patterns(h, "scope allow_hosts").map_err(EgressError::Config))
-        .transpose()
+/// The scope's lists; a host must match every one of them.
+fn scope_patterns(scope: &Scope) -> Result<Vec<Vec<HostPattern>>, EgressError> {
+    [
+        (&scope.allow_hosts, "the tool's allow_hosts"),
+        (&scope.session_hosts, "the session's allow_hosts"),
+    ]
+    .into_iter()
+    .filter_map(|(list, what)| list.as_ref().map(|h| (h, what)))
+    .map(|(h, what)| patterns(h, what).map_err(EgressError::Config))
+    .collect()
 }
 
 /// Parses with the WHATWG parser, which also normalises every IPv4 notation.

@@ -461,6 +461,58 @@ async fn scope_narrows_and_never_widens() {
 }
 
 #[tokio::test]
+async fn a_session_list_narrows_with_the_tool_list_also_across_redirects() {
+    let target = Server::fixed(Reply::text("b content")).await;
+    let tp = target.port;
+    let start = Server::fixed(Reply::redirect(302, &format!("http://b.test:{tp}/"))).await;
+    let sp = start.port;
+    let resolver = MapResolver::new(&[("a.test", &["127.0.0.1"]), ("b.test", &["127.0.0.1"])]);
+    let hosts = [format!("a.test:{sp}"), format!("b.test:{tp}")];
+    let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    let egress = egress(config(&hosts, &hosts, &hosts), resolver);
+
+    // The tool may reach both; the session only a.test: the redirect to b.test is refused.
+    let session = Scope {
+        allow_hosts: Some(strings(&["a.test", "b.test"])),
+        session_hosts: Some(strings(&["a.test"])),
+        ..Scope::default()
+    };
+    let refused = egress
+        .send(EgressRequest::get(format!("http://a.test:{sp}/")), &session)
+        .await;
+    assert!(
+        matches!(&refused, Err(EgressError::HostNotAllowed { host }) if host.starts_with("b.test")),
+        "{refused:?}"
+    );
+    assert_eq!(target.connections(), 0);
+
+    // A session list cannot widen the tool's: b.test is on the session's list only.
+    let wider = Scope {
+        allow_hosts: Some(strings(&["a.test"])),
+        session_hosts: Some(strings(&["a.test", "b.test"])),
+        ..Scope::default()
+    };
+    let refused = egress
+        .check_url(&format!("http://b.test:{tp}/"), &wider)
+        .await;
+    assert!(
+        matches!(refused, Err(EgressError::HostNotAllowed { .. })),
+        "{refused:?}"
+    );
+
+    // Both lists allow b.test: it is reached.
+    let both = Scope {
+        session_hosts: Some(strings(&["*.test"])),
+        ..Scope::default()
+    };
+    let ok = egress
+        .send(EgressRequest::get(format!("http://a.test:{sp}/")), &both)
+        .await
+        .unwrap();
+    assert_eq!(ok.text, "b content");
+}
+
+#[tokio::test]
 async fn wildcard_entries_match_subdomains() {
     let server = Server::fixed(Reply::text("hello")).await;
     let p = server.port;
@@ -623,6 +675,7 @@ async fn injected_header_stays_with_its_host_across_redirects() {
     let egress = egress(config(&hosts, &hosts, &hosts), resolver);
     let scope = Scope {
         allow_hosts: None,
+        session_hosts: None,
         injections: vec![header_injection(&["api.test"])],
     };
     let req = EgressRequest {
@@ -698,6 +751,7 @@ async fn a_reflected_credential_is_redacted() {
     let egress = egress(config(&[&entry], &[&entry], &[&entry]), resolver);
     let scope = Scope {
         allow_hosts: None,
+        session_hosts: None,
         injections: vec![header_injection(&["api.test"])],
     };
     let response = egress
@@ -736,6 +790,7 @@ async fn query_injection_is_sent_and_redacted() {
     let egress = egress(config(&[&entry], &[&entry], &[&entry]), resolver);
     let scope = Scope {
         allow_hosts: None,
+        session_hosts: None,
         injections: vec![Injection {
             hosts: strings(&["api.test"]),
             place: Place::Query {
@@ -797,6 +852,7 @@ async fn a_redirect_may_not_carry_a_credential_to_another_host() {
     let egress = egress(config(&hosts, &hosts, &hosts), resolver);
     let scope = Scope {
         allow_hosts: None,
+        session_hosts: None,
         injections: vec![header_injection(&["api.test"])],
     };
     for path in ["/query", "/host"] {
@@ -843,6 +899,7 @@ async fn truncation_does_not_leave_part_of_a_credential() {
     let egress = egress(cfg, resolver);
     let scope = Scope {
         allow_hosts: None,
+        session_hosts: None,
         injections: vec![header_injection(&["api.test"])],
     };
     let response = egress

@@ -36,6 +36,8 @@ pub(crate) struct ExecCtx {
     pub scrubber: std::sync::Arc<crate::Scrubber>,
     /// Credentials released for this call (network tools only).
     pub injections: Vec<carapace_egress::Injection>,
+    /// The session's own host list, which narrows the network tools' (None: no list).
+    pub egress_hosts: Option<Vec<String>>,
 }
 
 /// An executor's own result, before sanitising.

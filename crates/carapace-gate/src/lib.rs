@@ -18,7 +18,7 @@ mod net;
 mod tests;
 
 pub use approvals::{ApprovalDecisionError, ApprovalInfo};
-pub use carapace_egress::{Egress, EgressConfig, EgressError, Place};
+pub use carapace_egress::{Egress, EgressConfig, EgressError, Place, check_host_list};
 pub use carapace_vault::{Scrubber, SharedScrubber};
 pub use catalog::ToolSpec;
 pub use exec::ExecSetup;
@@ -444,6 +444,7 @@ impl Gate {
             store: inner.store.clone(),
             session: req.session.clone(),
             session_label: session.label,
+            egress_hosts: session.egress_hosts.clone(),
             now_ms: now_ms(),
             scrubber: inner.scrubber.current(),
         };

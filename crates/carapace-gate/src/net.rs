@@ -241,9 +241,11 @@ async fn send(
 ) -> Result<RawResult, ToolFailure> {
     let with_headers = tool == "http_request";
     let carried = !ctx.injections.is_empty();
-    let scope_narrowed = net.setup.tool_hosts.contains_key(tool);
+    let tool_narrowed = net.setup.tool_hosts.contains_key(tool);
+    let session_narrowed = ctx.egress_hosts.is_some();
     let scope = Scope {
         allow_hosts: net.setup.tool_hosts.get(tool).cloned(),
+        session_hosts: ctx.egress_hosts,
         injections: ctx.injections,
     };
     let resp = net
@@ -251,7 +253,7 @@ async fn send(
         .egress
         .send(req, &scope)
         .await
-        .map_err(|e| ToolFailure(describe(&e, tool, scope_narrowed)))?;
+        .map_err(|e| ToolFailure(describe(&e, tool, tool_narrowed, session_narrowed)))?;
     let mut content = json!({
         "status": resp.status,
         "url": resp.final_url,
@@ -280,15 +282,16 @@ async fn send(
     })
 }
 
-fn describe(e: &EgressError, tool: &str, narrowed: bool) -> String {
-    match e {
-        EgressError::HostNotAllowed { .. } if narrowed => format!(
-            "{e}; the owner can allow it in config.toml under [egress] allow_hosts and \
-             [egress.tools.{tool}] allow_hosts"
-        ),
-        EgressError::HostNotAllowed { .. } => {
-            format!("{e}; the owner can allow it in config.toml under [egress] allow_hosts")
-        }
-        _ => e.to_string(),
+fn describe(e: &EgressError, tool: &str, tool_narrowed: bool, session_narrowed: bool) -> String {
+    let EgressError::HostNotAllowed { .. } = e else {
+        return e.to_string();
+    };
+    let mut text = format!("{e}; the owner can allow it in config.toml under [egress] allow_hosts");
+    if tool_narrowed {
+        text.push_str(&format!(" and [egress.tools.{tool}] allow_hosts"));
     }
+    if session_narrowed {
+        text.push_str(", and this session may reach only the hosts it was started with");
+    }
+    text
 }

@@ -27,6 +27,7 @@ pub(crate) fn session_json(s: &SessionRecord) -> Value {
         "created_ms": s.created_ms,
         "updated_ms": s.updated_ms,
         "label": label_json(s.label),
+        "egress_hosts": s.egress_hosts,
     })
 }
 
@@ -86,7 +87,14 @@ pub(crate) async fn list_sessions(State(state): State<Arc<AppState>>) -> ApiResu
 pub(crate) struct CreateSession {
     #[serde(default)]
     title: Option<String>,
+    /// The session's own list of hosts its network tools may reach (allowlist syntax);
+    /// it narrows the config's lists, never widens them.
+    #[serde(default)]
+    egress_hosts: Option<Vec<String>>,
 }
+
+/// The most entries a session's host list may have.
+const MAX_SESSION_HOSTS: usize = 100;
 
 pub(crate) async fn create_session(
     State(state): State<Arc<AppState>>,
@@ -94,15 +102,27 @@ pub(crate) async fn create_session(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body = body?;
     // The body is optional: an empty POST creates an untitled session.
-    let title = if body.iter().all(u8::is_ascii_whitespace) {
-        String::new()
+    let parsed = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateSession {
+            title: None,
+            egress_hosts: None,
+        }
     } else {
-        let parsed: CreateSession = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
-        parsed.title.unwrap_or_default()
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
     };
-    let title: String = title.chars().take(200).collect();
-    let id = state.new_session(&title)?;
+    if let Some(hosts) = &parsed.egress_hosts {
+        if hosts.len() > MAX_SESSION_HOSTS {
+            return Err(ApiError::bad_request(format!(
+                "egress_hosts has {} entries; at most {MAX_SESSION_HOSTS} are allowed",
+                hosts.len()
+            )));
+        }
+        carapace_gate::check_host_list(hosts)
+            .map_err(|e| ApiError::bad_request(format!("egress_hosts: {e}")))?;
+    }
+    let title: String = parsed.title.unwrap_or_default().chars().take(200).collect();
+    let id = state.new_scoped_session(&title, parsed.egress_hosts.as_deref())?;
     let record = state
         .store
         .session(&id)

@@ -102,13 +102,23 @@ impl AppState {
     }
 
     fn new_session(&self, title: &str) -> Result<SessionId, ApiError> {
+        self.new_scoped_session(title, None)
+    }
+
+    /// A session whose network tools reach only `egress_hosts` (within the config's
+    /// lists), fixed for its life.
+    fn new_scoped_session(
+        &self,
+        title: &str,
+        egress_hosts: Option<&[String]>,
+    ) -> Result<SessionId, ApiError> {
         let id = SessionId::new(format!("s_{}", random_hex(8)));
         self.store
-            .create_session(&id, title, carapace_gate::now_ms())
+            .create_scoped_session(&id, title, carapace_gate::now_ms(), egress_hosts)
             .map_err(ApiError::internal)?;
         let _ = self.gate.record(
             "session_created",
-            serde_json::json!({ "session": id.as_str() }),
+            serde_json::json!({ "session": id.as_str(), "egress_hosts": egress_hosts }),
         );
         Ok(id)
     }

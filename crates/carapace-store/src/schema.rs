@@ -5,7 +5,7 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use crate::StoreError;
 
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 const V1: &str = "
 CREATE TABLE sessions (
@@ -63,6 +63,12 @@ CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+";
+
+/// The session's own egress host list (JSON array of strings; NULL: none), set when the
+/// session is created.
+const V2: &str = "
+ALTER TABLE sessions ADD COLUMN egress_hosts TEXT;
 ";
 
 /// Brings the schema up to date. Runs in one IMMEDIATE transaction so that two processes

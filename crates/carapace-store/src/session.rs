@@ -20,6 +20,10 @@ pub struct SessionRecord {
     pub updated_ms: i64,
     /// The join of the labels of everything the session has seen.
     pub label: Label,
+    /// The session's own list of hosts the network tools may reach, set at creation; it
+    /// narrows the configuration's lists and never widens them. `None`: no list of its
+    /// own.
+    pub egress_hosts: Option<Vec<String>>,
 }
 
 /// Who wrote a message.
@@ -110,27 +114,47 @@ pub struct AgentWrite {
 }
 
 impl Store {
-    /// Creates a session with the label [`Label::TRUSTED_PUBLIC`].
+    /// Creates a session with the label [`Label::TRUSTED_PUBLIC`] and no host list of
+    /// its own.
     pub fn create_session(
         &self,
         id: &SessionId,
         title: &str,
         now_ms: i64,
     ) -> Result<SessionRecord, StoreError> {
+        self.create_scoped_session(id, title, now_ms, None)
+    }
+
+    /// Creates a session with the label [`Label::TRUSTED_PUBLIC`] whose network tools
+    /// reach only `egress_hosts` (within what the configuration allows). The list is
+    /// fixed for the session's life: nothing can widen it later.
+    pub fn create_scoped_session(
+        &self,
+        id: &SessionId,
+        title: &str,
+        now_ms: i64,
+        egress_hosts: Option<&[String]>,
+    ) -> Result<SessionRecord, StoreError> {
         let label = Label::TRUSTED_PUBLIC;
+        let hosts_json = egress_hosts
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("cannot encode the host list: {e}")))?;
         let inner = self.lock();
         let inserted = inner
             .conn
             .prepare_cached(
-                "INSERT INTO sessions (id, title, created_ms, updated_ms, integrity, confidentiality)
-                 VALUES (?1, ?2, ?3, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
+                "INSERT INTO sessions
+                     (id, title, created_ms, updated_ms, integrity, confidentiality, egress_hosts)
+                 VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
             )?
             .execute(params![
                 id.as_str(),
                 title,
                 now_ms,
                 label.integrity.as_str(),
-                label.confidentiality.as_str()
+                label.confidentiality.as_str(),
+                hosts_json,
             ])?;
         if inserted == 0 {
             return Err(StoreError::SessionExists(id.clone()));
@@ -141,6 +165,7 @@ impl Store {
             created_ms: now_ms,
             updated_ms: now_ms,
             label,
+            egress_hosts: egress_hosts.map(<[String]>::to_vec),
         })
     }
 
@@ -148,7 +173,7 @@ impl Store {
     pub fn session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
         let inner = self.lock();
         let mut stmt = inner.conn.prepare_cached(
-            "SELECT id, title, created_ms, updated_ms, integrity, confidentiality
+            "SELECT id, title, created_ms, updated_ms, integrity, confidentiality, egress_hosts
              FROM sessions WHERE id = ?1",
         )?;
         let mut rows = stmt.query([id.as_str()])?;
@@ -159,7 +184,7 @@ impl Store {
     pub fn list_sessions(&self, limit: usize) -> Result<Vec<SessionRecord>, StoreError> {
         let inner = self.lock();
         let mut stmt = inner.conn.prepare_cached(
-            "SELECT id, title, created_ms, updated_ms, integrity, confidentiality
+            "SELECT id, title, created_ms, updated_ms, integrity, confidentiality, egress_hosts
              FROM sessions ORDER BY updated_ms DESC, rowid DESC LIMIT ?1",
         )?;
         let mut rows = stmt.query([sql_limit(limit)])?;
@@ -358,12 +383,20 @@ impl Store {
 }
 
 fn session_from_row(row: &Row<'_>) -> Result<SessionRecord, StoreError> {
+    let id: String = row.get(0)?;
+    let egress_hosts = match row.get::<_, Option<String>>(6)? {
+        Some(text) => Some(serde_json::from_str(&text).map_err(|e| {
+            StoreError::Corrupt(format!("the host list of session {id} is not json: {e}"))
+        })?),
+        None => None,
+    };
     Ok(SessionRecord {
-        id: SessionId::new(row.get::<_, String>(0)?),
+        id: SessionId::new(id),
         title: row.get(1)?,
         created_ms: row.get(2)?,
         updated_ms: row.get(3)?,
         label: parse_label(&row.get::<_, String>(4)?, &row.get::<_, String>(5)?)?,
+        egress_hosts,
     })
 }
 

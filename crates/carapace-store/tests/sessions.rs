@@ -322,6 +322,42 @@ fn database_files_are_private_and_in_wal_mode() {
 }
 
 #[test]
+fn a_session_keeps_its_own_host_list_and_a_version_1_file_is_upgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("carapace.db");
+    let store = Store::open(&path).unwrap();
+    let hosts = vec!["api.github.com".to_string(), "*.wikipedia.org".to_string()];
+    let scoped = SessionId::new("scoped");
+    let created = store
+        .create_scoped_session(&scoped, "t", 1, Some(&hosts))
+        .unwrap();
+    assert_eq!(created.egress_hosts.as_deref(), Some(&hosts[..]));
+    let empty = SessionId::new("no-egress");
+    store
+        .create_scoped_session(&empty, "t", 2, Some(&[]))
+        .unwrap();
+    let plain = SessionId::new("plain");
+    store.create_session(&plain, "t", 3).unwrap();
+    drop(store);
+
+    let store = Store::open(&path).unwrap();
+    let read = |id: &SessionId| store.session(id).unwrap().unwrap().egress_hosts;
+    assert_eq!(read(&scoped), Some(hosts.clone()));
+    assert_eq!(read(&empty), Some(Vec::new()));
+    assert_eq!(read(&plain), None);
+    drop(store);
+
+    // A file written before host lists existed opens, upgraded, with no lists.
+    let raw = Connection::open(&path).unwrap();
+    raw.execute_batch("ALTER TABLE sessions DROP COLUMN egress_hosts; PRAGMA user_version = 1;")
+        .unwrap();
+    drop(raw);
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.session(&scoped).unwrap().unwrap().egress_hosts, None);
+    assert_eq!(store.list_sessions(10).unwrap().len(), 3);
+}
+
+#[test]
 fn a_newer_schema_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("carapace.db");
@@ -330,7 +366,7 @@ fn a_newer_schema_is_refused() {
     let version: i64 = raw
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
     // Reopening does not migrate twice.
     drop(Store::open(&path).unwrap());
     raw.execute_batch("PRAGMA user_version = 99").unwrap();
@@ -340,7 +376,7 @@ fn a_newer_schema_is_refused() {
             err,
             StoreError::SchemaTooNew {
                 found: 99,
-                supported: 1
+                supported: 2
             }
         ),
         "{err:?}"
