@@ -257,6 +257,41 @@ impl Transport {
         .await
     }
 
+    /// Sends a request and decodes its bounded answer as one JSON document; `what` names
+    /// it in the error (`the model list`).
+    pub(crate) async fn fetch_json(
+        &self,
+        builder: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<Value, ProviderError> {
+        let resp = self.send(builder).await?;
+        let bytes = self.read(resp).await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ProviderError::Protocol(format!("cannot decode {what}: {e}")))
+    }
+
+    /// Runs one turn: a streamed one (`streamed`) is bounded by its stall timeout, an
+    /// unstreamed one by the request timeout; either way the error is scrubbed.
+    pub(crate) async fn turn<T>(
+        &self,
+        streamed: bool,
+        call: impl Future<Output = Result<T, ProviderError>>,
+    ) -> Result<T, ProviderError> {
+        if streamed {
+            call.await.map_err(|e| self.scrub(e))
+        } else {
+            self.bounded(call).await
+        }
+    }
+
+    /// The fields every provider shows in its `Debug`, the key redacted.
+    pub(crate) fn debug_fields(&self, d: &mut std::fmt::DebugStruct<'_, '_>) {
+        d.field("base_url", &self.base_url)
+            .field("api_key", &self.key)
+            .field("request_timeout", &self.request_timeout)
+            .field("stall_timeout", &self.stall_timeout);
+    }
+
     /// `call` within the request timeout, its error scrubbed.
     pub(crate) async fn bounded<T>(
         &self,
@@ -295,6 +330,14 @@ impl Transport {
             other => other,
         }
     }
+}
+
+/// A sampling temperature as a JSON number, through its shortest decimal form so 0.2f32
+/// goes out as 0.2 and not as 0.20000000298023224; `None` when unset or not finite.
+pub(crate) fn temperature(t: Option<f32>) -> Option<Value> {
+    let t = t.filter(|t| t.is_finite())?;
+    let n = serde_json::Number::from_f64(t.to_string().parse().ok()?)?;
+    Some(Value::Number(n))
 }
 
 /// A provider's reader of streamed lines (server-sent events).

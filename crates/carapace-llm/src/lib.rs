@@ -1,6 +1,7 @@
 //! The model side of Carapace: the [`Provider`] trait and its implementations, starting
 //! with [`OpenAiCompat`], a client for any server that speaks OpenAI Chat Completions
-//! (OpenAI, Ollama, llama.cpp, vLLM).
+//! (OpenAI, Ollama, llama.cpp, vLLM), then clients for the Anthropic Messages API, the
+//! Gemini API, Ollama's native chat API and the OpenAI Responses API.
 //!
 //! A provider turns a [`ChatRequest`] into one model turn and nothing more. This crate
 //! never sees or decides policy and never executes a tool: tool calls come back as
@@ -10,7 +11,9 @@
 pub mod anthropic;
 pub mod gemini;
 mod http;
+pub mod ollama;
 mod openai;
+pub mod openai_responses;
 
 pub use openai::{OpenAiCompat, OpenAiConfig};
 

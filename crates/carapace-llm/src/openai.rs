@@ -2,7 +2,7 @@
 //! llama.cpp, vLLM.
 
 mod stream;
-mod wire;
+pub(crate) mod wire;
 
 use std::fmt;
 use std::time::Duration;

@@ -6,8 +6,11 @@
 //! and must never touch the internet: every fake listens on 127.0.0.1 only.
 
 pub mod anthropic;
+mod fake;
 pub mod gemini;
+pub mod ollama;
 mod openai;
+pub mod openai_responses;
 
 pub use openai::{FakeOpenAi, Reply, ScriptError, parse_script};
 

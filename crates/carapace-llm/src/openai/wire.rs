@@ -243,7 +243,7 @@ pub(super) fn pick_model(answered: Option<String>, requested: &str) -> String {
 
 /// The message of an error body: OpenAI's `{"error":{"message"}}`, or the shapes other
 /// servers use (`{"error":"..."}`, `{"message":"..."}`, `{"detail":"..."}`).
-pub(super) fn error_message(body: &Value) -> Option<String> {
+pub(crate) fn error_message(body: &Value) -> Option<String> {
     let text = match body.get("error") {
         Some(Value::Object(e)) => e.get("message").and_then(Value::as_str),
         Some(Value::String(s)) => Some(s.as_str()),
@@ -255,7 +255,7 @@ pub(super) fn error_message(body: &Value) -> Option<String> {
 }
 
 /// The ids of `GET /models`.
-pub(super) fn decode_models(body: &Value) -> Result<Vec<String>, ProviderError> {
+pub(crate) fn decode_models(body: &Value) -> Result<Vec<String>, ProviderError> {
     let data = body
         .get("data")
         .and_then(Value::as_array)
