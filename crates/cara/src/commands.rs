@@ -125,16 +125,19 @@ pub fn config_show(dd: &DataDir) -> anyhow::Result<ExitCode> {
     println!("\n[provider]");
     match &s.provider {
         ProviderSetup::Ready(p) => {
-            println!("base_url = {:?}  # {}", p.base_url, p.base_url_origin);
-            println!("model = {:?}  # {}", p.model, p.model_origin);
+            let t = &p.target;
+            println!("model = {:?}  # {}", t.full_name(), p.model_origin);
             println!(
-                "# api key: {}",
-                if p.api_key.is_some() {
-                    "set (from $OPENAI_API_KEY)"
-                } else {
-                    "none"
-                }
+                "# provider {} ({} API) at {} ({})",
+                t.provider,
+                t.kind.api_name(),
+                t.base_url,
+                t.base_url_origin
             );
+            match &t.api_key_from {
+                Some(from) => println!("# api key: set (from {from})"),
+                None => println!("# api key: none"),
+            }
             println!(
                 "request_timeout_secs = {}\nstall_timeout_secs = {}",
                 p.request_timeout.as_secs(),

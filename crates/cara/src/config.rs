@@ -7,11 +7,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use carapace_types::Secret;
 use serde::Deserialize;
 use toml::Spanned;
 
 pub mod egress;
+pub mod providers;
 pub mod sandbox;
 pub mod vault;
 
@@ -47,6 +47,8 @@ impl Locator<'_> {
 pub struct Config {
     pub server: ServerSection,
     pub provider: ProviderSection,
+    /// `[providers.NAME]`: endpoints of built-in providers, and providers of one's own.
+    pub providers: std::collections::BTreeMap<String, providers::ProviderTable>,
     pub agent: AgentSection,
     pub gate: GateSection,
     pub sandbox: sandbox::SandboxSection,
@@ -75,10 +77,13 @@ impl Default for ServerSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProviderSection {
-    /// Base URL of an OpenAI-compatible server.
+    /// Base URL of the `openai` provider (any OpenAI-compatible server).
     pub base_url: Option<Spanned<String>>,
-    /// Model name.
+    /// `provider/model` (`anthropic/claude-sonnet-4-5`), an alias, or a model of the
+    /// `openai` provider.
     pub model: Option<Spanned<String>>,
+    /// Short names for models: `fast = "ollama/llama3.2"`.
+    pub aliases: std::collections::BTreeMap<String, Spanned<String>>,
     pub request_timeout_secs: Spanned<u64>,
     pub stall_timeout_secs: Spanned<u64>,
     /// Present only to give a precise error: keys never live in this file.
@@ -90,6 +95,7 @@ impl Default for ProviderSection {
         ProviderSection {
             base_url: None,
             model: None,
+            aliases: Default::default(),
             request_timeout_secs: Spanned::new(0..0, 300),
             stall_timeout_secs: Spanned::new(0..0, 60),
             api_key: None,
@@ -151,13 +157,24 @@ bind = "127.0.0.1:8321"
 max_body_bytes = 1048576
 
 [provider]
-# Any OpenAI-compatible server: OpenAI, Ollama, llama.cpp, vLLM, ...
-# The environment overrides these: OPENAI_BASE_URL, CARAPACE_MODEL.
-# API keys are never read from this file: set OPENAI_API_KEY.
-# base_url = "http://127.0.0.1:11434/v1"
-# model = "llama3.2"
+# The model as provider/model: openai/gpt-4o-mini, anthropic/claude-sonnet-4-5,
+# gemini/gemini-2.5-flash, ollama/llama3.2, venice/..., openrouter/..., groq/..., or a
+# [providers.NAME] of your own. A name without a known prefix goes to the openai
+# provider (any OpenAI-compatible server at base_url). $CARAPACE_MODEL overrides it.
+# model = "ollama/llama3.2"
+# base_url = "http://127.0.0.1:8000/v1"   # the openai provider's server ($OPENAI_BASE_URL)
+# API keys are never read from this file: each provider reads its usual variable
+# (OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY, ...) or the vault entry of that name.
 request_timeout_secs = 300
 stall_timeout_secs = 60
+
+[provider.aliases]
+# fast = "ollama/llama3.2"
+
+# [providers.lab]                 # a provider of your own (vLLM, llama.cpp, LM Studio, a proxy)
+# kind = "openai"                 # openai, openai-responses, anthropic, gemini or ollama
+# base_url = "http://127.0.0.1:8000/v1"
+# api_key_env = "LAB_API_KEY"     # the variable (or vault entry) holding its key, if any
 
 [agent]
 max_steps = 16
@@ -250,11 +267,9 @@ pub enum ProviderSetup {
 }
 
 pub struct ProviderSettings {
-    pub base_url: String,
-    pub base_url_origin: Origin,
-    pub model: String,
+    /// The model, who serves it, where, with which key.
+    pub target: providers::ModelTarget,
     pub model_origin: Origin,
-    pub api_key: Option<Secret<String>>,
     pub request_timeout: Duration,
     pub stall_timeout: Duration,
 }
@@ -324,6 +339,7 @@ fn validate(path: &Path, text: &str, c: &Config) -> anyhow::Result<()> {
             "must not be empty".into(),
         ));
     }
+    providers::validate(&at, &c.providers, &c.provider.aliases)?;
     let ranges: [(&Spanned<u64>, &str, u64, u64); 7] = [
         (
             &c.server.max_body_bytes,
@@ -451,7 +467,7 @@ pub fn settings(
         Origin::Env(name) => anyhow::anyhow!("--bind or ${name}: {p}"),
         _ => anyhow::anyhow!("{}: key `server.bind`: {p}", path.display()),
     })?;
-    let provider = resolve_provider(c, env)?;
+    let provider = resolve_provider(path, c, env)?;
     let gate = carapace_gate::GateConfig {
         tool_timeout: Duration::from_secs(*c.gate.tool_timeout_secs.get_ref()),
         approval_timeout: Duration::from_secs(*c.gate.approval_timeout_secs.get_ref()),
@@ -479,48 +495,56 @@ pub const OPENAI_DEFAULT_MODEL: &str = "gpt-4o-mini";
 
 pub fn missing_provider_hint() -> String {
     "no model provider is configured.\n\
-     Point Carapace at any OpenAI-compatible server, for example:\n\
-     \x20   export OPENAI_BASE_URL=http://127.0.0.1:11434/v1 CARAPACE_MODEL=llama3.2   # Ollama\n\
-     \x20   export OPENAI_API_KEY=sk-...                                               # OpenAI (model defaults to gpt-4o-mini)\n\
+     Name a model as provider/model, with the provider's key in its usual variable:\n\
+     \x20   export CARAPACE_MODEL=ollama/llama3.2                                     # Ollama on this machine\n\
+     \x20   export ANTHROPIC_API_KEY=sk-ant-...                                       # Anthropic (default claude-sonnet-4-5)\n\
+     \x20   export OPENAI_API_KEY=sk-...                                              # OpenAI (default gpt-4o-mini)\n\
+     \x20   export OPENAI_BASE_URL=http://127.0.0.1:8000/v1 CARAPACE_MODEL=my-model   # any OpenAI-compatible server\n\
      or run `cara setup` to write the base URL and model to config.toml"
         .to_string()
 }
 
 fn resolve_provider(
+    path: &Path,
     c: &Config,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> anyhow::Result<ProviderSetup> {
-    let api_key = env("OPENAI_API_KEY")
-        .filter(|k| !k.is_empty())
-        .map(Secret::new);
-    let (base_url, base_url_origin) =
-        if let Some(url) = env("OPENAI_BASE_URL").filter(|u| !u.is_empty()) {
-            check_base_url(&url).map_err(|p| anyhow::anyhow!("$OPENAI_BASE_URL: {p}"))?;
-            (url, Origin::Env("OPENAI_BASE_URL"))
-        } else if let Some(url) = &c.provider.base_url {
-            (url.get_ref().clone(), Origin::File)
-        } else if api_key.is_some() {
-            (OPENAI_DEFAULT_BASE.to_string(), Origin::Default)
-        } else {
-            return Ok(ProviderSetup::Missing(missing_provider_hint()));
-        };
-    let (model, model_origin) = if let Some(m) = env("CARAPACE_MODEL").filter(|m| !m.is_empty()) {
+    let resolver = providers::Resolver {
+        providers: &c.providers,
+        aliases: &c.provider.aliases,
+        legacy_base_url: c.provider.base_url.as_ref(),
+        env,
+    };
+    let openai_base = env("OPENAI_BASE_URL")
+        .filter(|u| !u.is_empty())
+        .or_else(|| c.provider.base_url.as_ref().map(|u| u.get_ref().clone()));
+    let (name, model_origin) = if let Some(m) = env("CARAPACE_MODEL").filter(|m| !m.is_empty()) {
         (m, Origin::Env("CARAPACE_MODEL"))
     } else if let Some(m) = &c.provider.model {
         (m.get_ref().clone(), Origin::File)
-    } else if base_url.trim_end_matches('/') == OPENAI_DEFAULT_BASE {
-        (OPENAI_DEFAULT_MODEL.to_string(), Origin::Default)
-    } else {
+    } else if let Some(base) =
+        openai_base.filter(|b| b.trim_end_matches('/') != OPENAI_DEFAULT_BASE)
+    {
         return Ok(ProviderSetup::Missing(format!(
-            "the provider at {base_url} is configured but no model is: set CARAPACE_MODEL (for example `export CARAPACE_MODEL=llama3.2`) or run `cara setup`"
+            "the provider at {base} is configured but no model is: set CARAPACE_MODEL (for example `export CARAPACE_MODEL=llama3.2`) or run `cara setup`"
         )));
+    } else if let Some(m) = resolver.default_model() {
+        (m, Origin::Default)
+    } else {
+        return Ok(ProviderSetup::Missing(missing_provider_hint()));
     };
+    let target = resolver
+        .resolve(&name)
+        .map_err(|e| match (e, model_origin) {
+            (providers::ResolveError::Setting(p), _) => anyhow::anyhow!(p),
+            (providers::ResolveError::Name(p), Origin::Env(var)) => anyhow::anyhow!("${var}: {p}"),
+            (providers::ResolveError::Name(p), _) => {
+                anyhow::anyhow!("{}: key `provider.model`: {p}", path.display())
+            }
+        })?;
     Ok(ProviderSetup::Ready(ProviderSettings {
-        base_url,
-        base_url_origin,
-        model,
+        target,
         model_origin,
-        api_key,
         request_timeout: Duration::from_secs(*c.provider.request_timeout_secs.get_ref()),
         stall_timeout: Duration::from_secs(*c.provider.stall_timeout_secs.get_ref()),
     }))
@@ -666,7 +690,7 @@ mod tests {
         check_err(
             "[unknown]\n",
             expect![
-                "config.toml:1:2: unknown field `unknown`, expected one of `server`, `provider`, `agent`, `gate`, `sandbox`, `egress`, `vault`"
+                "config.toml:1:2: unknown field `unknown`, expected one of `server`, `provider`, `providers`, `agent`, `gate`, `sandbox`, `egress`, `vault`"
             ],
         );
         check_err(
@@ -778,20 +802,259 @@ mod tests {
             panic!("provider should be ready")
         };
         assert_eq!(
-            (p.base_url.as_str(), p.model.as_str()),
+            (p.target.base_url.as_str(), p.target.model.as_str()),
             ("http://localhost:9/v1", "llama3.2")
         );
-        assert_eq!(p.base_url_origin, Origin::Env("OPENAI_BASE_URL"));
+        assert_eq!(p.target.base_url_origin, Origin::Env("OPENAI_BASE_URL"));
+    }
+
+    /// `(provider, kind, model, base_url, key)` of what `model` resolves to, or the error.
+    fn resolve(
+        config: &str,
+        model: &str,
+        vars: &[(&str, &str)],
+    ) -> Result<
+        (
+            String,
+            providers::ProviderKind,
+            String,
+            String,
+            Option<String>,
+        ),
+        String,
+    > {
+        let c = parse(Path::new("config.toml"), config).map_err(|e| e.to_string())?;
+        let env = |k: &str| {
+            if k == "CARAPACE_MODEL" {
+                return Some(model.to_string());
+            }
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        };
+        match settings(Path::new("config.toml"), &c, &env)
+            .map_err(|e| e.to_string())?
+            .provider
+        {
+            ProviderSetup::Ready(p) => {
+                let t = p.target;
+                Ok((
+                    t.provider,
+                    t.kind,
+                    t.model,
+                    t.base_url,
+                    t.api_key.map(|k| k.expose().clone()),
+                ))
+            }
+            ProviderSetup::Missing(h) => Err(h),
+        }
+    }
+
+    #[test]
+    fn provider_slash_model_names_pick_the_provider_its_endpoint_and_key() {
+        use providers::ProviderKind::{Anthropic, Gemini, Ollama, OpenAi};
+        let keys = [
+            ("ANTHROPIC_API_KEY", "sk-ant-1"),
+            ("GOOGLE_API_KEY", "g-2"),
+            ("OPENAI_API_KEY", "sk-3"),
+            ("VENICE_API_KEY", "v-4"),
+        ];
+        let t = |m: &str| resolve("", m, &keys).unwrap();
+        assert_eq!(
+            t("anthropic/claude-sonnet-4-5"),
+            (
+                "anthropic".into(),
+                Anthropic,
+                "claude-sonnet-4-5".into(),
+                "https://api.anthropic.com".into(),
+                Some("sk-ant-1".into())
+            )
+        );
+        assert_eq!(
+            t("gemini/gemini-2.5-pro"),
+            (
+                "gemini".into(),
+                Gemini,
+                "gemini-2.5-pro".into(),
+                "https://generativelanguage.googleapis.com".into(),
+                Some("g-2".into())
+            )
+        );
+        assert_eq!(
+            t("ollama/llama3.2"),
+            (
+                "ollama".into(),
+                Ollama,
+                "llama3.2".into(),
+                "http://127.0.0.1:11434".into(),
+                None
+            )
+        );
+        assert_eq!(
+            t("venice/llama-3.3-70b").3,
+            "https://api.venice.ai/api/v1".to_string()
+        );
+        // OpenRouter model names keep their own slash.
+        assert_eq!(
+            resolve("", "openrouter/anthropic/claude-3.5-haiku", &[])
+                .unwrap()
+                .2,
+            "anthropic/claude-3.5-haiku"
+        );
+        // No known prefix: the openai provider, the whole name as the model.
+        assert_eq!(
+            t("meta-llama/Llama-3-8B"),
+            (
+                "openai".into(),
+                OpenAi,
+                "meta-llama/Llama-3-8B".into(),
+                "https://api.openai.com/v1".into(),
+                Some("sk-3".into())
+            )
+        );
+        // Base URLs from the conventional variables; GEMINI_API_KEY before GOOGLE_API_KEY.
+        let vars = [
+            ("ANTHROPIC_BASE_URL", "http://127.0.0.1:9001"),
+            ("OLLAMA_BASE_URL", "http://localhost:9002/"),
+            ("GEMINI_API_KEY", "g-first"),
+            ("GOOGLE_API_KEY", "g-second"),
+        ];
+        assert_eq!(
+            resolve("", "anthropic/c", &vars).unwrap().3,
+            "http://127.0.0.1:9001"
+        );
+        assert_eq!(
+            resolve("", "ollama/m", &vars).unwrap().3,
+            "http://localhost:9002/"
+        );
+        // Ollama through its OpenAI-compatible endpoint, by choice.
+        let r = resolve("[providers.ollama]\nkind = \"openai\"\n", "ollama/m", &vars).unwrap();
+        assert_eq!((r.1, r.3.as_str()), (OpenAi, "http://localhost:9002/v1"));
+        assert_eq!(
+            resolve("", "gemini/m", &vars).unwrap().4.as_deref(),
+            Some("g-first")
+        );
+        // Plain http to a non-loopback host is refused, naming the variable.
+        let err = resolve(
+            "",
+            "anthropic/c",
+            &[("ANTHROPIC_BASE_URL", "http://api.example.com")],
+        )
+        .unwrap_err();
+        assert!(err.starts_with("$ANTHROPIC_BASE_URL:"), "{err}");
+        let err = resolve("", "anthropic/", &[]).unwrap_err();
+        assert!(err.contains("names no model"), "{err}");
+    }
+
+    #[test]
+    fn aliases_and_provider_tables() {
+        let config = r#"
+[provider.aliases]
+fast = "ollama/llama3.2"
+smart = "lab/qwen3-32b"
+
+[providers.lab]
+kind = "openai"
+base_url = "http://127.0.0.1:8000/v1"
+api_key_env = "LAB_KEY"
+
+[providers.anthropic]
+base_url = "https://llm-proxy.example.com/anthropic"
+"#;
+        let vars = [("LAB_KEY", "lab-secret"), ("ANTHROPIC_API_KEY", "a")];
+        let r = resolve(config, "fast", &vars).unwrap();
+        assert_eq!((r.0.as_str(), r.2.as_str()), ("ollama", "llama3.2"));
+        let r = resolve(config, "smart", &vars).unwrap();
+        assert_eq!(
+            (r.0.as_str(), r.2.as_str(), r.3.as_str(), r.4.as_deref()),
+            (
+                "lab",
+                "qwen3-32b",
+                "http://127.0.0.1:8000/v1",
+                Some("lab-secret")
+            )
+        );
+        let r = resolve(config, "anthropic/claude-x", &vars).unwrap();
+        assert_eq!(r.3, "https://llm-proxy.example.com/anthropic");
+        // The variable still wins over the table.
+        let r = resolve(
+            config,
+            "anthropic/claude-x",
+            &[("ANTHROPIC_BASE_URL", "http://127.0.0.1:7")],
+        )
+        .unwrap();
+        assert_eq!(r.3, "http://127.0.0.1:7");
+    }
+
+    #[test]
+    fn bad_provider_tables_name_file_line_and_key() {
+        let cases = [
+            (
+                "[providers.lab]\nbase_url = \"http://127.0.0.1:1/v1\"\n",
+                "config.toml: key `providers.lab`: a provider that is not built in needs a kind",
+            ),
+            (
+                "[providers.lab]\nkind = \"cohere\"\nbase_url = \"https://x.example\"\n",
+                "config.toml:2:8: key `providers.lab.kind`: `cohere` is not a provider kind",
+            ),
+            (
+                "[providers.lab]\nkind = \"openai\"\nbase_url = \"http://10.0.0.5:8000/v1\"\n",
+                "config.toml:3:12: key `providers.lab.base_url`: `http://10.0.0.5:8000/v1` uses plain http",
+            ),
+            (
+                "[providers.openai]\napi_key = \"sk-1\"\n",
+                "config.toml:2:11: key `providers.openai.api_key`: API keys are never read",
+            ),
+            (
+                "[providers.openai]\napi_key_env = \"not a var\"\n",
+                "config.toml:2:15: key `providers.openai.api_key_env`: must be an environment variable name",
+            ),
+            (
+                "[provider.aliases]\na = \"b\"\nb = \"ollama/x\"\n",
+                "config.toml:2:5: key `provider.aliases.a`: an alias must name a model, not another alias",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = parse(Path::new("config.toml"), text)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(expected), "{text}\n{err}");
+        }
+        // A model naming an unknown provider with a slash is the openai provider's model;
+        // a prefix of a known provider with nothing after it is an error of the file.
+        let c = parse(
+            Path::new("config.toml"),
+            "[provider]\nmodel = \"gemini/\"\n",
+        )
+        .unwrap();
+        let err = settings(Path::new("config.toml"), &c, &|_| None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.starts_with("config.toml: key `provider.model`: `gemini/` names no model"),
+            "{err}"
+        );
     }
 
     #[test]
     fn no_provider_gives_the_hint() {
         let s = settings(Path::new("c"), &Config::default(), &|_| None).unwrap();
-        assert!(matches!(s.provider, ProviderSetup::Missing(h) if h.contains("OPENAI_BASE_URL")));
+        assert!(
+            matches!(s.provider, ProviderSetup::Missing(h) if h.contains("OPENAI_BASE_URL") && h.contains("ANTHROPIC_API_KEY"))
+        );
         // A key alone means OpenAI with its default model.
         let env = |k: &str| (k == "OPENAI_API_KEY").then(|| "sk-x".to_string());
         let s = settings(Path::new("c"), &Config::default(), &env).unwrap();
-        assert!(matches!(s.provider, ProviderSetup::Ready(p) if p.model == OPENAI_DEFAULT_MODEL));
+        assert!(
+            matches!(s.provider, ProviderSetup::Ready(p) if p.target.model == OPENAI_DEFAULT_MODEL)
+        );
+        // Another provider's key alone picks that provider's default model.
+        let env = |k: &str| (k == "ANTHROPIC_API_KEY").then(|| "sk-ant-x".to_string());
+        let s = settings(Path::new("c"), &Config::default(), &env).unwrap();
+        assert!(
+            matches!(s.provider, ProviderSetup::Ready(p) if p.target.full_name() == "anthropic/claude-sonnet-4-5")
+        );
         // A base URL without a model asks for the model.
         let env =
             |k: &str| (k == "OPENAI_BASE_URL").then(|| "http://127.0.0.1:11434/v1".to_string());

@@ -4,7 +4,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use carapace_llm::{OpenAiCompat, OpenAiConfig, Provider};
 use carapace_store::{AuditKey, Store};
 
 use crate::client::Daemon;
@@ -131,20 +130,16 @@ pub async fn doctor(dd: &DataDir) -> anyhow::Result<ExitCode> {
                 r.line(Level::Fail, "provider", &hint.replace('\n', "\n       "))
             }
             ProviderSetup::Ready(p) => {
+                let t = &p.target;
                 let what = format!(
-                    "{} ({}), model {} ({})",
-                    p.base_url, p.base_url_origin, p.model, p.model_origin
+                    "{} at {} ({}), model {} ({})",
+                    t.provider, t.base_url, t.base_url_origin, t.model, p.model_origin
                 );
-                let provider = OpenAiCompat::new(OpenAiConfig {
-                    base_url: p.base_url.clone(),
-                    api_key: p.api_key,
-                    request_timeout: Duration::from_secs(10),
-                    stall_timeout: Duration::from_secs(10),
-                });
+                let provider = t.connect(Duration::from_secs(10), Duration::from_secs(10));
                 match provider {
                     Err(e) => r.line(Level::Fail, "provider", &format!("{what}: {e}")),
                     Ok(provider) => match provider.list_models().await {
-                        Ok(models) if models.contains(&p.model) => r.line(
+                        Ok(models) if models.contains(&t.model) => r.line(
                             Level::Ok,
                             "provider",
                             &format!("{what}: reachable, model listed"),
@@ -154,7 +149,7 @@ pub async fn doctor(dd: &DataDir) -> anyhow::Result<ExitCode> {
                             "provider",
                             &format!(
                                 "{what}: reachable, but `{}` is not among its {} models ({})",
-                                p.model,
+                                t.model,
                                 models.len(),
                                 models
                                     .iter()

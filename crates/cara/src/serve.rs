@@ -6,7 +6,6 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use carapace_agent::{Agent, AgentConfig, SYSTEM_PROMPT};
 use carapace_gate::{Egress, ExecSetup, Gate, GateDeps, NetSetup, Scrubber, SharedScrubber};
-use carapace_llm::{OpenAiCompat, OpenAiConfig};
 use carapace_policy::SimplePolicy;
 use carapace_server::{AppState, ServerDeps, router};
 use carapace_store::{AuditKey, Store};
@@ -40,16 +39,26 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
     let scrubber = SharedScrubber::new(Scrubber::new(&[]));
     let vault = VaultSource::open(dd, &file, scrubber.clone());
     let preloaded = vault.preload();
+    let key_vars: Vec<String> = config::providers::key_variables()
+        .map(String::from)
+        .chain(
+            file.providers
+                .values()
+                .filter_map(|t| t.api_key_env.as_ref().map(|v| v.get_ref().clone())),
+        )
+        .collect();
     let env = |k: &str| {
         if k == "CARAPACE_BIND"
             && let Some(b) = &bind
         {
             return Some(b.clone());
         }
-        // A provider key imported into the vault (`cara vault import-env`) stands in
-        // for the variable.
+        // A provider key imported into the vault (`cara vault import-env`, or an entry
+        // named like a `[providers] api_key_env`) stands in for the variable.
         std::env::var(k).ok().filter(|v| !v.is_empty()).or_else(|| {
-            (k == "OPENAI_API_KEY")
+            key_vars
+                .iter()
+                .any(|v| v == k)
                 .then(|| vault.file_value(k).map(|v| v.expose().clone()))
                 .flatten()
         })
@@ -64,7 +73,7 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
     let token = dd.read_token()?;
     let mut secrets = vec![token.clone()];
     if let ProviderSetup::Ready(p) = &settings.provider {
-        secrets.extend(p.api_key.clone());
+        secrets.extend(p.target.api_key.clone());
     }
     scrubber.add(&secrets);
     tracing::info!(secrets = preloaded, "vault loaded");
@@ -96,20 +105,17 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
     })?;
     let (agent, provider_hint) = match settings.provider {
         ProviderSetup::Ready(p) => {
-            let provider = OpenAiCompat::new(OpenAiConfig {
-                base_url: p.base_url.clone(),
-                api_key: p.api_key,
-                request_timeout: p.request_timeout,
-                stall_timeout: p.stall_timeout,
-            })
-            .context("cannot set up the model provider")?;
-            tracing::info!(base_url = %p.base_url, model = %p.model, "model provider");
+            let t = &p.target;
+            let provider = t
+                .connect(p.request_timeout, p.stall_timeout)
+                .with_context(|| format!("cannot set up the model provider {}", t.provider))?;
+            tracing::info!(provider = %t.provider, base_url = %t.base_url, model = %t.model, "model provider");
             let agent = Agent::new(
-                Arc::new(provider),
+                provider,
                 gate.clone(),
                 store.clone(),
                 AgentConfig {
-                    model: p.model,
+                    model: p.target.model,
                     max_steps: settings.max_steps,
                     system_prompt: settings
                         .system_prompt

@@ -15,6 +15,7 @@ mod durability;
 mod openai_api;
 mod openai_python;
 mod path_escapes;
+mod providers;
 mod sandbox;
 mod secrets;
 mod websocket;

@@ -1,0 +1,170 @@
+//! Model selection: `provider/model` names with each provider's conventional variables,
+//! the daemon talking to the fake of each wire protocol, keys going only to their own
+//! provider and coming from the vault when imported there.
+
+use carapace_testkit::anthropic::{AnthropicReply, FakeAnthropic};
+use carapace_testkit::gemini::{FakeGemini, GeminiReply};
+use carapace_testkit::ollama::{FakeOllama, OllamaReply};
+use reqwest::Method;
+use serde_json::json;
+
+use crate::util::{Daemon, TestDir, cara, json_response};
+
+/// One chat completion through the daemon; returns its text and the model it names.
+async fn ask(daemon: &Daemon, text: &str) -> (String, String) {
+    let (status, body) = json_response(
+        daemon
+            .authed(Method::POST, "/v1/chat/completions")
+            .json(&json!({ "messages": [{ "role": "user", "content": text }] }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    (
+        body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        body["model"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+#[tokio::test]
+async fn anthropic_slash_model_uses_the_anthropic_api_with_its_own_key_only() {
+    let fake = FakeAnthropic::start(vec![AnthropicReply::Text("hello from claude".into())]).await;
+    let dir = TestDir::new();
+    let base = fake.base_url();
+    let daemon = Daemon::start_with_env(
+        &dir,
+        &[
+            ("CARAPACE_MODEL", "anthropic/claude-test"),
+            ("ANTHROPIC_BASE_URL", &base),
+            ("ANTHROPIC_API_KEY", "sk-ant-e2e-0001"),
+            ("OPENAI_API_KEY", "sk-openai-must-not-travel"),
+        ],
+    )
+    .await;
+    let (text, _) = ask(&daemon, "hi").await;
+    assert_eq!(text, "hello from claude");
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0]["model"], "claude-test");
+    let headers = fake.headers();
+    assert!(
+        headers
+            .iter()
+            .all(|h| h.api_key.as_deref() == Some("sk-ant-e2e-0001")),
+        "{headers:?}"
+    );
+    let everything = format!("{requests:?} {headers:?}");
+    assert!(!everything.contains("must-not-travel"), "{everything}");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn gemini_and_ollama_by_alias_and_a_vault_key() {
+    let gemini = FakeGemini::start(vec![GeminiReply::Text("hello from gemini".into())]).await;
+    let dir = TestDir::new();
+    std::fs::create_dir_all(dir.data()).unwrap();
+    std::fs::write(
+        dir.config(),
+        "[provider]\nmodel = \"g\"\n[provider.aliases]\ng = \"gemini/gemini-test\"\nlocal = \"ollama/llama-test\"\n",
+    )
+    .unwrap();
+    // The key moves into the vault; the daemon finds it there without the variable.
+    let out = cara(&dir)
+        .args(["vault", "import-env", "GEMINI_API_KEY"])
+        .env("GEMINI_API_KEY", "gm-e2e-key-0002")
+        .env("CARAPACE_VAULT_PASSPHRASE", "correct horse")
+        .run()
+        .await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let base = gemini.base_url();
+    let daemon = Daemon::start_with_env(
+        &dir,
+        &[
+            ("GEMINI_BASE_URL", &base),
+            ("CARAPACE_VAULT_PASSPHRASE", "correct horse"),
+        ],
+    )
+    .await;
+    let (text, _) = ask(&daemon, "hi").await;
+    assert_eq!(text, "hello from gemini");
+    let seen = gemini.requests();
+    assert_eq!(seen[0].model, "gemini-test");
+    assert_eq!(seen[0].api_key.as_deref(), Some("gm-e2e-key-0002"));
+    daemon.stop().await;
+
+    let ollama = FakeOllama::start(vec![OllamaReply::Text("hello from ollama".into())]).await;
+    let base = ollama.base_url();
+    let daemon = Daemon::start_with_env(
+        &dir,
+        &[
+            ("CARAPACE_MODEL", "local"),
+            ("OLLAMA_BASE_URL", &base),
+            ("CARAPACE_VAULT_PASSPHRASE", "correct horse"),
+        ],
+    )
+    .await;
+    let (text, _) = ask(&daemon, "hi").await;
+    assert_eq!(text, "hello from ollama");
+    assert_eq!(ollama.requests()[0]["model"], "llama-test");
+    // Ollama wants no key, and got none: not Gemini's.
+    assert_eq!(ollama.authorizations(), vec![None]);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn config_show_and_bad_model_names_say_which_provider_and_why() {
+    let dir = TestDir::new();
+    let out = cara(&dir)
+        .args(["config", "show"])
+        .env("CARAPACE_MODEL", "anthropic/claude-x")
+        .env("ANTHROPIC_API_KEY", "sk-ant-not-shown-0003")
+        .run()
+        .await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert!(
+        out.stdout
+            .contains("model = \"anthropic/claude-x\"  # from $CARAPACE_MODEL"),
+        "{out:#?}"
+    );
+    assert!(
+        out.stdout
+            .contains("# provider anthropic (Anthropic Messages API) at https://api.anthropic.com"),
+        "{out:#?}"
+    );
+    assert!(
+        out.stdout
+            .contains("api key: set (from $ANTHROPIC_API_KEY)"),
+        "{out:#?}"
+    );
+    assert!(!out.stdout.contains("not-shown"), "{out:#?}");
+
+    for (model, var, value, expected) in [
+        (
+            "gemini/",
+            "",
+            "",
+            "$CARAPACE_MODEL: `gemini/` names no model",
+        ),
+        (
+            "anthropic/c",
+            "ANTHROPIC_BASE_URL",
+            "http://api.example.com",
+            "$ANTHROPIC_BASE_URL: `http://api.example.com` uses plain http",
+        ),
+    ] {
+        let mut cmd = cara(&dir)
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .env("CARAPACE_MODEL", model);
+        if !var.is_empty() {
+            cmd = cmd.env(var, value);
+        }
+        let out = cmd.run().await;
+        assert_eq!(out.code, Some(1), "{out:#?}");
+        assert!(out.stderr.contains(expected), "{expected} in {out:#?}");
+    }
+}
