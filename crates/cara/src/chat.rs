@@ -246,6 +246,26 @@ pub async fn chat(
                         println!("    refused: {}", v["code"].as_str().unwrap_or("?"));
                     }
                 }
+                "retrying" | "model_switched" => {
+                    if !at_line_start {
+                        println!();
+                        at_line_start = true;
+                    }
+                    let reason = printable(v["reason"].as_str().unwrap_or(""));
+                    if v["type"] == "retrying" {
+                        println!(
+                            "  (model {} failed: {reason}; trying again in {:.1} s)",
+                            printable(v["model"].as_str().unwrap_or("?")),
+                            v["wait_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+                        );
+                    } else {
+                        println!(
+                            "  (model {} keeps failing: {reason}; switched to {})",
+                            printable(v["from"].as_str().unwrap_or("?")),
+                            printable(v["to"].as_str().unwrap_or("?"))
+                        );
+                    }
+                }
                 "approval_request" => {
                     if !at_line_start {
                         println!();

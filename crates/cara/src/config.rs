@@ -84,6 +84,13 @@ pub struct ProviderSection {
     pub model: Option<Spanned<String>>,
     /// Short names for models: `fast = "ollama/llama3.2"`.
     pub aliases: std::collections::BTreeMap<String, Spanned<String>>,
+    /// The failover chain: models tried in order when the one before keeps failing.
+    /// The first is the model when `model` is not set.
+    pub models: Option<Spanned<Vec<String>>>,
+    /// Attempts per model before the next of the chain (retries with backoff).
+    pub max_attempts: Spanned<u64>,
+    /// How long a model that kept failing is skipped, in seconds.
+    pub failover_cooldown_secs: Spanned<u64>,
     pub request_timeout_secs: Spanned<u64>,
     pub stall_timeout_secs: Spanned<u64>,
     /// Present only to give a precise error: keys never live in this file.
@@ -96,6 +103,9 @@ impl Default for ProviderSection {
             base_url: None,
             model: None,
             aliases: Default::default(),
+            models: None,
+            max_attempts: Spanned::new(0..0, 3),
+            failover_cooldown_secs: Spanned::new(0..0, 60),
             request_timeout_secs: Spanned::new(0..0, 300),
             stall_timeout_secs: Spanned::new(0..0, 60),
             api_key: None,
@@ -167,6 +177,11 @@ max_body_bytes = 1048576
 # (OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY, ...) or the vault entry of that name.
 request_timeout_secs = 300
 stall_timeout_secs = 60
+
+# models = ["anthropic/claude-sonnet-4-5", "openai/gpt-4o-mini", "ollama/llama3.2"]
+#                                        # failover chain, tried in order
+max_attempts = 3                         # per model, with backoff; Retry-After honoured
+failover_cooldown_secs = 60              # a model that kept failing is skipped this long
 
 [provider.aliases]
 # fast = "ollama/llama3.2"
@@ -262,7 +277,7 @@ impl std::fmt::Display for Origin {
 
 /// The provider, resolved from config and environment.
 pub enum ProviderSetup {
-    Ready(ProviderSettings),
+    Ready(Box<ProviderSettings>),
     Missing(String),
 }
 
@@ -270,6 +285,9 @@ pub struct ProviderSettings {
     /// The model, who serves it, where, with which key.
     pub target: providers::ModelTarget,
     pub model_origin: Origin,
+    /// The rest of the failover chain, in order.
+    pub fallbacks: Vec<providers::ModelTarget>,
+    pub retry: carapace_llm::RetryPolicy,
     pub request_timeout: Duration,
     pub stall_timeout: Duration,
 }
@@ -340,7 +358,16 @@ fn validate(path: &Path, text: &str, c: &Config) -> anyhow::Result<()> {
         ));
     }
     providers::validate(&at, &c.providers, &c.provider.aliases)?;
-    let ranges: [(&Spanned<u64>, &str, u64, u64); 7] = [
+    if let Some(models) = &c.provider.models
+        && models.get_ref().iter().any(|m| m.trim().is_empty())
+    {
+        return Err(err(
+            models.span(),
+            "provider.models",
+            "a model name must not be empty".into(),
+        ));
+    }
+    let ranges: [(&Spanned<u64>, &str, u64, u64); 9] = [
         (
             &c.server.max_body_bytes,
             "server.max_body_bytes",
@@ -358,6 +385,13 @@ fn validate(path: &Path, text: &str, c: &Config) -> anyhow::Result<()> {
             "provider.stall_timeout_secs",
             1,
             3600,
+        ),
+        (&c.provider.max_attempts, "provider.max_attempts", 1, 10),
+        (
+            &c.provider.failover_cooldown_secs,
+            "provider.failover_cooldown_secs",
+            1,
+            86400,
         ),
         (&c.agent.max_steps, "agent.max_steps", 1, 200),
         (&c.gate.tool_timeout_secs, "gate.tool_timeout_secs", 1, 3600),
@@ -522,6 +556,8 @@ fn resolve_provider(
         (m, Origin::Env("CARAPACE_MODEL"))
     } else if let Some(m) = &c.provider.model {
         (m.get_ref().clone(), Origin::File)
+    } else if let Some(m) = c.provider.models.as_ref().and_then(|m| m.get_ref().first()) {
+        (m.clone(), Origin::File)
     } else if let Some(base) =
         openai_base.filter(|b| b.trim_end_matches('/') != OPENAI_DEFAULT_BASE)
     {
@@ -542,12 +578,32 @@ fn resolve_provider(
                 anyhow::anyhow!("{}: key `provider.model`: {p}", path.display())
             }
         })?;
-    Ok(ProviderSetup::Ready(ProviderSettings {
+    let mut fallbacks: Vec<providers::ModelTarget> = Vec::new();
+    for name in c.provider.models.iter().flat_map(|m| m.get_ref()) {
+        let t = resolver.resolve(name).map_err(|e| match e {
+            providers::ResolveError::Setting(p) => anyhow::anyhow!(p),
+            providers::ResolveError::Name(p) => {
+                anyhow::anyhow!("{}: key `provider.models`: {p}", path.display())
+            }
+        })?;
+        let name = t.full_name();
+        if name != target.full_name() && fallbacks.iter().all(|f| f.full_name() != name) {
+            fallbacks.push(t);
+        }
+    }
+    let retry = carapace_llm::RetryPolicy {
+        attempts: *c.provider.max_attempts.get_ref() as u32,
+        cooldown: Duration::from_secs(*c.provider.failover_cooldown_secs.get_ref()),
+        ..carapace_llm::RetryPolicy::default()
+    };
+    Ok(ProviderSetup::Ready(Box::new(ProviderSettings {
         target,
         model_origin,
+        fallbacks,
+        retry,
         request_timeout: Duration::from_secs(*c.provider.request_timeout_secs.get_ref()),
         stall_timeout: Duration::from_secs(*c.provider.stall_timeout_secs.get_ref()),
-    }))
+    })))
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use carapace_agent::{Agent, AgentConfig, SYSTEM_PROMPT};
 use carapace_gate::{Egress, ExecSetup, Gate, GateDeps, NetSetup, Scrubber, SharedScrubber};
+use carapace_llm::{Route, Router as ModelChain};
 use carapace_policy::SimplePolicy;
 use carapace_server::{AppState, ServerDeps, router};
 use carapace_store::{AuditKey, Store};
@@ -105,17 +106,26 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
     })?;
     let (agent, provider_hint) = match settings.provider {
         ProviderSetup::Ready(p) => {
-            let t = &p.target;
-            let provider = t
-                .connect(p.request_timeout, p.stall_timeout)
-                .with_context(|| format!("cannot set up the model provider {}", t.provider))?;
-            tracing::info!(provider = %t.provider, base_url = %t.base_url, model = %t.model, "model provider");
-            let agent = Agent::new(
-                provider,
+            let mut routes = Vec::new();
+            for t in std::iter::once(&p.target).chain(&p.fallbacks) {
+                let provider = t
+                    .connect(p.request_timeout, p.stall_timeout)
+                    .with_context(|| format!("cannot set up the model provider {}", t.provider))?;
+                tracing::info!(provider = %t.provider, base_url = %t.base_url, model = %t.model, "model provider");
+                routes.push(Route {
+                    name: t.full_name(),
+                    provider,
+                    model: t.model.clone(),
+                });
+            }
+            let chain =
+                ModelChain::new(routes, p.retry).context("cannot set up the model chain")?;
+            let agent = Agent::with_router(
+                Arc::new(chain),
                 gate.clone(),
                 store.clone(),
                 AgentConfig {
-                    model: p.target.model,
+                    model: p.target.full_name(),
                     max_steps: settings.max_steps,
                     system_prompt: settings
                         .system_prompt

@@ -5,6 +5,7 @@
 use carapace_testkit::anthropic::{AnthropicReply, FakeAnthropic};
 use carapace_testkit::gemini::{FakeGemini, GeminiReply};
 use carapace_testkit::ollama::{FakeOllama, OllamaReply};
+use carapace_testkit::{FakeOpenAi, Reply};
 use reqwest::Method;
 use serde_json::json;
 
@@ -167,4 +168,64 @@ async fn config_show_and_bad_model_names_say_which_provider_and_why() {
         assert_eq!(out.code, Some(1), "{out:#?}");
         assert!(out.stderr.contains(expected), "{expected} in {out:#?}");
     }
+}
+
+#[tokio::test]
+async fn an_overloaded_model_is_retried_then_the_chain_fails_over_visibly_and_on_record() {
+    let overloaded = || AnthropicReply::Error {
+        status: 529,
+        kind: "overloaded_error".into(),
+        message: "Overloaded".into(),
+    };
+    // Two attempts, both overloaded; then the next model of the chain answers. The
+    // second turn goes straight to it: the first is cooling down.
+    let anthropic = FakeAnthropic::start(vec![overloaded(), overloaded()]).await;
+    let openai = FakeOpenAi::start(vec![
+        Reply::Text("answer from the fallback".into()),
+        Reply::Text("second answer".into()),
+    ])
+    .await;
+    let dir = TestDir::new();
+    std::fs::create_dir_all(dir.data()).unwrap();
+    std::fs::write(
+        dir.config(),
+        "[provider]\nmodels = [\"anthropic/claude-test\", \"openai/fake-model\"]\nmax_attempts = 2\n",
+    )
+    .unwrap();
+    let (a_base, o_base) = (anthropic.base_url(), openai.base_url());
+    let daemon = Daemon::start_with_env(
+        &dir,
+        &[
+            ("ANTHROPIC_BASE_URL", &a_base),
+            ("ANTHROPIC_API_KEY", "sk-ant-e2e-0004"),
+            ("OPENAI_BASE_URL", &o_base),
+        ],
+    )
+    .await;
+    let out = cara(&dir)
+        .args(["chat", "--no-start"])
+        .stdin("hello\nagain\n/exit\n")
+        .run()
+        .await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    for expected in [
+        "model anthropic/claude-test",
+        "(model anthropic/claude-test failed: provider answered http 529: overloaded_error: Overloaded; trying again in",
+        "(model anthropic/claude-test keeps failing: provider answered http 529: overloaded_error: Overloaded; switched to openai/fake-model)",
+        "cara> answer from the fallback",
+        "cara> second answer",
+    ] {
+        assert!(out.stdout.contains(expected), "{expected:?} in {out:#?}");
+    }
+    assert_eq!(anthropic.requests().len(), 2);
+    assert_eq!(openai.requests().len(), 2);
+
+    let events: Vec<String> = crate::util::audit_entries(&dir)
+        .await
+        .iter()
+        .filter_map(|e| e["record"]["event"].as_str().map(String::from))
+        .filter(|e| e.starts_with("model_"))
+        .collect();
+    assert_eq!(events, ["model_retry", "model_failover"]);
+    daemon.stop().await;
 }

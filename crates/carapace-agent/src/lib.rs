@@ -10,7 +10,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use carapace_gate::{CallRequest, Gate, RawArgs};
-use carapace_llm::{ChatMessage, ChatRequest, Provider, StreamEvent, ToolCallRequest, ToolSpec};
+use carapace_llm::{
+    ChatMessage, ChatRequest, Provider, RetryPolicy, Route, RouteEvent, Router, StreamEvent,
+    ToolCallRequest, ToolSpec,
+};
 use carapace_store::{MessageRecord, NewMessage, Role, Store};
 use carapace_types::{Label, Principal, SessionId, Source};
 use serde_json::{Value, json};
@@ -40,6 +43,26 @@ pub enum AgentEvent {
         ok: bool,
         /// The error code when it did not.
         code: Option<String>,
+    },
+    /// The model failed for a moment; it is asked again after a wait.
+    Retrying {
+        /// The model, `provider/model`.
+        model: String,
+        /// The attempt that failed, from 1.
+        attempt: u32,
+        /// The wait before the next attempt, in milliseconds.
+        wait_ms: u64,
+        /// Why, safe to show.
+        reason: String,
+    },
+    /// The model kept failing; the next one of the failover chain answers from now on.
+    ModelSwitched {
+        /// The model given up.
+        from: String,
+        /// The model used now.
+        to: String,
+        /// Why, safe to show.
+        reason: String,
     },
 }
 
@@ -90,36 +113,106 @@ pub const SYSTEM_PROMPT: &str = "You are Carapace, a careful personal assistant.
 /// The agent loop over a provider and the Gate.
 #[derive(Clone)]
 pub struct Agent {
-    provider: Arc<dyn Provider>,
+    router: Arc<Router>,
     gate: Gate,
     store: Arc<Store>,
     config: AgentConfig,
 }
 
 impl Agent {
-    /// Builds an agent.
+    /// An agent over one provider and `config.model`, each call tried once.
     pub fn new(
         provider: Arc<dyn Provider>,
         gate: Gate,
         store: Arc<Store>,
         config: AgentConfig,
     ) -> Agent {
-        Agent {
+        let route = Route {
+            name: config.model.clone(),
             provider,
+            model: config.model.clone(),
+        };
+        let once = RetryPolicy {
+            attempts: 1,
+            ..RetryPolicy::default()
+        };
+        let router = Router::new(vec![route], once).expect("one route, one attempt");
+        Agent::with_router(Arc::new(router), gate, store, config)
+    }
+
+    /// An agent over a failover chain with retries; `config.model` is ignored in favour
+    /// of each route's model.
+    pub fn with_router(
+        router: Arc<Router>,
+        gate: Gate,
+        store: Arc<Store>,
+        config: AgentConfig,
+    ) -> Agent {
+        Agent {
+            router,
             gate,
             store,
             config,
         }
     }
 
-    /// The model name this agent asks for.
-    pub fn model(&self) -> &str {
-        &self.config.model
+    /// The preferred model: `provider/model` (or the bare model of [`Agent::new`]).
+    pub fn preferred_model(&self) -> &str {
+        &self.router.routes()[0].name
     }
 
-    /// The provider, for health checks.
+    /// The preferred model's provider, for health checks.
     pub fn provider(&self) -> &Arc<dyn Provider> {
-        &self.provider
+        &self.router.routes()[0].provider
+    }
+
+    /// Tells the user (through `events`) and the audit log about a retry or failover.
+    fn route_event(
+        &self,
+        session: &SessionId,
+        event: RouteEvent,
+        events: Option<&mpsc::UnboundedSender<AgentEvent>>,
+    ) {
+        let (record, shown) = match event {
+            RouteEvent::Retry {
+                route,
+                attempt,
+                wait,
+                error,
+            } => (
+                json!({
+                    "session": session.as_str(), "model": route, "attempt": attempt,
+                    "wait_ms": wait.as_millis() as u64, "error": error.to_string(),
+                }),
+                AgentEvent::Retrying {
+                    model: route,
+                    attempt,
+                    wait_ms: wait.as_millis() as u64,
+                    reason: error.to_string(),
+                },
+            ),
+            RouteEvent::Failover { from, to, error } => (
+                json!({
+                    "session": session.as_str(), "from": from, "to": to,
+                    "error": error.to_string(),
+                }),
+                AgentEvent::ModelSwitched {
+                    from,
+                    to,
+                    reason: error.to_string(),
+                },
+            ),
+        };
+        let name = match shown {
+            AgentEvent::Retrying { .. } => "model_retry",
+            _ => "model_failover",
+        };
+        tracing::warn!(event = name, details = %record, "model provider trouble");
+        // The record is scrubbed by the Gate; a failed append is logged there.
+        let _ = self.gate.record(name, record);
+        if let Some(tx) = events {
+            let _ = tx.send(shown);
+        }
     }
 
     /// Runs one turn for `user_text` in `session`. Events are sent to `events` when
@@ -193,12 +286,22 @@ impl Agent {
                             }
                         })
                     };
-                    let r = self.provider.chat(&request, Some(&delta_tx)).await;
+                    let r = self
+                        .router
+                        .chat(&request, Some(&delta_tx), &mut |e| {
+                            self.route_event(session, e, Some(tx))
+                        })
+                        .await;
                     drop(delta_tx);
                     let _ = forward.await;
-                    r?
+                    r?.0
                 }
-                None => self.provider.chat(&request, None).await?,
+                None => {
+                    self.router
+                        .chat(&request, None, &mut |e| self.route_event(session, e, None))
+                        .await?
+                        .0
+                }
             };
             if let Some(u) = &response.usage {
                 outcome.usage.0 += u.prompt_tokens;

@@ -1,7 +1,8 @@
 //! The model side of Carapace: the [`Provider`] trait and its implementations, starting
 //! with [`OpenAiCompat`], a client for any server that speaks OpenAI Chat Completions
 //! (OpenAI, Ollama, llama.cpp, vLLM), then clients for the Anthropic Messages API, the
-//! Gemini API, Ollama's native chat API and the OpenAI Responses API.
+//! Gemini API, Ollama's native chat API and the OpenAI Responses API. A [`Router`] adds
+//! retries with backoff and a failover chain over them.
 //!
 //! A provider turns a [`ChatRequest`] into one model turn and nothing more. This crate
 //! never sees or decides policy and never executes a tool: tool calls come back as
@@ -14,8 +15,10 @@ mod http;
 pub mod ollama;
 mod openai;
 pub mod openai_responses;
+mod route;
 
 pub use openai::{OpenAiCompat, OpenAiConfig};
+pub use route::{RetryPolicy, Route, RouteEvent, Router};
 
 use std::time::Duration;
 

@@ -69,7 +69,7 @@ pub(crate) async fn status(State(state): State<Arc<AppState>>) -> ApiResult {
         "tools": state.gate.tool_specs().iter().map(|t| json!({ "name": t.name, "effect": t.effect.as_str() })).collect::<Vec<_>>(),
     });
     match &state.agent {
-        Some(agent) => body["model"] = json!(agent.model()),
+        Some(agent) => body["model"] = json!(agent.preferred_model()),
         None => body["provider_hint"] = json!(state.provider_hint),
     }
     Ok(Json(body))

@@ -30,7 +30,7 @@ pub(crate) async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
         .agent
         .iter()
         .map(
-            |a| json!({ "id": a.model(), "object": "model", "created": 0, "owned_by": "carapace" }),
+            |a| json!({ "id": a.preferred_model(), "object": "model", "created": 0, "owned_by": "carapace" }),
         )
         .collect();
     Json(json!({ "object": "list", "data": data }))
@@ -134,12 +134,12 @@ pub(crate) async fn chat_completions(
     if let Some(model) = &req.model {
         // Carapace answers with its configured model; a different name is not an error,
         // so clients that insist on a model name still work.
-        tracing::debug!(requested = %model, using = agent.model(), "model name from client");
+        tracing::debug!(requested = %model, using = agent.preferred_model(), "model name from client");
     }
     let text = last_user_text(&req.messages)?;
     let session = choose_session(&state, req.user.as_deref())?;
     let id = format!("chatcmpl-{}", random_hex(12));
-    let model = agent.model().to_string();
+    let model = agent.preferred_model().to_string();
     let created = carapace_gate::now_ms() / 1000;
 
     if !req.stream {

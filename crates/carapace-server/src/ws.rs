@@ -215,6 +215,17 @@ async fn run_chat(
                     AgentEvent::ToolResult { id, name, ok, code } => {
                         json!({ "type": "tool_result", "session": sid, "id": id, "name": name, "ok": ok, "code": code })
                     }
+                    AgentEvent::Retrying {
+                        model,
+                        attempt,
+                        wait_ms,
+                        reason,
+                    } => {
+                        json!({ "type": "retrying", "session": sid, "model": model, "attempt": attempt, "wait_ms": wait_ms, "reason": reason })
+                    }
+                    AgentEvent::ModelSwitched { from, to, reason } => {
+                        json!({ "type": "model_switched", "session": sid, "from": from, "to": to, "reason": reason })
+                    }
                 };
                 let _ = out.send(v);
             }

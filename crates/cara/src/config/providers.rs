@@ -172,12 +172,19 @@ pub struct ModelTarget {
     pub api_key: Option<Secret<String>>,
     /// Where the key came from (`$ANTHROPIC_API_KEY`), if there is one.
     pub api_key_from: Option<String>,
+    /// Whether the name named the provider (`openai/gpt-4o` rather than `gpt-4o`).
+    prefixed: bool,
 }
 
 impl ModelTarget {
-    /// `provider/model`, as users write it.
+    /// `provider/model`, or the bare model when it was named without its provider (a
+    /// model of the `openai` provider).
     pub fn full_name(&self) -> String {
-        format!("{}/{}", self.provider, self.model)
+        if self.prefixed {
+            format!("{}/{}", self.provider, self.model)
+        } else {
+            self.model.clone()
+        }
     }
 
     /// The client for this provider. Its key goes only to its base URL.
@@ -347,9 +354,9 @@ impl Resolver<'_> {
             .get(name)
             .map(|t| t.get_ref().trim())
             .unwrap_or(name);
-        let (provider, model) = match name.split_once('/') {
-            Some((p, m)) if builtin(p).is_some() || self.providers.contains_key(p) => (p, m),
-            _ => ("openai", name),
+        let (provider, model, prefixed) = match name.split_once('/') {
+            Some((p, m)) if builtin(p).is_some() || self.providers.contains_key(p) => (p, m, true),
+            _ => ("openai", name, false),
         };
         if model.is_empty() {
             return Err(ResolveError::Name(format!(
@@ -359,10 +366,15 @@ impl Resolver<'_> {
                     .unwrap_or("MODEL")
             )));
         }
-        self.target(provider, model)
+        self.target(provider, model, prefixed)
     }
 
-    fn target(&self, provider: &str, model: &str) -> Result<ModelTarget, ResolveError> {
+    fn target(
+        &self,
+        provider: &str,
+        model: &str,
+        prefixed: bool,
+    ) -> Result<ModelTarget, ResolveError> {
         let table = self.providers.get(provider);
         let built = builtin(provider);
         let kind = table
@@ -430,6 +442,7 @@ impl Resolver<'_> {
             base_url_origin,
             api_key,
             api_key_from,
+            prefixed,
         })
     }
 
