@@ -74,7 +74,10 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
     let token = dd.read_token()?;
     let mut secrets = vec![token.clone()];
     if let ProviderSetup::Ready(p) = &settings.provider {
-        secrets.extend(p.target.api_key.clone());
+        // Every key of the chain: a model must not be able to echo another's.
+        for t in std::iter::once(&p.target).chain(&p.fallbacks) {
+            secrets.extend(t.api_key.clone());
+        }
     }
     scrubber.add(&secrets);
     tracing::info!(secrets = preloaded, "vault loaded");

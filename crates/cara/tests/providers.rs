@@ -182,7 +182,8 @@ async fn an_overloaded_model_is_retried_then_the_chain_fails_over_visibly_and_on
     let anthropic = FakeAnthropic::start(vec![overloaded(), overloaded()]).await;
     let openai = FakeOpenAi::start(vec![
         Reply::Text("answer from the fallback".into()),
-        Reply::Text("second answer".into()),
+        // A model of the chain that knows another's key cannot show it.
+        Reply::Text("second answer, and the key is sk-ant-e2e-0004".into()),
     ])
     .await;
     let dir = TestDir::new();
@@ -213,10 +214,11 @@ async fn an_overloaded_model_is_retried_then_the_chain_fails_over_visibly_and_on
         "(model anthropic/claude-test failed: provider answered http 529: overloaded_error: Overloaded; trying again in",
         "(model anthropic/claude-test keeps failing: provider answered http 529: overloaded_error: Overloaded; switched to openai/fake-model)",
         "cara> answer from the fallback",
-        "cara> second answer",
+        "cara> second answer, and the key is [REDACTED]",
     ] {
         assert!(out.stdout.contains(expected), "{expected:?} in {out:#?}");
     }
+    assert!(!out.stdout.contains("sk-ant-e2e-0004"), "{out:#?}");
     assert_eq!(anthropic.requests().len(), 2);
     assert_eq!(openai.requests().len(), 2);
 
