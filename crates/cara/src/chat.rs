@@ -332,7 +332,7 @@ pub async fn chat(
 
 /// Model text made safe for a terminal: control characters (escape sequences that could
 /// rewrite the screen, hide text or set the clipboard) are shown as `\u{..}` instead.
-fn printable(text: &str) -> String {
+pub(crate) fn printable(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if c.is_control() && c != '\n' && c != '\t' {

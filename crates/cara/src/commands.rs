@@ -224,6 +224,74 @@ fn open_audit(dd: &DataDir) -> anyhow::Result<Option<(Store, AuditKey)>> {
 
 /// While the gateway runs it holds the database (exclusively), so the audit commands ask
 /// it; otherwise they read the file themselves.
+/// `cara usage`: from the running gateway, else from the database directly.
+pub async fn usage(dd: &DataDir, days: u32, as_json: bool) -> anyhow::Result<ExitCode> {
+    let report = if let Some(daemon) = Daemon::find(dd).await? {
+        daemon.get(&format!("/api/usage?days={days}")).await?
+    } else {
+        if !dd.db().exists() {
+            println!("no usage yet ({} does not exist)", dd.db().display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        let file = config::load(&dd.config())?;
+        let store =
+            Store::open(&dd.db()).with_context(|| format!("cannot open {}", dd.db().display()))?;
+        carapace_server::usage_report(
+            &store,
+            days,
+            file.usage.accounting().daily_budget_micros,
+            carapace_gate::now_ms(),
+        )
+        .context("cannot read usage")?
+    };
+    if as_json {
+        println!("{report}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let line = |u: &Value| {
+        let unpriced = u["unpriced_calls"].as_u64().unwrap_or(0);
+        format!(
+            "{:>5} calls {:>10} in {:>9} out  ${:.4}{}",
+            u["calls"].as_u64().unwrap_or(0),
+            u["prompt_tokens"].as_u64().unwrap_or(0),
+            u["completion_tokens"].as_u64().unwrap_or(0),
+            u["cost_usd"].as_f64().unwrap_or(0.0),
+            if unpriced > 0 {
+                format!(" (+{unpriced} calls of models without a price)")
+            } else {
+                String::new()
+            }
+        )
+    };
+    let today = &report["today"];
+    println!(
+        "today ({} UTC): {}",
+        today["day"].as_str().unwrap_or("?"),
+        line(&today["usage"])
+    );
+    match report["daily_budget_usd"].as_f64() {
+        Some(b) => println!(
+            "daily budget: ${b:.2}, {:.0}% used",
+            100.0 * today["usage"]["cost_usd"].as_f64().unwrap_or(0.0) / b
+        ),
+        None => println!("daily budget: none (usage.daily_budget_usd)"),
+    }
+    println!("\nsince {}:", report["since"].as_str().unwrap_or("?"));
+    let rows = report["days"].as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        println!("  no model calls");
+    }
+    for r in rows {
+        println!(
+            "  {}  {:<36} {}",
+            r["day"].as_str().unwrap_or("?"),
+            crate::chat::printable(r["model"].as_str().unwrap_or("?")),
+            line(&r["usage"])
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn audit_verify(dd: &DataDir) -> anyhow::Result<ExitCode> {
     let (ok, records, head, seq, reason) = if let Some(daemon) = Daemon::find(dd).await? {
         let v = daemon.get("/api/audit/verify").await?;

@@ -50,6 +50,7 @@ pub struct Config {
     /// `[providers.NAME]`: endpoints of built-in providers, and providers of one's own.
     pub providers: std::collections::BTreeMap<String, providers::ProviderTable>,
     pub agent: AgentSection,
+    pub usage: UsageSection,
     pub gate: GateSection,
     pub sandbox: sandbox::SandboxSection,
     pub egress: egress::EgressSection,
@@ -109,6 +110,84 @@ impl Default for ProviderSection {
             request_timeout_secs: Spanned::new(0..0, 300),
             stall_timeout_secs: Spanned::new(0..0, 60),
             api_key: None,
+        }
+    }
+}
+
+/// `[usage]`: what model calls cost and what a day may cost.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageSection {
+    /// The most a UTC day's priced model calls may cost; a turn asked for after that is
+    /// refused until the next day.
+    pub daily_budget_usd: Option<Spanned<f64>>,
+    /// Prices per model (`provider/model`, a model or its prefix, or `provider/*`), over
+    /// the defaults.
+    pub prices: std::collections::BTreeMap<String, Spanned<PriceEntry>>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceEntry {
+    /// US dollars per million prompt tokens.
+    pub input_per_mtok: f64,
+    /// US dollars per million generated tokens.
+    pub output_per_mtok: f64,
+}
+
+impl UsageSection {
+    fn validate(&self, at: &Locator<'_>) -> anyhow::Result<()> {
+        if let Some(b) = &self.daily_budget_usd {
+            let v = *b.get_ref();
+            if !(v.is_finite() && v > 0.0 && v <= 1e9) {
+                return Err(at.span(
+                    b.span(),
+                    "usage.daily_budget_usd",
+                    format!("{v} is not a budget; use dollars above 0, like 5.0"),
+                ));
+            }
+        }
+        for (model, p) in &self.prices {
+            let PriceEntry {
+                input_per_mtok,
+                output_per_mtok,
+            } = *p.get_ref();
+            if [input_per_mtok, output_per_mtok]
+                .iter()
+                .any(|v| !v.is_finite() || *v < 0.0 || *v > 1e6)
+            {
+                return Err(at.span(
+                    p.span(),
+                    &format!("usage.prices.{model}"),
+                    "prices are dollars per million tokens, 0 or more".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The prices and budget the agent applies.
+    pub fn accounting(&self) -> carapace_agent::Accounting {
+        carapace_agent::Accounting {
+            prices: carapace_llm::PriceTable::new(
+                self.prices
+                    .iter()
+                    .map(|(model, p)| {
+                        let p = p.get_ref();
+                        (
+                            model.clone(),
+                            carapace_llm::Price {
+                                input_per_mtok: p.input_per_mtok,
+                                output_per_mtok: p.output_per_mtok,
+                            },
+                        )
+                    })
+                    .collect(),
+            ),
+            daily_budget_micros: self
+                .daily_budget_usd
+                .as_ref()
+                .map(|b| (b.get_ref() * 1e6).round() as u64),
         }
     }
 }
@@ -193,6 +272,12 @@ failover_cooldown_secs = 60              # a model that kept failing is skipped 
 
 [agent]
 max_steps = 16
+
+[usage]
+# daily_budget_usd = 5.0          # no new turn once a UTC day's priced calls cost this much
+# [usage.prices."lab/qwen3-32b"]  # US dollars per million tokens; defaults cover common models
+# input_per_mtok = 0.0
+# output_per_mtok = 0.0
 
 [gate]
 tool_timeout_secs = 30
@@ -423,6 +508,7 @@ fn validate(path: &Path, text: &str, c: &Config) -> anyhow::Result<()> {
             ));
         }
     }
+    c.usage.validate(&at)?;
     c.sandbox.validate(&at)?;
     c.egress.validate(&at)?;
     c.vault.validate(&at)?;
@@ -746,7 +832,7 @@ mod tests {
         check_err(
             "[unknown]\n",
             expect![
-                "config.toml:1:2: unknown field `unknown`, expected one of `server`, `provider`, `providers`, `agent`, `gate`, `sandbox`, `egress`, `vault`"
+                "config.toml:1:2: unknown field `unknown`, expected one of `server`, `provider`, `providers`, `agent`, `usage`, `gate`, `sandbox`, `egress`, `vault`"
             ],
         );
         check_err(
@@ -1040,6 +1126,51 @@ base_url = "https://llm-proxy.example.com/anthropic"
         )
         .unwrap();
         assert_eq!(r.3, "http://127.0.0.1:7");
+    }
+
+    #[test]
+    fn bad_usage_settings_name_the_key() {
+        for (text, expected) in [
+            (
+                "[usage]\ndaily_budget_usd = -1.0\n",
+                "config.toml:2:20: key `usage.daily_budget_usd`: -1 is not a budget",
+            ),
+            (
+                "[usage]\ndaily_budget_usd = nan\n",
+                "config.toml:2:20: key `usage.daily_budget_usd`: NaN is not a budget",
+            ),
+            (
+                "[usage.prices.\"lab/x\"]\ninput_per_mtok = -1.0\noutput_per_mtok = 0.0\n",
+                "key `usage.prices.lab/x`: prices are dollars per million tokens",
+            ),
+            (
+                "[usage.prices.x]\ninput_per_mtok = 1.0\n",
+                "missing field `output_per_mtok`",
+            ),
+        ] {
+            let err = parse(Path::new("config.toml"), text)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{text}\n{err}");
+            assert!(err.starts_with("config.toml:"), "{err}");
+        }
+        let c = parse(
+            Path::new("config.toml"),
+            "[usage]\ndaily_budget_usd = 2.5\n[usage.prices.\"lab/*\"]\ninput_per_mtok = 0.0\noutput_per_mtok = 0.0\n",
+        )
+        .unwrap();
+        let a = c.usage.accounting();
+        assert_eq!(a.daily_budget_micros, Some(2_500_000));
+        assert_eq!(
+            a.prices.cost_micros(
+                "lab/m",
+                carapace_llm::Usage {
+                    prompt_tokens: 9,
+                    completion_tokens: 9
+                }
+            ),
+            Some(0)
+        );
     }
 
     #[test]

@@ -64,6 +64,16 @@ enum Command {
     },
     /// Show whether the gateway runs, where, with which model, and what waits for you.
     Status,
+    /// Show token counts and cost: today's total against the daily budget, and per day
+    /// and model (UTC days).
+    Usage {
+        /// How many days back, today included.
+        #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=366))]
+        days: u32,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check configuration, permissions, the provider, the audit log and kernel
     /// features, and say what to fix.
     Doctor,
@@ -274,6 +284,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             allow_hosts,
         } => runtime(1)?.block_on(chat::chat(&dd, session, no_start, allow_hosts)),
         Command::Status => runtime(1)?.block_on(commands::status(&dd)),
+        Command::Usage { days, json } => runtime(1)?.block_on(commands::usage(&dd, days, json)),
         Command::Doctor => runtime(1)?.block_on(doctor::doctor(&dd)),
         Command::Setup { base_url, model } => commands::setup(&dd, base_url, model),
         Command::Config(c) => match c {

@@ -135,7 +135,8 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
                         .clone()
                         .unwrap_or_else(|| SYSTEM_PROMPT.to_string()),
                 },
-            );
+            )
+            .with_accounting(file.usage.accounting());
             (Some(agent), String::new())
         }
         ProviderSetup::Missing(hint) => {

@@ -231,3 +231,83 @@ async fn an_overloaded_model_is_retried_then_the_chain_fails_over_visibly_and_on
     assert_eq!(events, ["model_retry", "model_failover"]);
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn usage_is_counted_priced_and_the_daily_budget_stops_new_turns() {
+    let fake = FakeOpenAi::start(vec![
+        Reply::Text("first answer".into()),
+        Reply::Text("never sent".into()),
+    ])
+    .await;
+    let dir = TestDir::new();
+    std::fs::create_dir_all(dir.data()).unwrap();
+    // $1 per prompt token: the first turn alone spends more than the budget.
+    std::fs::write(
+        dir.config(),
+        "[usage]\ndaily_budget_usd = 0.5\n[usage.prices.fake-model]\ninput_per_mtok = 1000000.0\noutput_per_mtok = 0.0\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start(&dir, &fake).await;
+    let (text, _) = ask(&daemon, "hi").await;
+    assert_eq!(text, "first answer");
+
+    let (status, body) = json_response(
+        daemon
+            .authed(Method::POST, "/v1/chat/completions")
+            .json(&json!({ "messages": [{ "role": "user", "content": "more" }] }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(crate::util::error_code(&body), "BUDGET_REACHED", "{body}");
+    assert_eq!(
+        fake.requests().len(),
+        1,
+        "the refused turn never reached the model"
+    );
+
+    let (status, usage) = json_response(
+        daemon
+            .authed(Method::GET, "/api/usage?days=2")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{usage}");
+    let today = &usage["today"]["usage"];
+    assert_eq!(today["calls"], 1, "{usage}");
+    let prompt = today["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt > 0, "{usage}");
+    assert_eq!(
+        today["cost_usd"].as_f64().unwrap(),
+        prompt as f64,
+        "{usage}"
+    );
+    assert_eq!(usage["daily_budget_usd"], 0.5);
+    assert_eq!(usage["days"][0]["model"], "fake-model");
+    for bad in [
+        "/api/usage?days=0",
+        "/api/usage?days=400",
+        "/api/usage?weeks=1",
+    ] {
+        let (status, _) =
+            json_response(daemon.authed(Method::GET, bad).send().await.unwrap()).await;
+        assert_eq!(status, 400, "{bad}");
+    }
+
+    let out = cara(&dir).args(["usage"]).run().await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert!(out.stdout.contains("daily budget: $0.50"), "{out:#?}");
+    assert!(out.stdout.contains("fake-model"), "{out:#?}");
+    daemon.stop().await;
+
+    // Without a gateway, from the database: the same numbers.
+    let out = cara(&dir).args(["usage", "--json"]).run().await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let offline: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(offline["today"]["usage"], *today);
+    assert_eq!(offline["daily_budget_usd"], 0.5);
+}

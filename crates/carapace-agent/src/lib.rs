@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use carapace_gate::{CallRequest, Gate, RawArgs};
 use carapace_llm::{
-    ChatMessage, ChatRequest, Provider, RetryPolicy, Route, RouteEvent, Router, StreamEvent,
-    ToolCallRequest, ToolSpec,
+    ChatMessage, ChatRequest, PriceTable, Provider, RetryPolicy, Route, RouteEvent, Router,
+    StreamEvent, ToolCallRequest, ToolSpec,
 };
-use carapace_store::{MessageRecord, NewMessage, Role, Store};
+use carapace_store::{MessageRecord, NewMessage, Role, Store, UsageRecord, utc_day};
 use carapace_types::{Label, Principal, SessionId, Source};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -94,6 +94,28 @@ pub enum AgentError {
     /// The model kept calling tools past the step bound.
     #[error("the model made {0} steps without a final answer; stopped")]
     TooManySteps(usize),
+    /// Today's spending (UTC) reached the daily budget; no new turn starts until
+    /// tomorrow or until the budget is raised.
+    #[error(
+        "the daily budget of ${:.2} is reached (${:.2} spent today, UTC); no new turn starts until tomorrow or a higher usage.daily_budget_usd",
+        *budget_micros as f64 / 1e6,
+        *spent_micros as f64 / 1e6
+    )]
+    BudgetReached {
+        /// Spent today, in millionths of a dollar.
+        spent_micros: u64,
+        /// The budget, in millionths of a dollar.
+        budget_micros: u64,
+    },
+}
+
+/// How model calls are priced, and what a day may cost.
+#[derive(Clone, Debug, Default)]
+pub struct Accounting {
+    /// Prices per model.
+    pub prices: PriceTable,
+    /// The most a UTC day's priced calls may cost, in millionths of a dollar.
+    pub daily_budget_micros: Option<u64>,
 }
 
 /// Settings of the loop.
@@ -117,6 +139,7 @@ pub struct Agent {
     gate: Gate,
     store: Arc<Store>,
     config: AgentConfig,
+    accounting: Arc<Accounting>,
 }
 
 impl Agent {
@@ -153,7 +176,20 @@ impl Agent {
             gate,
             store,
             config,
+            accounting: Arc::default(),
         }
+    }
+
+    /// Prices calls with `accounting` and holds turns to its daily budget. Without it,
+    /// usage is recorded with the default prices and no budget.
+    pub fn with_accounting(mut self, accounting: Accounting) -> Agent {
+        self.accounting = Arc::new(accounting);
+        self
+    }
+
+    /// The prices and budget in force.
+    pub fn accounting(&self) -> &Accounting {
+        &self.accounting
     }
 
     /// The preferred model: `provider/model` (or the bare model of [`Agent::new`]).
@@ -228,6 +264,18 @@ impl Agent {
         if self.store.session(session)?.is_none() {
             return Err(AgentError::NoSession);
         }
+        if let Some(budget) = self.accounting.daily_budget_micros {
+            let spent = self
+                .store
+                .usage_of_day(&utc_day(carapace_gate::now_ms()))?
+                .cost_micros;
+            if spent >= budget {
+                return Err(AgentError::BudgetReached {
+                    spent_micros: spent,
+                    budget_micros: budget,
+                });
+            }
+        }
         self.persist(
             session,
             Role::User,
@@ -294,18 +342,26 @@ impl Agent {
                         .await;
                     drop(delta_tx);
                     let _ = forward.await;
-                    r?.0
+                    r?
                 }
                 None => {
                     self.router
                         .chat(&request, None, &mut |e| self.route_event(session, e, None))
                         .await?
-                        .0
                 }
             };
-            if let Some(u) = &response.usage {
+            let (response, answered_by) = response;
+            if let Some(u) = response.usage {
                 outcome.usage.0 += u.prompt_tokens;
                 outcome.usage.1 += u.completion_tokens;
+                self.store.record_usage(&UsageRecord {
+                    session: session.clone(),
+                    cost_micros: self.accounting.prices.cost_micros(&answered_by, u),
+                    model: answered_by,
+                    created_ms: carapace_gate::now_ms(),
+                    prompt_tokens: u.prompt_tokens,
+                    completion_tokens: u.completion_tokens,
+                })?;
             }
 
             if response.tool_calls.is_empty() {

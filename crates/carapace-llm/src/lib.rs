@@ -15,9 +15,11 @@ mod http;
 pub mod ollama;
 mod openai;
 pub mod openai_responses;
+mod prices;
 mod route;
 
 pub use openai::{OpenAiCompat, OpenAiConfig};
+pub use prices::{Price, PriceTable};
 pub use route::{RetryPolicy, Route, RouteEvent, Router};
 
 use std::time::Duration;

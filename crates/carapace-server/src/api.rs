@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use carapace_gate::{ApprovalDecisionError, ApprovalInfo};
-use carapace_store::{AuditEntry, MessageRecord, SessionRecord, StoreError};
+use carapace_store::{AuditEntry, MessageRecord, SessionRecord, StoreError, UsageTotal, utc_day};
 use carapace_types::{Label, SessionId};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -151,7 +151,75 @@ pub(crate) async fn get_session(
 ) -> ApiResult {
     let Path(id) = id.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let s = find_session(&state, &id)?;
-    Ok(Json(json!({ "session": session_json(&s) })))
+    let usage = state
+        .store
+        .usage_of_session(&s.id)
+        .map_err(ApiError::internal)?;
+    Ok(Json(
+        json!({ "session": session_json(&s), "usage": usage_json(&usage) }),
+    ))
+}
+
+fn usage_json(t: &UsageTotal) -> Value {
+    json!({
+        "calls": t.calls,
+        "prompt_tokens": t.prompt_tokens,
+        "completion_tokens": t.completion_tokens,
+        "cost_usd": t.cost_micros as f64 / 1e6,
+        "unpriced_calls": t.unpriced_calls,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UsageQuery {
+    /// How many UTC days back, today included.
+    #[serde(default = "default_usage_days")]
+    days: u32,
+}
+
+fn default_usage_days() -> u32 {
+    7
+}
+
+/// Token counts and cost: today's totals and budget, and per day and model.
+pub(crate) async fn usage(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if !(1..=366).contains(&q.days) {
+        return Err(ApiError::bad_request("days must be between 1 and 366"));
+    }
+    let budget = state
+        .agent
+        .as_ref()
+        .and_then(|a| a.accounting().daily_budget_micros);
+    usage_report(&state.store, q.days, budget, carapace_gate::now_ms())
+        .map(Json)
+        .map_err(ApiError::internal)
+}
+
+/// Usage as `GET /api/usage` answers it: today's totals and the daily budget, and per
+/// day and model for the last `days` UTC days (today included). `cara usage` prints it.
+pub fn usage_report(
+    store: &carapace_store::Store,
+    days: u32,
+    daily_budget_micros: Option<u64>,
+    now_ms: i64,
+) -> Result<Value, StoreError> {
+    let today = utc_day(now_ms);
+    let first = utc_day(now_ms - i64::from(days.max(1) - 1) * 86_400_000);
+    let total = store.usage_of_day(&today)?;
+    let rows = store.usage_since(&first)?;
+    Ok(json!({
+        "today": { "day": today, "usage": usage_json(&total) },
+        "daily_budget_usd": daily_budget_micros.map(|b| b as f64 / 1e6),
+        "since": first,
+        "days": rows.iter().map(|r| json!({
+            "day": r.day, "model": r.model, "usage": usage_json(&r.total),
+        })).collect::<Vec<_>>(),
+    }))
 }
 
 pub(crate) async fn list_messages(

@@ -12,6 +12,7 @@ mod error;
 mod openai;
 mod ws;
 
+pub use api::usage_report;
 pub use error::ApiError;
 
 use std::collections::HashMap;
@@ -150,6 +151,11 @@ impl AppState {
                     format!("the model made {n} steps without a final answer; stopped"),
                 ),
                 AgentError::Store(s) => ApiError::internal(s),
+                e @ AgentError::BudgetReached { .. } => ApiError::new(
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    "BUDGET_REACHED",
+                    e.to_string(),
+                ),
             })
     }
 }
@@ -160,6 +166,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(openai::models))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/api/status", get(api::status))
+        .route("/api/usage", get(api::usage))
         .route(
             "/api/sessions",
             get(api::list_sessions).post(api::create_session),

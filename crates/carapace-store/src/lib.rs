@@ -1,5 +1,5 @@
 //! SQLite persistence for Carapace: sessions and their messages, the labels of files the
-//! agent wrote, and the append-only audit log (hash-chained, with an HMAC-signed head).
+//! agent wrote, the token usage of model calls, and the append-only audit log (hash-chained, with an HMAC-signed head).
 //! This is the only crate that speaks SQL; no other crate opens the database.
 //!
 //! The store keeps facts and never makes a policy decision: it does not decide whether
@@ -13,6 +13,7 @@ mod canonical;
 mod error;
 mod schema;
 mod session;
+mod usage;
 
 use std::fs::{OpenOptions, Permissions};
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
@@ -26,6 +27,7 @@ pub use audit::{AuditEntry, AuditKey, AuditReport};
 pub use canonical::{MAX_JSON_DEPTH, canonical_json};
 pub use error::StoreError;
 pub use session::{AgentWrite, MessageRecord, NewMessage, Role, SessionRecord};
+pub use usage::{UsageRecord, UsageRow, UsageTotal, utc_day};
 
 /// The database. One connection behind a mutex; cheap calls, so callers share one `Store`.
 pub struct Store {

@@ -5,7 +5,7 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use crate::StoreError;
 
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 const V1: &str = "
 CREATE TABLE sessions (
@@ -69,6 +69,23 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 /// session is created.
 const V2: &str = "
 ALTER TABLE sessions ADD COLUMN egress_hosts TEXT;
+";
+
+/// Token counts and cost of every model call, for `cara usage` and the daily budget.
+/// `day` is the UTC date of the call; cost is in millionths of a US dollar, NULL when the
+/// model has no price.
+const V3: &str = "
+CREATE TABLE usage (
+    session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    model TEXT NOT NULL,
+    day TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cost_micros INTEGER
+) STRICT;
+CREATE INDEX usage_by_day ON usage (day);
+CREATE INDEX usage_by_session ON usage (session_id);
 ";
 
 /// Brings the schema up to date. Runs in one IMMEDIATE transaction so that two processes

@@ -349,12 +349,75 @@ fn a_session_keeps_its_own_host_list_and_a_version_1_file_is_upgraded() {
 
     // A file written before host lists existed opens, upgraded, with no lists.
     let raw = Connection::open(&path).unwrap();
-    raw.execute_batch("ALTER TABLE sessions DROP COLUMN egress_hosts; PRAGMA user_version = 1;")
-        .unwrap();
+    raw.execute_batch(
+        "DROP TABLE usage; ALTER TABLE sessions DROP COLUMN egress_hosts;
+         PRAGMA user_version = 1;",
+    )
+    .unwrap();
     drop(raw);
     let store = Store::open(&path).unwrap();
     assert_eq!(store.session(&scoped).unwrap().unwrap().egress_hosts, None);
     assert_eq!(store.list_sessions(10).unwrap().len(), 3);
+}
+
+#[test]
+fn usage_adds_up_per_session_and_utc_day_and_unpriced_calls_are_counted_apart() {
+    use carapace_store::{UsageRecord, UsageTotal};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("carapace.db")).unwrap();
+    let (a, b) = (SessionId::new("a"), SessionId::new("b"));
+    store.create_session(&a, "a", 1).unwrap();
+    store.create_session(&b, "b", 1).unwrap();
+    // 2026-12-07 23:59:59.999 UTC and 2026-12-08 00:00 UTC.
+    let (late, next) = (1_796_687_999_999, 1_796_688_000_000);
+    let call = |session: &SessionId, model: &str, at, p, c, cost| UsageRecord {
+        session: session.clone(),
+        model: model.into(),
+        created_ms: at,
+        prompt_tokens: p,
+        completion_tokens: c,
+        cost_micros: cost,
+    };
+    store
+        .record_usage(&call(&a, "anthropic/x", late, 100, 10, Some(450)))
+        .unwrap();
+    store
+        .record_usage(&call(&a, "ollama/y", late, 5, 5, None))
+        .unwrap();
+    store
+        .record_usage(&call(&b, "anthropic/x", next, 1000, 100, Some(4500)))
+        .unwrap();
+
+    assert_eq!(
+        store.usage_of_day("2026-12-07").unwrap(),
+        UsageTotal {
+            calls: 2,
+            prompt_tokens: 105,
+            completion_tokens: 15,
+            cost_micros: 450,
+            unpriced_calls: 1
+        }
+    );
+    assert_eq!(store.usage_of_day("2026-12-08").unwrap().cost_micros, 4500);
+    assert_eq!(
+        store.usage_of_day("2026-12-09").unwrap(),
+        UsageTotal::default()
+    );
+    assert_eq!(store.usage_of_session(&b).unwrap().prompt_tokens, 1000);
+    let rows = store.usage_since("2026-12-07").unwrap();
+    let keys: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r.day.as_str(), r.model.as_str()))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("2026-12-08", "anthropic/x"),
+            ("2026-12-07", "anthropic/x"),
+            ("2026-12-07", "ollama/y")
+        ]
+    );
+    assert_eq!(store.usage_since("2026-12-08").unwrap().len(), 1);
 }
 
 #[test]
@@ -366,7 +429,7 @@ fn a_newer_schema_is_refused() {
     let version: i64 = raw
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     // Reopening does not migrate twice.
     drop(Store::open(&path).unwrap());
     raw.execute_batch("PRAGMA user_version = 99").unwrap();
@@ -376,7 +439,7 @@ fn a_newer_schema_is_refused() {
             err,
             StoreError::SchemaTooNew {
                 found: 99,
-                supported: 2
+                supported: 3
             }
         ),
         "{err:?}"
