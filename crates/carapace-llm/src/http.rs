@@ -26,6 +26,11 @@ const MAX_MESSAGE_CHARS: usize = 500;
 /// (Gemini's `RetryInfo`) when the `Retry-After` header has none.
 pub(crate) type ErrorDecoder = fn(&Value) -> (Option<String>, Option<Duration>);
 
+/// Authenticates one request just before it is sent, from the request itself: for
+/// schemes whose headers depend on the method, URL, headers and body (AWS SigV4).
+pub(crate) type Signer =
+    Box<dyn Fn(&mut reqwest::Request) -> Result<(), ProviderError> + Send + Sync>;
+
 /// One provider's endpoint and key: every request of a provider goes through here.
 pub(crate) struct Transport {
     /// Built on first use: a daemon that is never asked anything holds no TLS state.
@@ -40,6 +45,13 @@ pub(crate) struct Transport {
     /// indexes it.
     key_header: Option<(HeaderName, Secret<HeaderValue>)>,
     decode_error: ErrorDecoder,
+    /// Signs every request, for providers that authenticate each request on its own.
+    signer: Option<Signer>,
+    /// More secrets cut out of every error message, the signer's credentials.
+    secrets: Vec<Secret<String>>,
+    /// A header naming the error kind of an error answer (AWS `x-amzn-ErrorType`); the
+    /// kind then opens the message.
+    error_kind_header: Option<HeaderName>,
     pub(crate) request_timeout: Duration,
     pub(crate) stall_timeout: Duration,
 }
@@ -104,9 +116,27 @@ impl Transport {
             key,
             key_header,
             decode_error,
+            signer: None,
+            secrets: Vec::new(),
+            error_kind_header: None,
             request_timeout,
             stall_timeout,
         })
+    }
+
+    /// Signs every request with `signer`; `secrets` (its credentials) are cut out of
+    /// every error message like the key.
+    pub(crate) fn signed_by(mut self, signer: Signer, secrets: Vec<Secret<String>>) -> Transport {
+        self.signer = Some(signer);
+        self.secrets = secrets;
+        self
+    }
+
+    /// Opens the message of an error answer with the kind this header names, without
+    /// anything after a `:` (AWS appends a namespace URL there).
+    pub(crate) fn error_kind_header(mut self, name: HeaderName) -> Transport {
+        self.error_kind_header = Some(name);
+        self
     }
 
     /// The base URL, without a trailing slash.
@@ -148,12 +178,29 @@ impl Transport {
             Some((name, value)) => builder.header(name.clone(), value.expose().clone()),
             None => builder,
         };
-        let resp = builder.send().await.map_err(transport_error)?;
+        let resp = match &self.signer {
+            None => builder.send().await,
+            Some(sign) => {
+                let (client, request) = builder.build_split();
+                let mut request = request.map_err(transport_error)?;
+                sign(&mut request)?;
+                client.execute(request).await
+            }
+        };
+        let resp = resp.map_err(transport_error)?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
         }
         let header_wait = crate::retry_after(resp.headers());
+        let kind = self
+            .error_kind_header
+            .as_ref()
+            .and_then(|name| resp.headers().get(name)?.to_str().ok())
+            .and_then(|v| v.split(':').next())
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(str::to_string);
         let body = read_bounded(resp, MAX_ERROR_BODY_BYTES, None)
             .await
             .unwrap_or_default();
@@ -172,6 +219,10 @@ impl Transport {
                     .unwrap_or("no message")
                     .to_lowercase()
             });
+        let message = match kind {
+            Some(kind) => format!("{kind}: {message}"),
+            None => message,
+        };
         Err(ProviderError::Http {
             status: status.as_u16(),
             message,
@@ -212,28 +263,46 @@ impl Transport {
         resp: reqwest::Response,
         mut on_line: impl FnMut(&str) -> Result<bool, ProviderError>,
     ) -> Result<(), ProviderError> {
-        let mut body = resp.bytes_stream();
         let mut lines = Lines::default();
+        let mut done = false;
+        self.for_each_piece(resp, |piece| {
+            for line in lines.push(piece) {
+                if on_line(&line)? {
+                    done = true;
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+        .await?;
+        if !done && let Some(last) = lines.rest() {
+            on_line(&last)?;
+        }
+        Ok(())
+    }
+
+    /// Feeds each piece of a streamed body, as it arrives, to `on_piece` until it says
+    /// the stream is done (`Ok(true)`) or the body ends. Each piece must arrive within the
+    /// stall timeout; the body is bounded.
+    pub(crate) async fn for_each_piece(
+        &self,
+        resp: reqwest::Response,
+        mut on_piece: impl FnMut(&[u8]) -> Result<bool, ProviderError>,
+    ) -> Result<(), ProviderError> {
+        let mut body = resp.bytes_stream();
         let mut received = 0usize;
         loop {
             let piece = timeout(self.stall_timeout, body.next())
                 .await
                 .map_err(|_| ProviderError::Stalled)?;
-            let Some(piece) = piece else {
-                if let Some(last) = lines.rest() {
-                    on_line(&last)?;
-                }
-                return Ok(());
-            };
+            let Some(piece) = piece else { return Ok(()) };
             let piece = piece.map_err(transport_error)?;
             received += piece.len();
             if received > MAX_RESPONSE_BYTES {
                 return Err(too_large());
             }
-            for line in lines.push(&piece) {
-                if on_line(&line)? {
-                    return Ok(());
-                }
+            if on_piece(&piece)? {
+                return Ok(());
             }
         }
     }
@@ -306,12 +375,12 @@ impl Transport {
     /// The error with any copy of the key cut out and the message bounded.
     pub(crate) fn scrub(&self, err: ProviderError) -> ProviderError {
         let clean = |m: String| {
-            let m = match &self.key {
-                Some(key) if !key.expose().is_empty() => {
-                    m.replace(key.expose().as_str(), "[REDACTED]")
-                }
-                _ => m,
-            };
+            let m = self
+                .key
+                .iter()
+                .chain(&self.secrets)
+                .filter(|s| !s.expose().is_empty())
+                .fold(m, |m, s| m.replace(s.expose().as_str(), "[REDACTED]"));
             m.chars().take(MAX_MESSAGE_CHARS).collect::<String>()
         };
         match err {
@@ -397,7 +466,7 @@ async fn read_bounded(
     }
 }
 
-fn too_large() -> ProviderError {
+pub(crate) fn too_large() -> ProviderError {
     ProviderError::Protocol(format!(
         "the response is larger than {} MiB",
         MAX_RESPONSE_BYTES >> 20

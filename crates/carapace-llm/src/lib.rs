@@ -1,8 +1,9 @@
 //! The model side of Carapace: the [`Provider`] trait and its implementations, starting
 //! with [`OpenAiCompat`], a client for any server that speaks OpenAI Chat Completions
 //! (OpenAI, Ollama, llama.cpp, vLLM), then clients for the Anthropic Messages API, the
-//! Gemini API, Ollama's native chat API and the OpenAI Responses API. A [`Router`] adds
-//! retries with backoff and a failover chain over them.
+//! Gemini API, Ollama's native chat API, the OpenAI Responses API and Amazon Bedrock's
+//! Converse API (SigV4-signed). A [`Router`] adds retries with backoff and a failover
+//! chain over them.
 //!
 //! A provider turns a [`ChatRequest`] into one model turn and nothing more. This crate
 //! never sees or decides policy and never executes a tool: tool calls come back as
@@ -10,6 +11,7 @@
 //! to judge. It never logs, displays or puts an API key into an error message.
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod gemini;
 mod http;
 pub mod ollama;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -63,9 +63,9 @@ impl Drop for DisconnectGuard {
 
 /// A 200 whose body is sent piece by piece; with `stall` it then hangs without closing.
 /// The guard, if any, is finished once the last piece is handed to hyper.
-pub(crate) fn body_response(
+pub(crate) fn body_response<P: Into<Bytes> + Send + 'static>(
     content_type: &'static str,
-    pieces: Vec<String>,
+    pieces: Vec<P>,
     stall: bool,
     guard: Option<DisconnectGuard>,
 ) -> Response {
@@ -77,7 +77,7 @@ pub(crate) fn body_response(
                 guard.finish();
             }
             match piece {
-                Some(piece) => Some((Ok::<_, Infallible>(piece), (pieces, guard))),
+                Some(piece) => Some((Ok::<Bytes, Infallible>(piece.into()), (pieces, guard))),
                 None => {
                     if stall {
                         std::future::pending::<()>().await;

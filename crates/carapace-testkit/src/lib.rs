@@ -6,6 +6,7 @@
 //! and must never touch the internet: every fake listens on 127.0.0.1 only.
 
 pub mod anthropic;
+pub mod bedrock;
 mod fake;
 pub mod gemini;
 pub mod ollama;
