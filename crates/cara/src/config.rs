@@ -266,7 +266,7 @@ failover_cooldown_secs = 60              # a model that kept failing is skipped 
 # fast = "ollama/llama3.2"
 
 # [providers.lab]                 # a provider of your own (vLLM, llama.cpp, LM Studio, a proxy)
-# kind = "openai"                 # openai, openai-responses, anthropic, gemini or ollama
+# kind = "openai"                 # openai, openai-responses, anthropic, gemini, ollama, bedrock
 # base_url = "http://127.0.0.1:8000/v1"
 # api_key_env = "LAB_API_KEY"     # the variable (or vault entry) holding its key, if any
 

@@ -76,7 +76,7 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
     if let ProviderSetup::Ready(p) = &settings.provider {
         // Every key of the chain: a model must not be able to echo another's.
         for t in std::iter::once(&p.target).chain(&p.fallbacks) {
-            secrets.extend(t.api_key.clone());
+            secrets.extend(t.secrets());
         }
     }
     scrubber.add(&secrets);

@@ -311,3 +311,58 @@ async fn usage_is_counted_priced_and_the_daily_budget_stops_new_turns() {
     assert_eq!(offline["today"]["usage"], *today);
     assert_eq!(offline["daily_budget_usd"], 0.5);
 }
+
+#[tokio::test]
+async fn bedrock_signs_with_aws_credentials_from_the_environment_and_the_vault() {
+    use carapace_testkit::bedrock::{
+        ACCESS_KEY_ID, BedrockReply, FakeBedrock, MODEL_ID, REGION, SECRET_ACCESS_KEY,
+    };
+    let fake = FakeBedrock::start(vec![BedrockReply::Text("hello from bedrock".into())]).await;
+    let dir = TestDir::new();
+    // The secret key lives in the vault; the key id and region in the environment.
+    let out = cara(&dir)
+        .args(["vault", "import-env", "AWS_SECRET_ACCESS_KEY"])
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY)
+        .env("CARAPACE_VAULT_PASSPHRASE", "correct horse")
+        .run()
+        .await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let endpoint = fake.endpoint();
+    let model = format!("bedrock/{MODEL_ID}");
+    let daemon = Daemon::start_with_env(
+        &dir,
+        &[
+            ("CARAPACE_MODEL", &model),
+            ("BEDROCK_ENDPOINT_URL", &endpoint),
+            ("AWS_REGION", REGION),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID),
+            ("CARAPACE_VAULT_PASSPHRASE", "correct horse"),
+        ],
+    )
+    .await;
+    let (text, _) = ask(&daemon, "hi").await;
+    assert_eq!(text, "hello from bedrock");
+    assert_eq!(fake.model_ids(), [MODEL_ID]);
+    let seen = fake.seen();
+    assert!(seen.iter().all(|r| r.refused.is_none()), "{seen:?}");
+    let everything = format!("{seen:?} {:?}", fake.requests());
+    assert!(
+        !everything.contains(SECRET_ACCESS_KEY),
+        "the secret is never sent"
+    );
+    daemon.stop().await;
+
+    // Without credentials, the gateway says which variables it needs.
+    let out = cara(&TestDir::new())
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .env("CARAPACE_MODEL", &model)
+        .env("AWS_REGION", REGION)
+        .run()
+        .await;
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("$AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY"),
+        "{out:#?}"
+    );
+}

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use carapace_llm::anthropic::{Anthropic, AnthropicConfig};
+use carapace_llm::bedrock::{Bedrock, BedrockConfig};
 use carapace_llm::gemini::{Gemini, GeminiConfig};
 use carapace_llm::ollama::{Ollama, OllamaConfig};
 use carapace_llm::openai_responses::{OpenAiResponses, OpenAiResponsesConfig};
@@ -35,6 +36,8 @@ pub enum ProviderKind {
     Gemini,
     /// Ollama's native `/api/chat`.
     Ollama,
+    /// AWS Bedrock's Converse API, SigV4-signed.
+    Bedrock,
 }
 
 impl ProviderKind {
@@ -46,6 +49,7 @@ impl ProviderKind {
             ProviderKind::Anthropic => "Anthropic Messages",
             ProviderKind::Gemini => "Gemini",
             ProviderKind::Ollama => "Ollama",
+            ProviderKind::Bedrock => "Bedrock Converse",
         }
     }
 
@@ -56,6 +60,7 @@ impl ProviderKind {
             "anthropic" => ProviderKind::Anthropic,
             "gemini" => ProviderKind::Gemini,
             "ollama" => ProviderKind::Ollama,
+            "bedrock" => ProviderKind::Bedrock,
             _ => return None,
         })
     }
@@ -109,6 +114,15 @@ pub const BUILTINS: &[Builtin] = &[
         key_envs: &[],
         default_model: None,
     },
+    // Endpoint and credentials from the standard AWS variables (see `aws_settings`).
+    Builtin {
+        name: "bedrock",
+        kind: ProviderKind::Bedrock,
+        default_base: "",
+        base_env: "BEDROCK_ENDPOINT_URL",
+        key_envs: &[],
+        default_model: None,
+    },
     Builtin {
         name: "venice",
         kind: ProviderKind::OpenAi,
@@ -138,7 +152,25 @@ pub const BUILTINS: &[Builtin] = &[
 /// Every variable a provider key may come from, for `cara vault import-env` and the
 /// daemon's vault fallback.
 pub fn key_variables() -> impl Iterator<Item = &'static str> {
-    BUILTINS.iter().flat_map(|b| b.key_envs.iter().copied())
+    BUILTINS
+        .iter()
+        .flat_map(|b| b.key_envs.iter().copied())
+        .chain(AWS_SECRETS)
+}
+
+/// The AWS credential variables Bedrock reads (each may also be a vault entry).
+const AWS_SECRETS: [&str; 3] = [
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+];
+
+/// What Bedrock signs with.
+pub struct AwsSettings {
+    pub region: String,
+    pub access_key_id: Secret<String>,
+    pub secret_access_key: Secret<String>,
+    pub session_token: Option<Secret<String>>,
 }
 
 fn builtin(name: &str) -> Option<&'static Builtin> {
@@ -150,12 +182,14 @@ fn builtin(name: &str) -> Option<&'static Builtin> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderTable {
-    /// `openai`, `openai-responses`, `anthropic`, `gemini` or `ollama`; required unless
+    /// `openai`, `openai-responses`, `anthropic`, `gemini`, `ollama` or `bedrock`; required unless
     /// NAME is a built-in provider.
     pub kind: Option<Spanned<String>>,
     pub base_url: Option<Spanned<String>>,
     /// The environment variable (or vault entry of that name) holding the key.
     pub api_key_env: Option<Spanned<String>>,
+    /// The AWS region (Bedrock only).
+    pub region: Option<Spanned<String>>,
     /// Present only to give a precise error: keys never live in this file.
     api_key: Option<Spanned<toml::Value>>,
 }
@@ -172,6 +206,8 @@ pub struct ModelTarget {
     pub api_key: Option<Secret<String>>,
     /// Where the key came from (`$ANTHROPIC_API_KEY`), if there is one.
     pub api_key_from: Option<String>,
+    /// Bedrock's region and credentials.
+    pub aws: Option<AwsSettings>,
     /// Whether the name named the provider (`openai/gpt-4o` rather than `gpt-4o`).
     prefixed: bool,
 }
@@ -185,6 +221,17 @@ impl ModelTarget {
         } else {
             self.model.clone()
         }
+    }
+
+    /// Every secret this provider is given, for the scrubber.
+    pub fn secrets(&self) -> Vec<Secret<String>> {
+        let mut out: Vec<Secret<String>> = self.api_key.iter().cloned().collect();
+        if let Some(aws) = &self.aws {
+            out.push(aws.access_key_id.clone());
+            out.push(aws.secret_access_key.clone());
+            out.extend(aws.session_token.clone());
+        }
+        out
     }
 
     /// The client for this provider. Its key goes only to its base URL.
@@ -221,6 +268,24 @@ impl ModelTarget {
                 request_timeout,
                 stall_timeout,
             })?),
+            ProviderKind::Bedrock => {
+                let aws = self.aws.as_ref().ok_or_else(|| {
+                    ProviderError::InvalidConfig("bedrock needs AWS credentials".into())
+                })?;
+                Arc::new(Bedrock::new(BedrockConfig {
+                    endpoint: Some(base_url.clone()),
+                    // A custom endpoint (a proxy, a test server) serves the model list too.
+                    control_endpoint: (self.base_url_origin != Origin::Default).then_some(base_url),
+                    session_token: aws.session_token.clone(),
+                    request_timeout,
+                    stall_timeout,
+                    ..BedrockConfig::new(
+                        &aws.region,
+                        aws.access_key_id.clone(),
+                        aws.secret_access_key.clone(),
+                    )
+                })?)
+            }
             ProviderKind::OpenAiResponses => {
                 Arc::new(OpenAiResponses::new(OpenAiResponsesConfig {
                     base_url,
@@ -260,7 +325,7 @@ pub fn validate(
                     k.span(),
                     &key("kind"),
                     format!(
-                        "`{}` is not a provider kind; use openai, openai-responses, anthropic, gemini or ollama",
+                        "`{}` is not a provider kind; use openai, openai-responses, anthropic, gemini, ollama or bedrock",
                         k.get_ref()
                     ),
                 ));
@@ -268,7 +333,7 @@ pub fn validate(
             None if builtin(name).is_none() => {
                 return Err(at.key(
                     &format!("providers.{name}"),
-                    "a provider that is not built in needs a kind (openai, openai-responses, anthropic, gemini or ollama) and a base_url".into(),
+                    "a provider that is not built in needs a kind (openai, openai-responses, anthropic, gemini, ollama or bedrock) and a base_url".into(),
                 ));
             }
             _ => {}
@@ -279,7 +344,9 @@ pub fn validate(
                     return Err(at.span(url.span(), &key("base_url"), p));
                 }
             }
-            None if builtin(name).is_none() => {
+            None if builtin(name).is_none()
+                && t.kind.as_ref().map(|k| k.get_ref().as_str()) != Some("bedrock") =>
+            {
                 return Err(at.key(
                     &format!("providers.{name}"),
                     "a provider that is not built in needs a base_url".into(),
@@ -415,6 +482,15 @@ impl Resolver<'_> {
                 )));
             }
         };
+        let aws = if kind == ProviderKind::Bedrock {
+            let aws = self.aws_settings(table)?;
+            if base_url.is_empty() {
+                base_url = format!("https://bedrock-runtime.{}.amazonaws.com", aws.region);
+            }
+            Some(aws)
+        } else {
+            None
+        };
         if kind == ProviderKind::OpenAi && built.is_some_and(|b| b.kind == ProviderKind::Ollama) {
             // `[providers.ollama] kind = "openai"`: Ollama's OpenAI-compatible API lives
             // under /v1 of the same base URL.
@@ -440,9 +516,42 @@ impl Resolver<'_> {
             model: model.to_string(),
             base_url,
             base_url_origin,
+            api_key_from: match &aws {
+                Some(_) => Some("$AWS_ACCESS_KEY_ID, $AWS_SECRET_ACCESS_KEY".into()),
+                None => api_key_from,
+            },
             api_key,
-            api_key_from,
+            aws,
             prefixed,
+        })
+    }
+
+    /// Bedrock's region (`[providers.NAME] region`, `$AWS_REGION`, `$AWS_DEFAULT_REGION`)
+    /// and credentials (`$AWS_ACCESS_KEY_ID`, `$AWS_SECRET_ACCESS_KEY`, optional
+    /// `$AWS_SESSION_TOKEN`, or vault entries of those names).
+    fn aws_settings(&self, table: Option<&ProviderTable>) -> Result<AwsSettings, ResolveError> {
+        let var = |name: &str| (self.env)(name).filter(|v| !v.is_empty());
+        let region = table
+            .and_then(|t| t.region.as_ref().map(|r| r.get_ref().clone()))
+            .or_else(|| var("AWS_REGION"))
+            .or_else(|| var("AWS_DEFAULT_REGION"))
+            .ok_or_else(|| {
+                ResolveError::Setting(
+                    "bedrock needs a region: set $AWS_REGION (or region in [providers.bedrock])"
+                        .into(),
+                )
+            })?;
+        let (Some(id), Some(secret)) = (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY"))
+        else {
+            return Err(ResolveError::Setting(
+                "bedrock needs AWS credentials: set $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY (or vault entries of those names)".into(),
+            ));
+        };
+        Ok(AwsSettings {
+            region,
+            access_key_id: Secret::new(id),
+            secret_access_key: Secret::new(secret),
+            session_token: var("AWS_SESSION_TOKEN").map(Secret::new),
         })
     }
 
