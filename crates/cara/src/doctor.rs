@@ -130,41 +130,48 @@ pub async fn doctor(dd: &DataDir) -> anyhow::Result<ExitCode> {
                 r.line(Level::Fail, "provider", &hint.replace('\n', "\n       "))
             }
             ProviderSetup::Ready(p) => {
-                let t = &p.target;
-                let what = format!(
-                    "{} at {} ({}), model {} ({})",
-                    t.provider, t.base_url, t.base_url_origin, t.model, p.model_origin
-                );
-                let provider = t.connect(Duration::from_secs(10), Duration::from_secs(10));
-                match provider {
-                    Err(e) => r.line(Level::Fail, "provider", &format!("{what}: {e}")),
-                    Ok(provider) => match provider.list_models().await {
-                        Ok(models) if models.contains(&t.model) => r.line(
-                            Level::Ok,
-                            "provider",
-                            &format!("{what}: reachable, model listed"),
-                        ),
-                        Ok(models) => r.line(
-                            Level::Warn,
-                            "provider",
-                            &format!(
-                                "{what}: reachable, but `{}` is not among its {} models ({})",
-                                t.model,
-                                models.len(),
-                                models
-                                    .iter()
-                                    .take(5)
-                                    .cloned()
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
+                // One cheap call (the model list) to each model of the chain.
+                let chain = std::iter::once(&p.target).chain(&p.fallbacks);
+                for (i, t) in chain.enumerate() {
+                    let (name, failing) = if i == 0 {
+                        ("provider".to_string(), Level::Fail)
+                    } else {
+                        (format!("fallback {i}"), Level::Warn)
+                    };
+                    let origin = if i == 0 {
+                        p.model_origin.to_string()
+                    } else {
+                        "provider.models".to_string()
+                    };
+                    let what = format!(
+                        "{} at {} ({}), model {} ({origin})",
+                        t.provider, t.base_url, t.base_url_origin, t.model
+                    );
+                    let provider = t.connect(Duration::from_secs(10), Duration::from_secs(10));
+                    let (level, text) = match provider {
+                        Err(e) => (failing, format!("{what}: {e}")),
+                        Ok(provider) => match provider.list_models().await {
+                            Ok(models) if models.contains(&t.model) => {
+                                (Level::Ok, format!("{what}: reachable, model listed"))
+                            }
+                            Ok(models) => (
+                                Level::Warn,
+                                format!(
+                                    "{what}: reachable, but `{}` is not among its {} models ({})",
+                                    t.model,
+                                    models.len(),
+                                    models
+                                        .iter()
+                                        .take(5)
+                                        .cloned()
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                ),
                             ),
-                        ),
-                        Err(e) => r.line(
-                            Level::Fail,
-                            "provider",
-                            &format!("{what}: not reachable: {e}"),
-                        ),
-                    },
+                            Err(e) => (failing, format!("{what}: not reachable: {e}")),
+                        },
+                    };
+                    r.line(level, &name, &text);
                 }
             }
         }

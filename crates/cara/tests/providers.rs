@@ -171,13 +171,13 @@ async fn config_show_and_bad_model_names_say_which_provider_and_why() {
 }
 
 #[tokio::test]
-async fn an_overloaded_model_is_retried_then_the_chain_fails_over_visibly_and_on_record() {
+async fn a_failing_model_is_retried_then_the_chain_fails_over_visibly_and_on_record() {
     let overloaded = || AnthropicReply::Error {
-        status: 529,
-        kind: "overloaded_error".into(),
-        message: "Overloaded".into(),
+        status: 500,
+        kind: "api_error".into(),
+        message: "Internal server error".into(),
     };
-    // Two attempts, both overloaded; then the next model of the chain answers. The
+    // Two attempts, both 500s; then the next model of the chain answers. The
     // second turn goes straight to it: the first is cooling down.
     let anthropic = FakeAnthropic::start(vec![overloaded(), overloaded()]).await;
     let openai = FakeOpenAi::start(vec![
@@ -211,8 +211,8 @@ async fn an_overloaded_model_is_retried_then_the_chain_fails_over_visibly_and_on
     assert_eq!(out.code, Some(0), "{out:#?}");
     for expected in [
         "model anthropic/claude-test",
-        "(model anthropic/claude-test failed: provider answered http 529: overloaded_error: Overloaded; trying again in",
-        "(model anthropic/claude-test keeps failing: provider answered http 529: overloaded_error: Overloaded; switched to openai/fake-model)",
+        "(model anthropic/claude-test failed: provider answered http 500: api_error: Internal server error; trying again in",
+        "(model anthropic/claude-test keeps failing: provider answered http 500: api_error: Internal server error; switched to openai/fake-model)",
         "cara> answer from the fallback",
         "cara> second answer, and the key is [REDACTED]",
     ] {
@@ -230,6 +230,23 @@ async fn an_overloaded_model_is_retried_then_the_chain_fails_over_visibly_and_on
         .collect();
     assert_eq!(events, ["model_retry", "model_failover"]);
     daemon.stop().await;
+
+    // The doctor calls every model of the chain once (the model list) and says which
+    // answer.
+    let out = cara(&dir)
+        .args(["doctor"])
+        .env("ANTHROPIC_BASE_URL", &a_base)
+        .env("ANTHROPIC_API_KEY", "sk-ant-e2e-0004")
+        .env("OPENAI_BASE_URL", &o_base)
+        .run()
+        .await;
+    for expected in [
+        "provider: anthropic at http://127.0.0.1",
+        "fallback 1: openai at http://127.0.0.1",
+    ] {
+        assert!(out.stdout.contains(expected), "{expected:?} in {out:#?}");
+    }
+    assert!(!out.stdout.contains("sk-ant-e2e-0004"), "{out:#?}");
 }
 
 #[tokio::test]
