@@ -20,6 +20,8 @@ commands:
   /help            this help
   /new             start a new session
   /session         show the current session id and its label
+  /model [NAME]    show this session's model, or switch it (provider/model or an alias;
+                   `/model default` goes back to the configured one)
   /approve [ID]    approve a pending tool call (this session's newest when no id)
   /deny [ID]       refuse a pending tool call (this session's newest when no id)
   /exit            leave the chat (the gateway keeps running; `cara status`)
@@ -35,6 +37,9 @@ pub async fn chat(
         bail!(
             "--allow-host applies to new sessions only: a session's host list is fixed when it starts"
         );
+    }
+    if let Err(problem) = carapace_gate::check_host_list(&allow_hosts) {
+        bail!("--allow-host: {problem} (use host, host:port or *.domain, without a scheme)");
     }
     let daemon = match Daemon::find(dd).await? {
         Some(d) => d,
@@ -137,6 +142,52 @@ pub async fn chat(
                     }
                     None => println!("(no session yet: it starts with your first message)"),
                 },
+                "model" => {
+                    let reply = match (arg, &session) {
+                        (None, Some(id)) => {
+                            daemon.get(&format!("/api/sessions/{id}")).await.map(|s| {
+                                match s["session"]["model"].as_str() {
+                                    Some(m) => format!("model {m} (this session's own)"),
+                                    None => format!(
+                                        "model {} (configured)",
+                                        status["model"].as_str().unwrap_or("?")
+                                    ),
+                                }
+                            })
+                        }
+                        (None, None) => Ok(format!(
+                            "model {} (configured)",
+                            status["model"].as_str().unwrap_or("?")
+                        )),
+                        (Some(name), _) => {
+                            let id = match &session {
+                                Some(id) => id.clone(),
+                                None => {
+                                    let id = new_session(&daemon, &allow_hosts).await?;
+                                    session = Some(id.clone());
+                                    id
+                                }
+                            };
+                            let model = (name != "default").then_some(name);
+                            daemon
+                                .put(
+                                    &format!("/api/sessions/{id}/model"),
+                                    &json!({ "model": model }),
+                                )
+                                .await
+                                .map(|v| {
+                                    format!(
+                                        "this session now uses model {}",
+                                        v["model"].as_str().unwrap_or("?")
+                                    )
+                                })
+                        }
+                    };
+                    match reply {
+                        Ok(text) => println!("({})", printable(&text)),
+                        Err(e) => println!("error: {e:#}"),
+                    }
+                }
                 "approve" | "deny" => {
                     let id = match arg {
                         Some(id) => id.to_string(),
@@ -176,14 +227,7 @@ pub async fn chat(
 
         if session.is_none() && !allow_hosts.is_empty() {
             // The session's own host list is set when it is created, so create it here.
-            let created = daemon
-                .post(
-                    "/api/sessions",
-                    &json!({ "title": "chat", "egress_hosts": allow_hosts }),
-                )
-                .await
-                .context("cannot start a session with --allow-host")?;
-            session = created["session"]["id"].as_str().map(String::from);
+            session = Some(new_session(&daemon, &allow_hosts).await?);
         }
         let mut msg = json!({ "type": "chat", "text": line });
         if let Some(id) = &session {
@@ -328,6 +372,23 @@ pub async fn chat(
     }
     ws_tx.send(Message::Close(None)).await.ok();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Creates a session for this chat (with its own host list, if given) and returns its id.
+async fn new_session(daemon: &Daemon, allow_hosts: &[String]) -> anyhow::Result<String> {
+    let body = if allow_hosts.is_empty() {
+        json!({ "title": "chat" })
+    } else {
+        json!({ "title": "chat", "egress_hosts": allow_hosts })
+    };
+    let created = daemon
+        .post("/api/sessions", &body)
+        .await
+        .context("cannot start a session")?;
+    created["session"]["id"]
+        .as_str()
+        .map(String::from)
+        .context("the gateway answered no session id")
 }
 
 /// Model text made safe for a terminal: control characters (escape sequences that could

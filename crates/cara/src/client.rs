@@ -169,6 +169,17 @@ impl Daemon {
             .await;
         read(r.context("the gateway did not answer")?).await
     }
+
+    pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let r = self
+            .http
+            .put(format!("http://{}{path}", self.addr))
+            .bearer_auth(self.token.expose())
+            .json(body)
+            .send()
+            .await;
+        read(r.context("the gateway did not answer")?).await
+    }
 }
 
 async fn read(r: reqwest::Response) -> anyhow::Result<Value> {

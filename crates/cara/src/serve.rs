@@ -65,6 +65,13 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
         })
     };
     let settings = config::settings(&dd.config(), &file, &env)?;
+    // What model resolution reads, once: a session switched to another model (`/model`)
+    // resolves against the same settings.
+    let provider_env: std::collections::BTreeMap<String, String> =
+        config::providers::variables(&file.providers)
+            .into_iter()
+            .filter_map(|k| env(&k).map(|v| (k, v)))
+            .collect();
 
     let store = Arc::new(
         Store::open_exclusive(&dd.db())
@@ -79,6 +86,13 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
             secrets.extend(t.secrets());
         }
     }
+    // And every provider key a session could switch to.
+    secrets.extend(
+        key_vars
+            .iter()
+            .filter_map(|k| provider_env.get(k))
+            .map(|v| carapace_types::Secret::new(v.clone())),
+    );
     scrubber.add(&secrets);
     tracing::info!(secrets = preloaded, "vault loaded");
     let net = NetSetup {
@@ -121,6 +135,16 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
                     model: t.model.clone(),
                 });
             }
+            let catalog = config::providers::Catalog::new(
+                file.providers.clone(),
+                file.provider.aliases.clone(),
+                file.provider.base_url.clone(),
+                provider_env,
+                routes.clone(),
+                p.retry,
+                p.request_timeout,
+                p.stall_timeout,
+            );
             let chain =
                 ModelChain::new(routes, p.retry).context("cannot set up the model chain")?;
             let agent = Agent::with_router(
@@ -136,7 +160,8 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
                         .unwrap_or_else(|| SYSTEM_PROMPT.to_string()),
                 },
             )
-            .with_accounting(file.usage.accounting());
+            .with_accounting(file.usage.accounting())
+            .with_catalog(Arc::new(catalog));
             (Some(agent), String::new())
         }
         ProviderSetup::Missing(hint) => {

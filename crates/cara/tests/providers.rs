@@ -7,7 +7,7 @@ use carapace_testkit::gemini::{FakeGemini, GeminiReply};
 use carapace_testkit::ollama::{FakeOllama, OllamaReply};
 use carapace_testkit::{FakeOpenAi, Reply};
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::util::{Daemon, TestDir, cara, json_response};
 
@@ -382,4 +382,94 @@ async fn bedrock_signs_with_aws_credentials_from_the_environment_and_the_vault()
             .contains("$AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY"),
         "{out:#?}"
     );
+}
+
+#[tokio::test]
+async fn a_session_switches_model_with_slash_model_and_others_keep_theirs() {
+    let openai = FakeOpenAi::start(vec![
+        Reply::Text("from the configured model".into()),
+        Reply::Text("other session, configured model".into()),
+    ])
+    .await;
+    let ollama = FakeOllama::start(vec![OllamaReply::Text("from ollama".into())]).await;
+    let dir = TestDir::new();
+    std::fs::create_dir_all(dir.data()).unwrap();
+    std::fs::write(
+        dir.config(),
+        "[provider.aliases]\nlocal = \"ollama/llama-test\"\n",
+    )
+    .unwrap();
+    let (o_base, l_base) = (openai.base_url(), ollama.base_url());
+    let daemon = Daemon::start_with_env(
+        &dir,
+        &[
+            ("OPENAI_BASE_URL", &o_base),
+            ("CARAPACE_MODEL", "fake-model"),
+            ("OLLAMA_BASE_URL", &l_base),
+        ],
+    )
+    .await;
+    let out = cara(&dir)
+        .args(["chat", "--no-start"])
+        .stdin("first\n/model\n/model local\n/model\nsecond\n/model nobody/x\n/exit\n")
+        .run()
+        .await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    for expected in [
+        "cara> from the configured model",
+        "(model fake-model (configured))",
+        "(this session now uses model ollama/llama-test)",
+        "(model local (this session's own))",
+        "cara> from ollama",
+        // `nobody/` is no provider: the whole name is a model of the openai provider.
+        "(this session now uses model nobody/x)",
+    ] {
+        assert!(out.stdout.contains(expected), "{expected:?} in {out:#?}");
+    }
+    // A name the configuration cannot serve is refused.
+    let (status, body) = json_response(
+        daemon
+            .authed(Method::POST, "/api/sessions")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let other = body["session"]["id"].as_str().unwrap().to_string();
+    let (status, body) = json_response(
+        daemon
+            .authed(Method::PUT, &format!("/api/sessions/{other}/model"))
+            .json(&json!({ "model": "gemini/" }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(crate::util::error_code(&body), "UNKNOWN_MODEL", "{body}");
+    // The other session still uses the configured model.
+    let (status, body) = json_response(
+        daemon
+            .authed(Method::POST, "/v1/chat/completions")
+            .json(&json!({ "user": other, "messages": [{ "role": "user", "content": "hi" }] }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "other session, configured model"
+    );
+    assert_eq!(ollama.requests().len(), 1);
+    let switched: Vec<Value> = crate::util::audit_entries(&dir)
+        .await
+        .into_iter()
+        .filter(|e| e["record"]["event"] == "session_model")
+        .collect();
+    let models: Vec<&Value> = switched.iter().map(|e| &e["record"]["model"]).collect();
+    assert_eq!(models, [&json!("ollama/llama-test"), &json!("nobody/x")]);
+    daemon.stop().await;
 }

@@ -94,6 +94,9 @@ pub enum AgentError {
     /// The model kept calling tools past the step bound.
     #[error("the model made {0} steps without a final answer; stopped")]
     TooManySteps(usize),
+    /// A session was switched to a model that cannot be used; the message says why.
+    #[error("{0}")]
+    UnknownModel(String),
     /// Today's spending (UTC) reached the daily budget; no new turn starts until
     /// tomorrow or until the budget is raised.
     #[error(
@@ -107,6 +110,13 @@ pub enum AgentError {
         /// The budget, in millionths of a dollar.
         budget_micros: u64,
     },
+}
+
+/// Where a session's own model comes from: turns a `provider/model` name (or an alias)
+/// into the chain that serves it, or says why it cannot.
+pub trait ModelCatalog: Send + Sync {
+    /// The chain for a session switched to `name`: that model first.
+    fn router_for(&self, name: &str) -> Result<Arc<Router>, String>;
 }
 
 /// How model calls are priced, and what a day may cost.
@@ -140,6 +150,7 @@ pub struct Agent {
     store: Arc<Store>,
     config: AgentConfig,
     accounting: Arc<Accounting>,
+    catalog: Option<Arc<dyn ModelCatalog>>,
 }
 
 impl Agent {
@@ -177,6 +188,51 @@ impl Agent {
             store,
             config,
             accounting: Arc::default(),
+            catalog: None,
+        }
+    }
+
+    /// Lets sessions switch to other models (`/model`), found in `catalog`.
+    pub fn with_catalog(mut self, catalog: Arc<dyn ModelCatalog>) -> Agent {
+        self.catalog = Some(catalog);
+        self
+    }
+
+    /// Switches `session` to `model` (`None`: back to the configured chain) after
+    /// checking that the catalog can serve it. Returns the model the session now uses.
+    pub fn set_session_model(
+        &self,
+        session: &SessionId,
+        model: Option<&str>,
+    ) -> Result<String, AgentError> {
+        if self.store.session(session)?.is_none() {
+            return Err(AgentError::NoSession);
+        }
+        let Some(name) = model.map(str::trim) else {
+            self.store.set_session_model(session, None)?;
+            return Ok(self.preferred_model().to_string());
+        };
+        let catalog = self
+            .catalog
+            .as_ref()
+            .ok_or_else(|| AgentError::UnknownModel("this gateway cannot switch models".into()))?;
+        let router = catalog.router_for(name).map_err(AgentError::UnknownModel)?;
+        let chosen = router.routes()[0].name.clone();
+        self.store.set_session_model(session, Some(name))?;
+        let _ = self.gate.record(
+            "session_model",
+            json!({ "session": session.as_str(), "model": chosen }),
+        );
+        Ok(chosen)
+    }
+
+    /// The chain a session's turns use: its own model's, or the configured one.
+    fn router_of(&self, model: Option<&str>) -> Result<Arc<Router>, AgentError> {
+        match (model, &self.catalog) {
+            (Some(name), Some(catalog)) => {
+                catalog.router_for(name).map_err(AgentError::UnknownModel)
+            }
+            _ => Ok(self.router.clone()),
         }
     }
 
@@ -261,9 +317,10 @@ impl Agent {
         user_text: &str,
         events: Option<mpsc::UnboundedSender<AgentEvent>>,
     ) -> Result<TurnOutcome, AgentError> {
-        if self.store.session(session)?.is_none() {
+        let Some(record) = self.store.session(session)? else {
             return Err(AgentError::NoSession);
-        }
+        };
+        let router = self.router_of(record.model.as_deref())?;
         if let Some(budget) = self.accounting.daily_budget_micros {
             let spent = self
                 .store
@@ -334,8 +391,7 @@ impl Agent {
                             }
                         })
                     };
-                    let r = self
-                        .router
+                    let r = router
                         .chat(&request, Some(&delta_tx), &mut |e| {
                             self.route_event(session, e, Some(tx))
                         })
@@ -345,7 +401,7 @@ impl Agent {
                     r?
                 }
                 None => {
-                    self.router
+                    router
                         .chat(&request, None, &mut |e| self.route_event(session, e, None))
                         .await?
                 }

@@ -28,6 +28,7 @@ pub(crate) fn session_json(s: &SessionRecord) -> Value {
         "updated_ms": s.updated_ms,
         "label": label_json(s.label),
         "egress_hosts": s.egress_hosts,
+        "model": s.model,
     })
 }
 
@@ -168,6 +169,36 @@ fn usage_json(t: &UsageTotal) -> Value {
         "cost_usd": t.cost_micros as f64 / 1e6,
         "unpriced_calls": t.unpriced_calls,
     })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SetModel {
+    /// `provider/model` or an alias; `null` goes back to the configured model.
+    model: Option<String>,
+}
+
+/// Switches a session to another model (`/model` in the chat).
+pub(crate) async fn set_session_model(
+    State(state): State<Arc<AppState>>,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Json<SetModel>, JsonRejection>,
+) -> ApiResult {
+    let Path(id) = id.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let s = find_session(&state, &id)?;
+    if body
+        .model
+        .as_ref()
+        .is_some_and(|m| m.trim().is_empty() || m.len() > 300)
+    {
+        return Err(ApiError::bad_request("model must be 1 to 300 characters"));
+    }
+    let agent = state.agent()?;
+    let model = agent
+        .set_session_model(&s.id, body.model.as_deref())
+        .map_err(crate::agent_error)?;
+    Ok(Json(json!({ "session": s.id.as_str(), "model": model })))
 }
 
 #[derive(Deserialize)]

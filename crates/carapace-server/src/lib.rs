@@ -23,7 +23,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use carapace_agent::{Agent, AgentError, AgentEvent, TurnOutcome};
 use carapace_gate::Gate;
 use carapace_store::{AuditKey, Store};
@@ -142,21 +142,29 @@ impl AppState {
         agent
             .run_turn(principal, session, text, events)
             .await
-            .map_err(|e| match e {
-                AgentError::Provider(p) => ApiError::model(&p),
-                AgentError::NoSession => ApiError::not_found("no such session"),
-                AgentError::TooManySteps(n) => ApiError::new(
-                    axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-                    "TOO_MANY_STEPS",
-                    format!("the model made {n} steps without a final answer; stopped"),
-                ),
-                AgentError::Store(s) => ApiError::internal(s),
-                e @ AgentError::BudgetReached { .. } => ApiError::new(
-                    axum::http::StatusCode::TOO_MANY_REQUESTS,
-                    "BUDGET_REACHED",
-                    e.to_string(),
-                ),
-            })
+            .map_err(agent_error)
+    }
+}
+
+/// An agent failure as the API reports it.
+pub(crate) fn agent_error(e: AgentError) -> ApiError {
+    match e {
+        AgentError::Provider(p) => ApiError::model(&p),
+        AgentError::NoSession => ApiError::not_found("no such session"),
+        AgentError::TooManySteps(n) => ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "TOO_MANY_STEPS",
+            format!("the model made {n} steps without a final answer; stopped"),
+        ),
+        AgentError::Store(s) => ApiError::internal(s),
+        AgentError::UnknownModel(why) => {
+            ApiError::new(axum::http::StatusCode::BAD_REQUEST, "UNKNOWN_MODEL", why)
+        }
+        e @ AgentError::BudgetReached { .. } => ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "BUDGET_REACHED",
+            e.to_string(),
+        ),
     }
 }
 
@@ -172,6 +180,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(api::list_sessions).post(api::create_session),
         )
         .route("/api/sessions/{id}", get(api::get_session))
+        .route("/api/sessions/{id}/model", put(api::set_session_model))
         .route(
             "/api/sessions/{id}/messages",
             get(api::list_messages).post(api::post_message),

@@ -5,7 +5,7 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use crate::StoreError;
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 const V1: &str = "
 CREATE TABLE sessions (
@@ -86,6 +86,11 @@ CREATE TABLE usage (
 ) STRICT;
 CREATE INDEX usage_by_day ON usage (day);
 CREATE INDEX usage_by_session ON usage (session_id);
+";
+
+/// The model a session was switched to (`/model`); NULL: the configured one.
+const V4: &str = "
+ALTER TABLE sessions ADD COLUMN model TEXT;
 ";
 
 /// Brings the schema up to date. Runs in one IMMEDIATE transaction so that two processes

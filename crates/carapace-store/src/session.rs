@@ -24,6 +24,9 @@ pub struct SessionRecord {
     /// narrows the configuration's lists and never widens them. `None`: no list of its
     /// own.
     pub egress_hosts: Option<Vec<String>>,
+    /// The model this session was switched to, `provider/model`; `None`: the configured
+    /// one.
+    pub model: Option<String>,
 }
 
 /// Who wrote a message.
@@ -166,14 +169,29 @@ impl Store {
             updated_ms: now_ms,
             label,
             egress_hosts: egress_hosts.map(<[String]>::to_vec),
+            model: None,
         })
+    }
+
+    /// Switches the session to `model` (`None`: back to the configured one).
+    pub fn set_session_model(&self, id: &SessionId, model: Option<&str>) -> Result<(), StoreError> {
+        let inner = self.lock();
+        let changed = inner
+            .conn
+            .prepare_cached("UPDATE sessions SET model = ?2 WHERE id = ?1")?
+            .execute(params![id.as_str(), model])?;
+        if changed == 0 {
+            return Err(StoreError::UnknownSession(id.clone()));
+        }
+        Ok(())
     }
 
     /// The session with this id, if there is one.
     pub fn session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
         let inner = self.lock();
         let mut stmt = inner.conn.prepare_cached(
-            "SELECT id, title, created_ms, updated_ms, integrity, confidentiality, egress_hosts
+            "SELECT id, title, created_ms, updated_ms, integrity, confidentiality, egress_hosts,
+                 model
              FROM sessions WHERE id = ?1",
         )?;
         let mut rows = stmt.query([id.as_str()])?;
@@ -184,7 +202,8 @@ impl Store {
     pub fn list_sessions(&self, limit: usize) -> Result<Vec<SessionRecord>, StoreError> {
         let inner = self.lock();
         let mut stmt = inner.conn.prepare_cached(
-            "SELECT id, title, created_ms, updated_ms, integrity, confidentiality, egress_hosts
+            "SELECT id, title, created_ms, updated_ms, integrity, confidentiality, egress_hosts,
+                 model
              FROM sessions ORDER BY updated_ms DESC, rowid DESC LIMIT ?1",
         )?;
         let mut rows = stmt.query([sql_limit(limit)])?;
@@ -397,6 +416,7 @@ fn session_from_row(row: &Row<'_>) -> Result<SessionRecord, StoreError> {
         updated_ms: row.get(3)?,
         label: parse_label(&row.get::<_, String>(4)?, &row.get::<_, String>(5)?)?,
         egress_hosts,
+        model: row.get(7)?,
     })
 }
 

@@ -341,6 +341,19 @@ fn a_session_keeps_its_own_host_list_and_a_version_1_file_is_upgraded() {
     drop(store);
 
     let store = Store::open(&path).unwrap();
+    // A session's model can be switched and switched back; its host list stays.
+    store
+        .set_session_model(&scoped, Some("ollama/llama3.2"))
+        .unwrap();
+    let s = store.session(&scoped).unwrap().unwrap();
+    assert_eq!(s.model.as_deref(), Some("ollama/llama3.2"));
+    assert_eq!(s.egress_hosts, Some(hosts.clone()));
+    store.set_session_model(&scoped, None).unwrap();
+    assert_eq!(store.session(&scoped).unwrap().unwrap().model, None);
+    assert!(matches!(
+        store.set_session_model(&SessionId::new("nope"), Some("x")),
+        Err(carapace_store::StoreError::UnknownSession(_))
+    ));
     let read = |id: &SessionId| store.session(id).unwrap().unwrap().egress_hosts;
     assert_eq!(read(&scoped), Some(hosts.clone()));
     assert_eq!(read(&empty), Some(Vec::new()));
@@ -351,6 +364,7 @@ fn a_session_keeps_its_own_host_list_and_a_version_1_file_is_upgraded() {
     let raw = Connection::open(&path).unwrap();
     raw.execute_batch(
         "DROP TABLE usage; ALTER TABLE sessions DROP COLUMN egress_hosts;
+         ALTER TABLE sessions DROP COLUMN model;
          PRAGMA user_version = 1;",
     )
     .unwrap();
@@ -429,7 +443,7 @@ fn a_newer_schema_is_refused() {
     let version: i64 = raw
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     // Reopening does not migrate twice.
     drop(Store::open(&path).unwrap());
     raw.execute_batch("PRAGMA user_version = 99").unwrap();
@@ -439,7 +453,7 @@ fn a_newer_schema_is_refused() {
             err,
             StoreError::SchemaTooNew {
                 found: 99,
-                supported: 3
+                supported: 4
             }
         ),
         "{err:?}"

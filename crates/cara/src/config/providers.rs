@@ -7,8 +7,11 @@
 //! with slashes of their own (`meta-llama/Llama-3-8B` on vLLM) keep working.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use carapace_agent::ModelCatalog;
+use carapace_llm::{RetryPolicy, Route, Router};
 
 use carapace_llm::anthropic::{Anthropic, AnthropicConfig};
 use carapace_llm::bedrock::{Bedrock, BedrockConfig};
@@ -179,7 +182,7 @@ fn builtin(name: &str) -> Option<&'static Builtin> {
 
 /// `[providers.NAME]`: a built-in provider's endpoint changed, or a provider of its own
 /// (a vLLM box, LM Studio, a proxy).
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderTable {
     /// `openai`, `openai-responses`, `anthropic`, `gemini`, `ollama` or `bedrock`; required unless
@@ -399,6 +402,101 @@ pub enum ResolveError {
     Name(String),
     /// A setting it depends on is (the message names it).
     Setting(String),
+}
+
+/// Every variable resolution reads: base URLs, keys, AWS region and credentials, and
+/// the `api_key_env` of each table.
+pub fn variables(providers: &BTreeMap<String, ProviderTable>) -> Vec<String> {
+    let mut out: Vec<String> = BUILTINS
+        .iter()
+        .map(|b| b.base_env)
+        .chain(key_variables())
+        .chain(["AWS_REGION", "AWS_DEFAULT_REGION"])
+        .map(String::from)
+        .collect();
+    out.extend(
+        providers
+            .values()
+            .filter_map(|t| t.api_key_env.as_ref().map(|v| v.get_ref().clone())),
+    );
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The models a session may switch to (`/model`): any name the configuration resolves,
+/// served first, with the configured chain behind it. Built once per name.
+pub struct Catalog {
+    providers: BTreeMap<String, ProviderTable>,
+    aliases: BTreeMap<String, Spanned<String>>,
+    legacy_base_url: Option<Spanned<String>>,
+    /// The variables resolution reads, read once at start.
+    env: BTreeMap<String, String>,
+    /// The configured chain, behind a session's own model.
+    chain: Vec<Route>,
+    retry: RetryPolicy,
+    request_timeout: Duration,
+    stall_timeout: Duration,
+    built: Mutex<BTreeMap<String, Arc<Router>>>,
+}
+
+impl Catalog {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        providers: BTreeMap<String, ProviderTable>,
+        aliases: BTreeMap<String, Spanned<String>>,
+        legacy_base_url: Option<Spanned<String>>,
+        env: BTreeMap<String, String>,
+        chain: Vec<Route>,
+        retry: RetryPolicy,
+        request_timeout: Duration,
+        stall_timeout: Duration,
+    ) -> Catalog {
+        Catalog {
+            providers,
+            aliases,
+            legacy_base_url,
+            env,
+            chain,
+            retry,
+            request_timeout,
+            stall_timeout,
+            built: Mutex::default(),
+        }
+    }
+}
+
+impl ModelCatalog for Catalog {
+    fn router_for(&self, name: &str) -> Result<Arc<Router>, String> {
+        let mut built = self.built.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(router) = built.get(name) {
+            return Ok(router.clone());
+        }
+        let env = |k: &str| self.env.get(k).cloned();
+        let resolver = Resolver {
+            providers: &self.providers,
+            aliases: &self.aliases,
+            legacy_base_url: self.legacy_base_url.as_ref(),
+            env: &env,
+        };
+        let target = resolver.resolve(name).map_err(|e| match e {
+            ResolveError::Name(m) | ResolveError::Setting(m) => m,
+        })?;
+        let provider = target
+            .connect(self.request_timeout, self.stall_timeout)
+            .map_err(|e| format!("cannot use {}: {e}", target.full_name()))?;
+        let first = Route {
+            name: target.full_name(),
+            provider,
+            model: target.model.clone(),
+        };
+        let routes: Vec<Route> = std::iter::once(first.clone())
+            .chain(self.chain.iter().filter(|r| r.name != first.name).cloned())
+            .collect();
+        let router = Arc::new(Router::new(routes, self.retry).map_err(|e| e.to_string())?);
+        built.insert(name.to_string(), router.clone());
+        Ok(router)
+    }
 }
 
 /// What a model name resolves with.
