@@ -1,9 +1,11 @@
 //! Starting `/bin/true` four ways, side by side in one run:
 //!
 //! - `bare`: `std::process::Command`, no isolation;
-//! - `exec_tool_path`: `Sandbox::run` with `cara` as the init program and the `tool`
-//!   profile's isolation (workspace bound read-write, no network): what the daemon pays
-//!   for each `exec` call;
+//! - `exec_tool_path`: `Sandbox::run` with `cara-sandbox-init` (the small init program
+//!   installed beside `cara`) and the `tool` profile's isolation (workspace bound
+//!   read-write, no network): what the daemon pays for each `exec` call;
+//! - `exec_tool_path_cara_init`: the same with `cara` itself as the init program, the
+//!   fallback when `cara-sandbox-init` is not installed;
 //! - `cara_sandbox_run`: the whole `cara sandbox run -- /bin/true` command, process start
 //!   and config included;
 //! - `bwrap`: bubblewrap with equivalent isolation (skipped when not installed).
@@ -19,6 +21,7 @@ use carapace_sandbox::{Bind, Exit, INIT_ARG, InitProgram, Limits, Network, Sandb
 use criterion::{Criterion, criterion_group, criterion_main};
 
 const CARA: &str = env!("CARGO_BIN_EXE_cara");
+const INIT: &str = env!("CARGO_BIN_EXE_cara-sandbox-init");
 
 fn spawn(c: &mut Criterion) {
     let data = tempfile::TempDir::new().unwrap();
@@ -39,6 +42,10 @@ fn spawn(c: &mut Criterion) {
         .build()
         .unwrap();
     let sandbox = Sandbox::new(InitProgram {
+        program: INIT.into(),
+        args: vec![INIT_ARG.into()],
+    });
+    let cara_init = Sandbox::new(InitProgram {
         program: CARA.into(),
         args: vec![INIT_ARG.into()],
     });
@@ -58,6 +65,13 @@ fn spawn(c: &mut Criterion) {
     group.bench_function("exec_tool_path", |b| {
         b.iter(|| {
             let outcome = rt.block_on(sandbox.run(&spec)).unwrap();
+            assert_eq!(outcome.exit, Exit::Code(0));
+        })
+    });
+
+    group.bench_function("exec_tool_path_cara_init", |b| {
+        b.iter(|| {
+            let outcome = rt.block_on(cara_init.run(&spec)).unwrap();
             assert_eq!(outcome.exit, Exit::Code(0));
         })
     });
