@@ -1,6 +1,5 @@
 //! The smaller commands: status, setup, config, audit, approvals.
 
-use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -47,67 +46,6 @@ pub async fn status(dd: &DataDir) -> anyhow::Result<ExitCode> {
         .unwrap_or_default();
     println!("tools: {}", tools.join(", "));
     println!("pending approvals: {}", s["pending_approvals"]);
-    Ok(ExitCode::SUCCESS)
-}
-
-pub fn setup(
-    dd: &DataDir,
-    base_url: Option<String>,
-    model: Option<String>,
-) -> anyhow::Result<ExitCode> {
-    dd.prepare()?;
-    let stdin = std::io::stdin();
-    let ask = |question: &str, default: &str| -> anyhow::Result<String> {
-        print!("{question} [{default}]: ");
-        std::io::stdout().flush().ok();
-        let mut line = String::new();
-        stdin
-            .lock()
-            .read_line(&mut line)
-            .context("cannot read the answer")?;
-        let line = line.trim();
-        Ok(if line.is_empty() {
-            default.to_string()
-        } else {
-            line.to_string()
-        })
-    };
-    let base_url = match base_url {
-        Some(u) => u,
-        None => {
-            println!("Carapace talks to any OpenAI-compatible server. Examples:");
-            println!("  OpenAI     https://api.openai.com/v1");
-            println!("  Ollama     http://127.0.0.1:11434/v1");
-            println!("  llama.cpp  http://127.0.0.1:8080/v1");
-            ask("base URL", config::OPENAI_DEFAULT_BASE)?
-        }
-    };
-    config::check_base_url(&base_url).map_err(|p| anyhow::anyhow!("base URL: {p}"))?;
-    let model = match model {
-        Some(m) => m,
-        None => {
-            let default = if base_url.contains("11434") {
-                "llama3.2"
-            } else {
-                config::OPENAI_DEFAULT_MODEL
-            };
-            ask("model", default)?
-        }
-    };
-    let path = dd.config();
-    let text =
-        std::fs::read_to_string(&path).unwrap_or_else(|_| config::DEFAULT_CONFIG.to_string());
-    let text = config::set_key(&path, &text, "provider.base_url", &format!("{base_url:?}"))?;
-    let text = config::set_key(&path, &text, "provider.model", &format!("{model:?}"))?;
-    write_atomic(&path, text.as_bytes())?;
-    println!(
-        "wrote provider.base_url and provider.model to {}",
-        path.display()
-    );
-    println!(
-        "API keys are never stored in config.toml: if your server needs one, `export OPENAI_API_KEY=...`"
-    );
-    println!("then run `cara chat` (a running gateway must be restarted to pick this up)");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -747,7 +747,7 @@ pub fn set_key(path: &Path, text: &str, key: &str, raw: &str) -> anyhow::Result<
         .parse()
         .with_context(|| format!("{} does not parse", path.display()))?;
     let parts: Vec<&str> = key.split('.').collect();
-    let [table, name] = parts.as_slice() else {
+    let Some((name, tables)) = parts.split_last().filter(|(_, t)| !t.is_empty()) else {
         bail!("key `{key}` must look like section.name, for example provider.model");
     };
     let value: toml_edit::Value = raw
@@ -755,10 +755,19 @@ pub fn set_key(path: &Path, text: &str, key: &str, raw: &str) -> anyhow::Result<
         .ok()
         .filter(|v| !matches!(v, toml_edit::Value::InlineTable(_)))
         .unwrap_or_else(|| raw.into());
-    if !doc.contains_key(table) {
-        doc[table] = toml_edit::table();
+    let mut table = doc.as_table_mut();
+    for (i, part) in tables.iter().enumerate() {
+        if !table.contains_key(part) {
+            let mut new = toml_edit::Table::new();
+            // `[providers.anthropic]` alone, without an empty `[providers]` above it.
+            new.set_implicit(i + 1 < tables.len());
+            table.insert(part, toml_edit::Item::Table(new));
+        }
+        table = table[part]
+            .as_table_mut()
+            .with_context(|| format!("`{part}` in `{key}` is not a table"))?;
     }
-    doc[table][name] = toml_edit::value(value);
+    table[name] = toml_edit::value(value);
     let new_text = doc.to_string();
     parse(path, &new_text)?;
     Ok(new_text)
@@ -1261,5 +1270,15 @@ base_url = "https://llm-proxy.example.com/anthropic"
         assert_eq!(get_key(&text, "agent.max_steps").as_deref(), Some("8"));
         assert!(set_key(Path::new("c"), &text, "server.bind", "0.0.0.0:1").is_err());
         assert!(set_key(Path::new("c"), &text, "server.nonsense", "1").is_err());
+        let text = set_key(
+            Path::new("c"),
+            &text,
+            "providers.anthropic.base_url",
+            "\"https://proxy.example.com\"",
+        )
+        .unwrap();
+        assert!(text.contains("[providers.anthropic]\nbase_url = \"https://proxy.example.com\""));
+        assert!(!text.contains("[providers]\n"), "{text}");
+        assert!(set_key(Path::new("c"), &text, "model", "x").is_err());
     }
 }

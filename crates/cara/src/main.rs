@@ -10,6 +10,7 @@ mod datadir;
 mod doctor;
 mod sandbox_cmd;
 mod serve;
+mod setup;
 mod vault_cmd;
 
 use std::path::PathBuf;
@@ -77,14 +78,29 @@ enum Command {
     /// Check configuration, permissions, the provider, the audit log and kernel
     /// features, and say what to fix.
     Doctor,
-    /// Write the provider's base URL and model to config.toml (asks when not given).
+    /// Choose a provider and model, keep its key in the vault, write config.toml, and
+    /// make one test call (asks at a terminal; --non-interactive for scripts).
     Setup {
-        /// Base URL of an OpenAI-compatible server, like http://127.0.0.1:11434/v1.
-        #[arg(long, value_name = "URL")]
-        base_url: Option<String>,
-        /// Model name, like llama3.2 or gpt-4o-mini.
+        /// The provider: openai, anthropic, gemini, ollama, bedrock, venice, openrouter,
+        /// groq, or a [providers.NAME] of yours.
+        #[arg(long)]
+        provider: Option<String>,
+        /// The model, like claude-sonnet-4-5 or llama3.2.
         #[arg(long)]
         model: Option<String>,
+        /// The provider's endpoint, when not its usual one (an OpenAI-compatible server
+        /// such as http://127.0.0.1:8000/v1 for `openai`).
+        #[arg(long, value_name = "URL")]
+        base_url: Option<String>,
+        /// Keep the provider's key, read from its usual variable, in the encrypted vault.
+        #[arg(long)]
+        store_key: bool,
+        /// Ask nothing: take everything from flags and the environment (for scripts).
+        #[arg(long)]
+        non_interactive: bool,
+        /// Skip the test call.
+        #[arg(long)]
+        no_test: bool,
     },
     /// Show, read, change or check config.toml.
     #[command(subcommand)]
@@ -286,7 +302,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status => runtime(1)?.block_on(commands::status(&dd)),
         Command::Usage { days, json } => runtime(1)?.block_on(commands::usage(&dd, days, json)),
         Command::Doctor => runtime(1)?.block_on(doctor::doctor(&dd)),
-        Command::Setup { base_url, model } => commands::setup(&dd, base_url, model),
+        Command::Setup {
+            provider,
+            model,
+            base_url,
+            store_key,
+            non_interactive,
+            no_test,
+        } => runtime(1)?.block_on(setup::setup(
+            &dd,
+            setup::SetupArgs {
+                provider,
+                model,
+                base_url,
+                store_key,
+                non_interactive,
+                no_test,
+            },
+        )),
         Command::Config(c) => match c {
             ConfigCommand::Show => commands::config_show(&dd),
             ConfigCommand::Get { key } => commands::config_get(&dd, &key),

@@ -304,6 +304,16 @@ pub fn list(dd: &DataDir) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Stores `value` as the encrypted vault's entry `name` (created on first use), for
+/// `cara setup`.
+pub fn store_in_file(dd: &DataDir, name: &str, value: &Secret<String>) -> anyhow::Result<()> {
+    check_entry_name(name).map_err(|p| anyhow::anyhow!(p))?;
+    let file = config::load(&dd.config())?;
+    require_file_entry(&file, name)?;
+    open_or_create(dd, &file)?.set(name, value)?;
+    Ok(())
+}
+
 pub fn import_env(dd: &DataDir, names: Vec<String>) -> anyhow::Result<ExitCode> {
     let file = config::load(&dd.config())?;
     let explicit = !names.is_empty();

@@ -473,3 +473,73 @@ async fn a_session_switches_model_with_slash_model_and_others_keep_theirs() {
     assert_eq!(models, [&json!("ollama/llama-test"), &json!("nobody/x")]);
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn setup_non_interactive_writes_the_model_keeps_the_key_in_the_vault_and_tests_it() {
+    let fake = FakeAnthropic::start(vec![
+        AnthropicReply::Text("OK".into()),
+        AnthropicReply::Text("hello after setup".into()),
+    ])
+    .await;
+    let dir = TestDir::new();
+    let base = fake.base_url();
+    let out = cara(&dir)
+        .args(["setup", "--non-interactive", "--provider", "anthropic"])
+        .args(["--model", "claude-test", "--base-url", &base, "--store-key"])
+        .env("ANTHROPIC_API_KEY", "sk-ant-setup-0005")
+        .env("CARAPACE_VAULT_PASSPHRASE", "correct horse")
+        .run()
+        .await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert!(
+        out.stdout
+            .contains("stored the key in the vault as `ANTHROPIC_API_KEY`"),
+        "{out:#?}"
+    );
+    assert!(out.stdout.contains("ok, it answered \"OK\""), "{out:#?}");
+    let config = std::fs::read_to_string(dir.config()).unwrap();
+    assert!(
+        config.contains("model = \"anthropic/claude-test\""),
+        "{config}"
+    );
+    assert!(config.contains("[providers.anthropic]"), "{config}");
+    assert!(
+        !config.contains("sk-ant-setup"),
+        "no key in the file: {config}"
+    );
+    assert_eq!(
+        fake.headers()[0].api_key.as_deref(),
+        Some("sk-ant-setup-0005")
+    );
+
+    // The gateway finds the key in the vault, without the variable.
+    let daemon =
+        Daemon::start_with_env(&dir, &[("CARAPACE_VAULT_PASSPHRASE", "correct horse")]).await;
+    let (text, _) = ask(&daemon, "hi").await;
+    assert_eq!(text, "hello after setup");
+    daemon.stop().await;
+
+    // Scripts must say what they want; a pipe is not a terminal to ask at.
+    let out = cara(&dir).args(["setup"]).stdin("anthropic\n").run().await;
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert!(out.stderr.contains("--non-interactive"), "{out:#?}");
+    let out = cara(&dir)
+        .args(["setup", "--non-interactive", "--provider", "nobody"])
+        .run()
+        .await;
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert!(
+        out.stderr.contains("`nobody` is not a provider"),
+        "{out:#?}"
+    );
+    // A failing test call says so and exits 1, with the config written.
+    let out = cara(&dir)
+        .args(["setup", "--non-interactive", "--provider", "anthropic"])
+        .args(["--model", "claude-test", "--base-url", "http://127.0.0.1:9"])
+        .env("ANTHROPIC_API_KEY", "sk-ant-setup-0005")
+        .run()
+        .await;
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert!(out.stderr.contains("the test call failed"), "{out:#?}");
+    assert!(!out.stderr.contains("sk-ant-setup"), "{out:#?}");
+}
