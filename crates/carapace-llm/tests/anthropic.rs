@@ -737,3 +737,18 @@ fn plain_http_is_only_for_loopback() {
     assert_eq!(defaults.base_url, "https://api.anthropic.com");
     assert_eq!(defaults.max_tokens, 4096);
 }
+
+#[tokio::test]
+async fn a_repeating_fake_answers_every_call_once_its_script_is_used_up() {
+    let fake = fake(vec![Reply::Text("first".into())])
+        .await
+        .repeating(Reply::Text("again".into()));
+    let provider = client(&fake);
+    let mut contents = Vec::new();
+    for mode in MODES.into_iter().chain(MODES) {
+        let resp = run(&provider, &ask("hi"), mode).await.0.unwrap();
+        contents.push(resp.content.unwrap());
+    }
+    assert_eq!(contents, ["first", "again", "again", "again"]);
+    assert_eq!(fake.requests().len(), 4);
+}

@@ -748,3 +748,16 @@ fn unusable_configs_are_refused() {
         ProviderError::InvalidConfig("api key is empty".into())
     );
 }
+
+#[tokio::test]
+async fn a_repeating_fake_answers_every_call_once_its_script_is_used_up() {
+    let (fake, provider) = fake(vec![GeminiReply::Text("first".into())]).await;
+    let fake = fake.repeating(GeminiReply::Text("again".into()));
+    let mut contents = Vec::new();
+    for mode in MODES.into_iter().chain(MODES) {
+        let resp = run(&provider, &ask("hi"), mode).await.0.unwrap();
+        contents.push(resp.content.unwrap());
+    }
+    assert_eq!(contents, ["first", "again", "again", "again"]);
+    assert_eq!(fake.requests().len(), 4);
+}

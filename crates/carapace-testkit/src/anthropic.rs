@@ -92,6 +92,8 @@ struct Shared {
     requests: Mutex<Vec<Value>>,
     headers: Mutex<Vec<SeenHeaders>>,
     api_key: Mutex<Option<String>>,
+    /// Answers every request once the script is used up.
+    repeat: Mutex<Option<AnthropicReply>>,
     next_id: AtomicU64,
     disconnects: AtomicUsize,
 }
@@ -112,6 +114,7 @@ impl FakeAnthropic {
             requests: Mutex::default(),
             headers: Mutex::default(),
             api_key: Mutex::default(),
+            repeat: Mutex::default(),
             next_id: AtomicU64::new(1),
             disconnects: AtomicUsize::new(0),
         });
@@ -132,6 +135,14 @@ impl FakeAnthropic {
     #[must_use]
     pub fn with_api_key(self, key: &str) -> FakeAnthropic {
         *lock(&self.shared.api_key) = Some(key.to_string());
+        self
+    }
+
+    /// Once the script is used up, answers every further request with `reply` instead of
+    /// the "fake script exhausted" error: for benchmarks and other loops of many calls.
+    #[must_use]
+    pub fn repeating(self, reply: AnthropicReply) -> FakeAnthropic {
+        *lock(&self.shared.repeat) = Some(reply);
         self
     }
 
@@ -160,6 +171,14 @@ impl FakeAnthropic {
 impl Drop for FakeAnthropic {
     fn drop(&mut self) {
         self.server.abort();
+    }
+}
+
+impl Shared {
+    /// The next reply of the script, else the repeated one, if any.
+    fn next_reply(&self) -> Option<AnthropicReply> {
+        let scripted = lock(&self.script).pop_front();
+        scripted.or_else(|| lock(&self.repeat).clone())
     }
 }
 
@@ -257,7 +276,7 @@ async fn messages(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
         shared: shared.clone(),
         finished: false,
     };
-    let Some(reply) = lock(&shared.script).pop_front() else {
+    let Some(reply) = shared.next_reply() else {
         guard.finish();
         return error_response(500, "api_error", "fake script exhausted");
     };

@@ -123,6 +123,8 @@ struct Shared {
     model_ids: Mutex<Vec<String>>,
     seen: Mutex<Vec<SeenRequest>>,
     session_token: Mutex<Option<String>>,
+    /// Answers every request once the script is used up.
+    repeat: Mutex<Option<BedrockReply>>,
     next_id: AtomicU64,
     disconnects: Arc<AtomicUsize>,
 }
@@ -136,6 +138,7 @@ impl FakeBedrock {
             model_ids: Mutex::default(),
             seen: Mutex::default(),
             session_token: Mutex::default(),
+            repeat: Mutex::default(),
             next_id: AtomicU64::new(1),
             disconnects: Arc::default(),
         });
@@ -152,6 +155,14 @@ impl FakeBedrock {
     #[must_use]
     pub fn with_session_token(self, token: &str) -> FakeBedrock {
         *lock(&self.shared.session_token) = Some(token.to_string());
+        self
+    }
+
+    /// Once the script is used up, answers every further request with `reply` instead of
+    /// the "fake script exhausted" error: for benchmarks and other loops of many calls.
+    #[must_use]
+    pub fn repeating(self, reply: BedrockReply) -> FakeBedrock {
+        *lock(&self.shared.repeat) = Some(reply);
         self
     }
 
@@ -187,6 +198,14 @@ impl FakeBedrock {
 impl Drop for FakeBedrock {
     fn drop(&mut self) {
         self.server.abort();
+    }
+}
+
+impl Shared {
+    /// The next reply of the script, else the repeated one, if any.
+    fn next_reply(&self) -> Option<BedrockReply> {
+        let scripted = lock(&self.script).pop_front();
+        scripted.or_else(|| lock(&self.repeat).clone())
     }
 }
 
@@ -272,7 +291,7 @@ async fn converse(shared: &Arc<Shared>, model: &str, body: &[u8], stream: bool) 
         return error_response(400, "ValidationException", &message, None);
     }
     let guard = DisconnectGuard::new(shared.disconnects.clone());
-    let Some(reply) = lock(&shared.script).pop_front() else {
+    let Some(reply) = shared.next_reply() else {
         guard.finish();
         return error_response(
             500,

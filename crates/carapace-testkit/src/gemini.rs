@@ -77,6 +77,8 @@ struct Shared {
     script: Mutex<VecDeque<GeminiReply>>,
     requests: Mutex<Vec<GeminiRequest>>,
     api_key: Mutex<Option<String>>,
+    /// Answers every request once the script is used up.
+    repeat: Mutex<Option<GeminiReply>>,
     next_response: AtomicUsize,
     disconnects: AtomicUsize,
 }
@@ -96,6 +98,7 @@ impl FakeGemini {
             script: Mutex::new(script.into()),
             requests: Mutex::default(),
             api_key: Mutex::default(),
+            repeat: Mutex::default(),
             next_response: AtomicUsize::new(1),
             disconnects: AtomicUsize::new(0),
         });
@@ -116,6 +119,14 @@ impl FakeGemini {
     #[must_use]
     pub fn with_api_key(self, key: &str) -> FakeGemini {
         *lock(&self.shared.api_key) = Some(key.to_string());
+        self
+    }
+
+    /// Once the script is used up, answers every further request with `reply` instead of
+    /// the "fake script exhausted" error: for benchmarks and other loops of many calls.
+    #[must_use]
+    pub fn repeating(self, reply: GeminiReply) -> FakeGemini {
+        *lock(&self.shared.repeat) = Some(reply);
         self
     }
 
@@ -143,6 +154,14 @@ impl FakeGemini {
 impl Drop for FakeGemini {
     fn drop(&mut self) {
         self.server.abort();
+    }
+}
+
+impl Shared {
+    /// The next reply of the script, else the repeated one, if any.
+    fn next_reply(&self) -> Option<GeminiReply> {
+        let scripted = lock(&self.script).pop_front();
+        scripted.or_else(|| lock(&self.repeat).clone())
     }
 }
 
@@ -245,7 +264,7 @@ async fn generate(
         shared: shared.clone(),
         finished: false,
     };
-    let Some(reply) = lock(&shared.script).pop_front() else {
+    let Some(reply) = shared.next_reply() else {
         guard.finish();
         return error_response(500, "INTERNAL", "fake script exhausted");
     };

@@ -74,6 +74,8 @@ struct Shared {
     requests: Mutex<Vec<Value>>,
     authorizations: Mutex<Vec<Option<String>>>,
     api_key: Mutex<Option<String>>,
+    /// Answers every request once the script is used up.
+    repeat: Mutex<Option<OllamaReply>>,
     disconnects: Arc<AtomicUsize>,
 }
 
@@ -85,6 +87,7 @@ impl FakeOllama {
             requests: Mutex::default(),
             authorizations: Mutex::default(),
             api_key: Mutex::default(),
+            repeat: Mutex::default(),
             disconnects: Arc::default(),
         });
         let (addr, server) = serve(router(shared.clone()), "ollama").await;
@@ -100,6 +103,14 @@ impl FakeOllama {
     #[must_use]
     pub fn with_api_key(self, key: &str) -> FakeOllama {
         *lock(&self.shared.api_key) = Some(key.to_string());
+        self
+    }
+
+    /// Once the script is used up, answers every further request with `reply` instead of
+    /// the "fake script exhausted" error: for benchmarks and other loops of many calls.
+    #[must_use]
+    pub fn repeating(self, reply: OllamaReply) -> FakeOllama {
+        *lock(&self.shared.repeat) = Some(reply);
         self
     }
 
@@ -127,6 +138,14 @@ impl FakeOllama {
 impl Drop for FakeOllama {
     fn drop(&mut self) {
         self.server.abort();
+    }
+}
+
+impl Shared {
+    /// The next reply of the script, else the repeated one, if any.
+    fn next_reply(&self) -> Option<OllamaReply> {
+        let scripted = lock(&self.script).pop_front();
+        scripted.or_else(|| lock(&self.repeat).clone())
     }
 }
 
@@ -166,7 +185,7 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         return error_response(400, &message, None);
     }
     let guard = DisconnectGuard::new(shared.disconnects.clone());
-    let Some(reply) = lock(&shared.script).pop_front() else {
+    let Some(reply) = shared.next_reply() else {
         guard.finish();
         return error_response(500, "fake script exhausted", None);
     };

@@ -66,6 +66,8 @@ struct Shared {
     requests: Mutex<Vec<Value>>,
     authorizations: Mutex<Vec<Option<String>>>,
     api_key: Mutex<Option<String>>,
+    /// Answers every request once the script is used up.
+    repeat: Mutex<Option<Reply>>,
     next_call: AtomicU64,
     next_completion: AtomicU64,
     disconnects: AtomicUsize,
@@ -92,6 +94,7 @@ impl FakeOpenAi {
             requests: Mutex::default(),
             authorizations: Mutex::default(),
             api_key: Mutex::default(),
+            repeat: Mutex::default(),
             next_call: AtomicU64::new(1),
             next_completion: AtomicU64::new(1),
             disconnects: AtomicUsize::new(0),
@@ -113,6 +116,14 @@ impl FakeOpenAi {
     #[must_use]
     pub fn with_api_key(self, key: &str) -> FakeOpenAi {
         *lock(&self.shared.api_key) = Some(key.to_string());
+        self
+    }
+
+    /// Once the script is used up, answers every further request with `reply` instead of
+    /// the "fake script exhausted" error: for benchmarks and other loops of many calls.
+    #[must_use]
+    pub fn repeating(self, reply: Reply) -> FakeOpenAi {
+        *lock(&self.shared.repeat) = Some(reply);
         self
     }
 
@@ -145,6 +156,14 @@ impl FakeOpenAi {
 impl Drop for FakeOpenAi {
     fn drop(&mut self) {
         self.server.abort();
+    }
+}
+
+impl Shared {
+    /// The next reply of the script, else the repeated one, if any.
+    fn next_reply(&self) -> Option<Reply> {
+        let scripted = lock(&self.script).pop_front();
+        scripted.or_else(|| lock(&self.repeat).clone())
     }
 }
 
@@ -220,7 +239,7 @@ async fn chat_completions(
         shared: shared.clone(),
         finished: false,
     };
-    let Some(mut reply) = lock(&shared.script).pop_front() else {
+    let Some(mut reply) = shared.next_reply() else {
         guard.finish();
         return error_response(500, "fake script exhausted");
     };

@@ -87,6 +87,8 @@ struct Shared {
     requests: Mutex<Vec<Value>>,
     authorizations: Mutex<Vec<Option<String>>>,
     api_key: Mutex<Option<String>>,
+    /// Answers every request once the script is used up.
+    repeat: Mutex<Option<ResponsesReply>>,
     next_id: AtomicU64,
     disconnects: Arc<AtomicUsize>,
 }
@@ -99,6 +101,7 @@ impl FakeOpenAiResponses {
             requests: Mutex::default(),
             authorizations: Mutex::default(),
             api_key: Mutex::default(),
+            repeat: Mutex::default(),
             next_id: AtomicU64::new(1),
             disconnects: Arc::default(),
         });
@@ -115,6 +118,14 @@ impl FakeOpenAiResponses {
     #[must_use]
     pub fn with_api_key(self, key: &str) -> FakeOpenAiResponses {
         *lock(&self.shared.api_key) = Some(key.to_string());
+        self
+    }
+
+    /// Once the script is used up, answers every further request with `reply` instead of
+    /// the "fake script exhausted" error: for benchmarks and other loops of many calls.
+    #[must_use]
+    pub fn repeating(self, reply: ResponsesReply) -> FakeOpenAiResponses {
+        *lock(&self.shared.repeat) = Some(reply);
         self
     }
 
@@ -143,6 +154,14 @@ impl FakeOpenAiResponses {
 impl Drop for FakeOpenAiResponses {
     fn drop(&mut self) {
         self.server.abort();
+    }
+}
+
+impl Shared {
+    /// The next reply of the script, else the repeated one, if any.
+    fn next_reply(&self) -> Option<ResponsesReply> {
+        let scripted = lock(&self.script).pop_front();
+        scripted.or_else(|| lock(&self.repeat).clone())
     }
 }
 
@@ -223,7 +242,7 @@ async fn responses(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
         );
     }
     let guard = DisconnectGuard::new(shared.disconnects.clone());
-    let Some(reply) = lock(&shared.script).pop_front() else {
+    let Some(reply) = shared.next_reply() else {
         guard.finish();
         return error_response(500, "server_error", None, None, "fake script exhausted");
     };
