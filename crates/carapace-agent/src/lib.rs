@@ -364,7 +364,8 @@ impl Agent {
             outcome.steps += 1;
             let history = self.store.messages(session)?;
             let request = ChatRequest {
-                model: self.config.model.clone(),
+                // The first route's model: the router sends it as it is.
+                model: router.routes()[0].model.clone(),
                 messages: build_messages(&self.config.system_prompt, &history),
                 tools: tools.clone(),
                 max_tokens: None,

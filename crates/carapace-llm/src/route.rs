@@ -175,13 +175,19 @@ impl Router {
         events: Option<&UnboundedSender<StreamEvent>>,
         notify: &mut (dyn FnMut(RouteEvent) + Send),
     ) -> Result<ChatResponse, Attempted> {
-        let req = ChatRequest {
-            model: route.model.clone(),
-            ..req.clone()
+        // The history is copied only when this route names another model.
+        let req = if req.model == route.model {
+            std::borrow::Cow::Borrowed(req)
+        } else {
+            std::borrow::Cow::Owned(ChatRequest {
+                model: route.model.clone(),
+                ..req.clone()
+            })
         };
+        let req = req.as_ref();
         let mut attempt = 1;
         loop {
-            let (result, shown_text) = attempt_once(route, &req, events).await;
+            let (result, shown_text) = attempt_once(route, req, events).await;
             let error = match result {
                 Ok(response) => return Ok(response),
                 Err(e) => e,
