@@ -136,3 +136,27 @@ async fn no_upgrade_without_the_token() {
         }
     }
 }
+
+/// A client that sends its next message as soon as `done` arrives must not find the
+/// turn still counted as running (the chat REPL does exactly this with piped input). The
+/// race this guards against needs a loaded machine to show; the loop makes it likelier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_sent_the_moment_a_turn_is_done_is_never_busy() {
+    let fake = FakeOpenAi::start(Vec::new())
+        .await
+        .repeating(Reply::Text("ok".into()));
+    let dir = TestDir::new();
+    let daemon = Daemon::start(&dir, &fake).await;
+    let mut ws = daemon.websocket(Some(daemon.token())).await.unwrap();
+    let mut session: Option<String> = None;
+    for i in 0..50 {
+        let mut msg = json!({ "type": "chat", "text": format!("turn {i}") });
+        if let Some(s) = &session {
+            msg["session"] = json!(s);
+        }
+        send(&mut ws, msg).await;
+        let events = events_until(&mut ws, "done").await;
+        assert_eq!(types(&events).last(), Some(&"done"), "turn {i}: {events:?}");
+        session = events[0]["session"].as_str().map(String::from);
+    }
+}

@@ -6,6 +6,7 @@
 //! `cancelled`, `approval_request`, `approval_resolved`, each with a `type` field.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Extension;
 use axum::extract::State;
@@ -99,6 +100,9 @@ async fn connection(state: Arc<AppState>, principal: Principal, socket: WebSocke
     };
 
     let mut turn: Option<JoinHandle<()>> = None;
+    // Whether a turn runs. Cleared before the turn's last message is sent, so a client
+    // that answers `done` at once with its next message never finds the turn busy.
+    let running = Arc::new(AtomicBool::new(false));
     while let Some(Ok(msg)) = source.next().await {
         let text = match msg {
             Message::Text(t) => t.to_string(),
@@ -121,24 +125,30 @@ async fn connection(state: Arc<AppState>, principal: Principal, socket: WebSocke
         };
         match parsed {
             ClientMessage::Chat { text, session } => {
-                if turn.as_ref().is_some_and(|t| !t.is_finished()) {
+                if running.load(Ordering::SeqCst) {
                     let _ = out_tx.send(error_json(
                         "BUSY",
                         "a turn is already running on this connection; send cancel first",
                     ));
                     continue;
                 }
-                turn = Some(tokio::spawn(run_chat(
+                running.store(true, Ordering::SeqCst);
+                let (state, principal, out, running) = (
                     state.clone(),
                     principal.clone(),
-                    session,
-                    text,
                     out_tx.clone(),
-                )));
+                    running.clone(),
+                );
+                turn = Some(tokio::spawn(async move {
+                    let last = run_chat(state, principal, session, text, out.clone()).await;
+                    running.store(false, Ordering::SeqCst);
+                    let _ = out.send(last);
+                }));
             }
             ClientMessage::Cancel => {
                 if let Some(t) = turn.take() {
                     t.abort();
+                    running.store(false, Ordering::SeqCst);
                     let _ = out_tx.send(json!({ "type": "cancelled" }));
                 }
             }
@@ -159,40 +169,32 @@ async fn connection(state: Arc<AppState>, principal: Principal, socket: WebSocke
     let _ = writer.await;
 }
 
+/// Runs one chat turn, sending its events to `out`; returns its last message (`done` or
+/// `error`) for the caller to send once the connection counts the turn as over.
 async fn run_chat(
     state: Arc<AppState>,
     principal: Principal,
     session: Option<String>,
     text: String,
     out: mpsc::UnboundedSender<Value>,
-) {
+) -> Value {
     let session = match session {
         Some(id) => {
             let id = SessionId::new(id);
             match state.store.session(&id) {
                 Ok(Some(_)) => id,
-                Ok(None) => {
-                    let _ = out.send(error_json("NOT_FOUND", "no such session"));
-                    return;
-                }
-                Err(e) => {
-                    let _ = out.send(with_type(ApiError::internal(e).body(), "error"));
-                    return;
-                }
+                Ok(None) => return error_json("NOT_FOUND", "no such session"),
+                Err(e) => return with_type(ApiError::internal(e).body(), "error"),
             }
         }
         None => match state.new_session("chat") {
             Ok(id) => id,
-            Err(e) => {
-                let _ = out.send(with_type(e.body(), "error"));
-                return;
-            }
+            Err(e) => return with_type(e.body(), "error"),
         },
     };
     let _ = out.send(json!({ "type": "session", "session": session.as_str() }));
     if text.trim().is_empty() {
-        let _ = out.send(error_json("BAD_REQUEST", "text must not be empty"));
-        return;
+        return error_json("BAD_REQUEST", "text must not be empty");
     }
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let forward = {
@@ -235,7 +237,7 @@ async fn run_chat(
         .run_turn(&principal, &session, &text, Some(events_tx))
         .await;
     let _ = forward.await;
-    let _ = out.send(match result {
+    match result {
         Ok(outcome) => json!({
             "type": "done",
             "session": session.as_str(),
@@ -244,7 +246,7 @@ async fn run_chat(
             "tool_calls": outcome.tool_calls,
         }),
         Err(e) => with_type(e.body(), "error"),
-    });
+    }
 }
 
 fn error_json(code: &str, message: &str) -> Value {
