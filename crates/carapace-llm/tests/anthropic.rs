@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use carapace_llm::anthropic::{Anthropic, AnthropicConfig};
 use carapace_llm::{
-    ChatMessage, ChatRequest, ChatResponse, Provider, ProviderError, StreamEvent, ToolCallRequest,
-    ToolSpec,
+    ChatMessage, ChatRequest, ChatResponse, Provider, ProviderError, ToolCallRequest, ToolSpec,
 };
 use carapace_testkit::anthropic::{
     AnthropicReply as Reply, CACHE_CREATION_INPUT_TOKENS, CACHE_READ_INPUT_TOKENS, FakeAnthropic,
@@ -15,7 +14,12 @@ use carapace_testkit::anthropic::{
 use carapace_types::Secret;
 use expect_test::expect;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+
+use common::{
+    MODES, Mode, ask_model, assert_not_shown, drop_before_headers_and_mid_stream, each_mode, run,
+};
+
+mod common;
 
 const KEY: &str = "sk-ant-test-4f9a1c0e7b2d";
 
@@ -39,67 +43,14 @@ async fn fake(script: Vec<Reply>) -> FakeAnthropic {
 }
 
 fn ask(text: &str) -> ChatRequest {
-    ChatRequest {
-        model: "claude-test".into(),
-        messages: vec![ChatMessage::User {
-            content: text.into(),
-        }],
-        tools: Vec::new(),
-        max_tokens: None,
-        temperature: None,
-    }
-}
-
-/// How a turn is run: plain, or streamed with the text deltas collected.
-#[derive(Clone, Copy, Debug)]
-enum Mode {
-    Plain,
-    Streamed,
-}
-
-const MODES: [Mode; 2] = [Mode::Plain, Mode::Streamed];
-
-/// Runs one turn; returns the response and, when streamed, the text deltas received.
-async fn run(
-    provider: &dyn Provider,
-    req: &ChatRequest,
-    mode: Mode,
-) -> (Result<ChatResponse, ProviderError>, Vec<String>) {
-    match mode {
-        Mode::Plain => (provider.chat(req, None).await, Vec::new()),
-        Mode::Streamed => {
-            let (tx, mut rx) = mpsc::unbounded_channel();
-            let result = provider.chat(req, Some(&tx)).await;
-            drop(tx);
-            let mut deltas = Vec::new();
-            while let Some(StreamEvent::TextDelta(d)) = rx.recv().await {
-                deltas.push(d);
-            }
-            (result, deltas)
-        }
-    }
+    ask_model("claude-test", text)
 }
 
 /// Plays `reply` once in each mode and returns the responses.
 async fn both_modes(reply: Reply) -> Vec<(Mode, Result<ChatResponse, ProviderError>)> {
     let fake = fake(vec![reply.clone(), reply]).await;
     let provider = client(&fake);
-    let mut out = Vec::new();
-    for mode in MODES {
-        out.push((mode, run(&provider, &ask("hi"), mode).await.0));
-    }
-    out
-}
-
-/// Waits up to five seconds for `cond`; the fake sees events a little after the client.
-async fn eventually(what: &str, cond: impl Fn() -> bool) {
-    for _ in 0..500 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for {what}");
+    each_mode(&provider, &ask("hi")).await
 }
 
 #[tokio::test]
@@ -584,20 +535,13 @@ async fn a_server_that_never_answers_times_out() {
 async fn dropping_the_future_aborts_the_request() {
     let fake = fake(vec![Reply::Stall, Reply::StallAfter(4)]).await;
     let provider = client(&fake);
-    // Before the response headers.
-    let req = ask("hi");
-    tokio::select! {
-        result = provider.chat(&req, None) => panic!("finished early: {result:?}"),
-        () = eventually("the request to arrive", || fake.requests().len() == 1) => {}
-    }
-    eventually("the first disconnect", || fake.disconnects() == 1).await;
-    // In the middle of a stream.
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    tokio::select! {
-        result = provider.chat(&req, Some(&tx)) => panic!("finished early: {result:?}"),
-        first = rx.recv() => assert!(first.is_some()),
-    }
-    eventually("the second disconnect", || fake.disconnects() == 2).await;
+    drop_before_headers_and_mid_stream(
+        &provider,
+        &ask("hi"),
+        || fake.requests().len(),
+        || fake.disconnects(),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -675,10 +619,7 @@ async fn the_api_key_never_shows_in_debug_or_errors() {
         })
         .unwrap_err(),
     );
-    for err in &errors {
-        let shown = format!("{err} {err:?}");
-        assert!(!shown.contains(KEY), "{shown}");
-    }
+    assert_not_shown(KEY, &errors);
 }
 
 #[tokio::test]

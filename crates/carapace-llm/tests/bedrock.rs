@@ -14,9 +14,8 @@ use carapace_testkit::bedrock::{
 use carapace_types::Secret;
 use expect_test::expect;
 use serde_json::json;
-use tokio::sync::mpsc;
 
-use common::{MODES, Mode, eventually, run};
+use common::{MODES, Mode, ask_model, drop_before_headers_and_mid_stream, each_mode, run};
 
 mod common;
 
@@ -42,26 +41,14 @@ fn client(fake: &FakeBedrock) -> Bedrock {
 }
 
 fn ask(text: &str) -> ChatRequest {
-    ChatRequest {
-        model: MODEL.into(),
-        messages: vec![ChatMessage::User {
-            content: text.into(),
-        }],
-        tools: Vec::new(),
-        max_tokens: None,
-        temperature: None,
-    }
+    ask_model(MODEL, text)
 }
 
 /// Plays `reply` once in each mode on one provider and returns the responses.
 async fn both_modes(reply: Reply) -> Vec<(Mode, Result<ChatResponse, ProviderError>)> {
     let fake = FakeBedrock::start(vec![reply.clone(), reply]).await;
     let provider = client(&fake);
-    let mut out = Vec::new();
-    for mode in MODES {
-        out.push((mode, run(&provider, &ask("hi"), mode).await.0));
-    }
-    out
+    each_mode(&provider, &ask("hi")).await
 }
 
 /// The `SignedHeaders` of an `Authorization` header.
@@ -696,18 +683,13 @@ async fn a_server_that_never_answers_times_out() {
 async fn dropping_the_future_aborts_the_request() {
     let fake = FakeBedrock::start(vec![Reply::Stall, Reply::StallAfter(3)]).await;
     let provider = client(&fake);
-    let req = ask("hi");
-    tokio::select! {
-        result = provider.chat(&req, None) => panic!("finished early: {result:?}"),
-        () = eventually("the request to arrive", || fake.requests().len() == 1) => {}
-    }
-    eventually("the first disconnect", || fake.disconnects() == 1).await;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    tokio::select! {
-        result = provider.chat(&req, Some(&tx)) => panic!("finished early: {result:?}"),
-        first = rx.recv() => assert!(first.is_some()),
-    }
-    eventually("the second disconnect", || fake.disconnects() == 2).await;
+    drop_before_headers_and_mid_stream(
+        &provider,
+        &ask("hi"),
+        || fake.requests().len(),
+        || fake.disconnects(),
+    )
+    .await;
 }
 
 #[tokio::test]

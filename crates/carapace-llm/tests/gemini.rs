@@ -5,14 +5,17 @@ use std::time::Duration;
 
 use carapace_llm::gemini::{Gemini, GeminiConfig};
 use carapace_llm::{
-    ChatMessage, ChatRequest, ChatResponse, Provider, ProviderError, StreamEvent, ToolCallRequest,
-    ToolSpec,
+    ChatMessage, ChatRequest, ChatResponse, Provider, ProviderError, ToolCallRequest, ToolSpec,
 };
 use carapace_testkit::gemini::{FakeGemini, GeminiReply};
 use carapace_types::Secret;
 use expect_test::expect;
 use serde_json::json;
 use tokio::sync::mpsc;
+
+use common::{MODES, Mode, ask_model, assert_not_shown, each_mode, eventually, run};
+
+mod common;
 
 const KEY: &str = "AIzaSy-test-4f9a1c0e7b2d";
 const MODEL: &str = "gemini-test";
@@ -33,65 +36,13 @@ async fn fake(script: Vec<GeminiReply>) -> (FakeGemini, Gemini) {
 }
 
 fn ask(text: &str) -> ChatRequest {
-    ChatRequest {
-        model: MODEL.into(),
-        messages: vec![ChatMessage::User {
-            content: text.into(),
-        }],
-        tools: Vec::new(),
-        max_tokens: None,
-        temperature: None,
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Mode {
-    Plain,
-    Streamed,
-}
-
-const MODES: [Mode; 2] = [Mode::Plain, Mode::Streamed];
-
-/// Runs one turn; returns the response and, when streamed, the text deltas received.
-async fn run(
-    provider: &dyn Provider,
-    req: &ChatRequest,
-    mode: Mode,
-) -> (Result<ChatResponse, ProviderError>, Vec<String>) {
-    match mode {
-        Mode::Plain => (provider.chat(req, None).await, Vec::new()),
-        Mode::Streamed => {
-            let (tx, mut rx) = mpsc::unbounded_channel();
-            let result = provider.chat(req, Some(&tx)).await;
-            drop(tx);
-            let mut deltas = Vec::new();
-            while let Some(StreamEvent::TextDelta(d)) = rx.recv().await {
-                deltas.push(d);
-            }
-            (result, deltas)
-        }
-    }
+    ask_model(MODEL, text)
 }
 
 /// Plays `reply` once in each mode.
 async fn both_modes(reply: GeminiReply) -> Vec<(Mode, Result<ChatResponse, ProviderError>)> {
     let (_fake, provider) = fake(vec![reply.clone(), reply]).await;
-    let mut out = Vec::new();
-    for mode in MODES {
-        out.push((mode, run(&provider, &ask("hi"), mode).await.0));
-    }
-    out
-}
-
-/// Waits up to five seconds for `cond`; the fake sees events a little after the client.
-async fn eventually(what: &str, cond: impl Fn() -> bool) {
-    for _ in 0..500 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for {what}");
+    each_mode(&provider, &ask("hi")).await
 }
 
 #[tokio::test]
@@ -633,10 +584,7 @@ async fn the_key_never_shows_in_debug_or_errors() {
         "{:?}",
         errors[2]
     );
-    for err in &errors {
-        let shown = format!("{err} {err:?}");
-        assert!(!shown.contains(KEY), "{shown}");
-    }
+    assert_not_shown(KEY, &errors);
     assert!(
         fake.requests()
             .iter()

@@ -13,9 +13,10 @@ use carapace_testkit::openai_responses::{
 use carapace_types::Secret;
 use expect_test::expect;
 use serde_json::json;
-use tokio::sync::mpsc;
 
-use common::{MODES, Mode, eventually, run};
+use common::{
+    MODES, Mode, ask_model, assert_not_shown, drop_before_headers_and_mid_stream, each_mode, run,
+};
 
 mod common;
 
@@ -40,26 +41,14 @@ async fn fake(script: Vec<Reply>) -> FakeOpenAiResponses {
 }
 
 fn ask(text: &str) -> ChatRequest {
-    ChatRequest {
-        model: "gpt-test".into(),
-        messages: vec![ChatMessage::User {
-            content: text.into(),
-        }],
-        tools: Vec::new(),
-        max_tokens: None,
-        temperature: None,
-    }
+    ask_model("gpt-test", text)
 }
 
 /// Plays `reply` once in each mode and returns the responses.
 async fn both_modes(reply: Reply) -> Vec<(Mode, Result<ChatResponse, ProviderError>)> {
     let fake = fake(vec![reply.clone(), reply]).await;
     let provider = client(&fake);
-    let mut out = Vec::new();
-    for mode in MODES {
-        out.push((mode, run(&provider, &ask("hi"), mode).await.0));
-    }
-    out
+    each_mode(&provider, &ask("hi")).await
 }
 
 #[tokio::test]
@@ -415,18 +404,13 @@ async fn a_server_that_never_answers_times_out() {
 async fn dropping_the_future_aborts_the_request() {
     let fake = fake(vec![Reply::Stall, Reply::StallAfter(5)]).await;
     let provider = client(&fake);
-    let req = ask("hi");
-    tokio::select! {
-        result = provider.chat(&req, None) => panic!("finished early: {result:?}"),
-        () = eventually("the request to arrive", || fake.requests().len() == 1) => {}
-    }
-    eventually("the first disconnect", || fake.disconnects() == 1).await;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    tokio::select! {
-        result = provider.chat(&req, Some(&tx)) => panic!("finished early: {result:?}"),
-        first = rx.recv() => assert!(first.is_some()),
-    }
-    eventually("the second disconnect", || fake.disconnects() == 2).await;
+    drop_before_headers_and_mid_stream(
+        &provider,
+        &ask("hi"),
+        || fake.requests().len(),
+        || fake.disconnects(),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -486,10 +470,7 @@ async fn the_key_never_shows_in_debug_or_errors() {
         })
         .unwrap_err(),
     );
-    for err in &errors {
-        let shown = format!("{err} {err:?}");
-        assert!(!shown.contains(KEY), "{shown}");
-    }
+    assert_not_shown(KEY, &errors);
 }
 
 #[test]

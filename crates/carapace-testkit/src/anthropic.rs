@@ -5,19 +5,18 @@
 //! starting with `user`, and every `tool_use` answered by a `tool_result` in the next
 //! message. Broken requests get the 400 Anthropic sends and consume no reply.
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
+
+use crate::fake::{DisconnectGuard, Script, Served, body_response, lock, no_cache, serve};
 
 /// The one model `GET /v1/models` lists.
 pub const MODEL_ID: &str = "claude-fake-1";
@@ -82,52 +81,32 @@ pub struct SeenHeaders {
 
 /// A fake Anthropic server on 127.0.0.1. It stops when dropped.
 pub struct FakeAnthropic {
-    addr: SocketAddr,
     shared: Arc<Shared>,
-    server: tokio::task::JoinHandle<()>,
+    server: Served,
 }
 
 struct Shared {
-    script: Mutex<VecDeque<AnthropicReply>>,
+    script: Script<AnthropicReply>,
     requests: Mutex<Vec<Value>>,
     headers: Mutex<Vec<SeenHeaders>>,
     api_key: Mutex<Option<String>>,
-    /// Answers every request once the script is used up.
-    repeat: Mutex<Option<AnthropicReply>>,
     next_id: AtomicU64,
-    disconnects: AtomicUsize,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+    disconnects: Arc<AtomicUsize>,
 }
 
 impl FakeAnthropic {
     /// Starts the server on a free loopback port, on the current tokio runtime.
     pub async fn start(script: Vec<AnthropicReply>) -> FakeAnthropic {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .expect("bind the fake anthropic server on 127.0.0.1");
-        let addr = listener.local_addr().expect("the local address");
         let shared = Arc::new(Shared {
-            script: Mutex::new(script.into()),
+            script: Script::new(script),
             requests: Mutex::default(),
             headers: Mutex::default(),
             api_key: Mutex::default(),
-            repeat: Mutex::default(),
             next_id: AtomicU64::new(1),
-            disconnects: AtomicUsize::new(0),
+            disconnects: Arc::default(),
         });
-        let app = router(shared.clone());
-        let server = tokio::spawn(async move {
-            // Serving only ends when the task is aborted.
-            let _ = axum::serve(listener, app).await;
-        });
-        FakeAnthropic {
-            addr,
-            shared,
-            server,
-        }
+        let server = serve(router(shared.clone()), "anthropic").await;
+        FakeAnthropic { shared, server }
     }
 
     /// Requires `x-api-key: <key>`; other requests get Anthropic's 401 and consume no
@@ -142,13 +121,13 @@ impl FakeAnthropic {
     /// the "fake script exhausted" error: for benchmarks and other loops of many calls.
     #[must_use]
     pub fn repeating(self, reply: AnthropicReply) -> FakeAnthropic {
-        *lock(&self.shared.repeat) = Some(reply);
+        self.shared.script.repeat(reply);
         self
     }
 
     /// The base URL a client is configured with, like `http://127.0.0.1:PORT`.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.server.addr())
     }
 
     /// The JSON bodies of the message requests received, in order, including rejected
@@ -168,47 +147,12 @@ impl FakeAnthropic {
     }
 }
 
-impl Drop for FakeAnthropic {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-impl Shared {
-    /// The next reply of the script, else the repeated one, if any.
-    fn next_reply(&self) -> Option<AnthropicReply> {
-        let scripted = lock(&self.script).pop_front();
-        scripted.or_else(|| lock(&self.repeat).clone())
-    }
-}
-
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/messages", post(messages))
         .route("/v1/models", get(models))
         .fallback(|| async { error_response(404, "not_found_error", "Not found") })
         .with_state(shared)
-}
-
-/// Counts a disconnect when dropped before [`DisconnectGuard::finish`]: hyper drops the
-/// handler future, or the body stream, when the client goes away.
-struct DisconnectGuard {
-    shared: Arc<Shared>,
-    finished: bool,
-}
-
-impl DisconnectGuard {
-    fn finish(mut self) {
-        self.finished = true;
-    }
-}
-
-impl Drop for DisconnectGuard {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.shared.disconnects.fetch_add(1, Ordering::SeqCst);
-        }
-    }
 }
 
 impl Shared {
@@ -272,11 +216,8 @@ async fn messages(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
     if let Err(message) = validate(&request) {
         return error_response(400, "invalid_request_error", &message);
     }
-    let guard = DisconnectGuard {
-        shared: shared.clone(),
-        finished: false,
-    };
-    let Some(reply) = shared.next_reply() else {
+    let guard = DisconnectGuard::new(shared.disconnects.clone());
+    let Some(reply) = shared.script.next_reply() else {
         guard.finish();
         return error_response(500, "api_error", "fake script exhausted");
     };
@@ -329,12 +270,17 @@ async fn messages(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
         }
         AnthropicReply::StallAfter(_) => {
             let half = format!("{{\"id\":\"{message_id}\",\"type\":\"message\",");
-            return body_response("application/json", vec![half], true, Some(guard));
+            return no_cache(body_response(
+                "application/json",
+                vec![half],
+                true,
+                Some(guard),
+            ));
         }
         AnthropicReply::NoMessageStop => {
             let half = format!("{{\"id\":\"{message_id}\",\"type\":\"message\",");
             guard.finish();
-            return body_response("application/json", vec![half], false, None);
+            return no_cache(body_response("application/json", vec![half], false, None));
         }
     };
     if stream {
@@ -578,44 +524,8 @@ fn stream_events(id: &str, model: &str, answer: &Answer) -> Vec<String> {
 }
 
 fn sse_response(events: Vec<String>, stall: bool, guard: Option<DisconnectGuard>) -> Response {
-    body_response("text/event-stream; charset=utf-8", events, stall, guard)
-}
-
-/// A 200 whose body is sent piece by piece; with `stall` it then hangs without closing.
-/// The guard is finished once the last piece is handed to hyper.
-fn body_response(
-    content_type: &'static str,
-    pieces: Vec<String>,
-    stall: bool,
-    guard: Option<DisconnectGuard>,
-) -> Response {
-    let body = futures_util::stream::unfold(
-        (pieces.into_iter(), guard),
-        move |(mut pieces, mut guard)| async move {
-            let piece = pieces.next();
-            if let Some(guard) = guard.take_if(|_| pieces.as_slice().is_empty() && !stall) {
-                guard.finish();
-            }
-            match piece {
-                Some(piece) => Some((Ok::<_, Infallible>(piece), (pieces, guard))),
-                None => {
-                    if stall {
-                        std::future::pending::<()>().await;
-                    }
-                    None
-                }
-            }
-        },
-    );
-    (
-        StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, content_type),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        Body::from_stream(body),
-    )
-        .into_response()
+    let content_type = "text/event-stream; charset=utf-8";
+    no_cache(body_response(content_type, events, stall, guard))
 }
 
 /// The status Anthropic documents for an error type.

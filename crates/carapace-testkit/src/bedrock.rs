@@ -15,8 +15,6 @@
 
 mod sigv4;
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -27,7 +25,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::fake::{DisconnectGuard, body_response, lock, serve};
+use crate::fake::{DisconnectGuard, Script, Served, body_response, lock, serve};
 
 /// The region the fake signs for.
 pub const REGION: &str = "us-east-1";
@@ -112,19 +110,16 @@ pub struct SeenRequest {
 
 /// A fake Bedrock server on 127.0.0.1. It stops when dropped.
 pub struct FakeBedrock {
-    addr: SocketAddr,
     shared: Arc<Shared>,
-    server: tokio::task::JoinHandle<()>,
+    server: Served,
 }
 
 struct Shared {
-    script: Mutex<VecDeque<BedrockReply>>,
+    script: Script<BedrockReply>,
     requests: Mutex<Vec<Value>>,
     model_ids: Mutex<Vec<String>>,
     seen: Mutex<Vec<SeenRequest>>,
     session_token: Mutex<Option<String>>,
-    /// Answers every request once the script is used up.
-    repeat: Mutex<Option<BedrockReply>>,
     next_id: AtomicU64,
     disconnects: Arc<AtomicUsize>,
 }
@@ -133,22 +128,17 @@ impl FakeBedrock {
     /// Starts the server on a free loopback port, on the current tokio runtime.
     pub async fn start(script: Vec<BedrockReply>) -> FakeBedrock {
         let shared = Arc::new(Shared {
-            script: Mutex::new(script.into()),
+            script: Script::new(script),
             requests: Mutex::default(),
             model_ids: Mutex::default(),
             seen: Mutex::default(),
             session_token: Mutex::default(),
-            repeat: Mutex::default(),
             next_id: AtomicU64::new(1),
             disconnects: Arc::default(),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
-        let (addr, server) = serve(app, "bedrock").await;
-        FakeBedrock {
-            addr,
-            shared,
-            server,
-        }
+        let server = serve(app, "bedrock").await;
+        FakeBedrock { shared, server }
     }
 
     /// Requires temporary credentials: `x-amz-security-token: <token>`, signed.
@@ -162,14 +152,14 @@ impl FakeBedrock {
     /// the "fake script exhausted" error: for benchmarks and other loops of many calls.
     #[must_use]
     pub fn repeating(self, reply: BedrockReply) -> FakeBedrock {
-        *lock(&self.shared.repeat) = Some(reply);
+        self.shared.script.repeat(reply);
         self
     }
 
     /// The endpoint a client is configured with, like `http://127.0.0.1:PORT`; it serves
     /// both the runtime and the control plane.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.server.addr())
     }
 
     /// The JSON bodies of the Converse requests whose signature was valid, in order,
@@ -192,20 +182,6 @@ impl FakeBedrock {
     /// How many Converse requests lost their client before the reply was complete.
     pub fn disconnects(&self) -> usize {
         self.shared.disconnects.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for FakeBedrock {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-impl Shared {
-    /// The next reply of the script, else the repeated one, if any.
-    fn next_reply(&self) -> Option<BedrockReply> {
-        let scripted = lock(&self.script).pop_front();
-        scripted.or_else(|| lock(&self.repeat).clone())
     }
 }
 
@@ -291,7 +267,7 @@ async fn converse(shared: &Arc<Shared>, model: &str, body: &[u8], stream: bool) 
         return error_response(400, "ValidationException", &message, None);
     }
     let guard = DisconnectGuard::new(shared.disconnects.clone());
-    let Some(reply) = shared.next_reply() else {
+    let Some(reply) = shared.script.next_reply() else {
         guard.finish();
         return error_response(
             500,

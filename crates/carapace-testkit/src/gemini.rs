@@ -1,19 +1,18 @@
 //! A fake Gemini API server (`generateContent`, `streamGenerateContent`, `models.list`)
 //! that plays a script of replies, in the JSON shapes Google documents.
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
+
+use crate::fake::{DisconnectGuard, Script, Served, body_response, lock, serve};
 
 /// The one model `GET /v1beta/models` lists.
 pub const MODEL_NAME: &str = "fake-gemini";
@@ -68,50 +67,30 @@ pub struct GeminiRequest {
 
 /// A fake Gemini API server on 127.0.0.1. It stops when dropped.
 pub struct FakeGemini {
-    addr: SocketAddr,
     shared: Arc<Shared>,
-    server: tokio::task::JoinHandle<()>,
+    server: Served,
 }
 
 struct Shared {
-    script: Mutex<VecDeque<GeminiReply>>,
+    script: Script<GeminiReply>,
     requests: Mutex<Vec<GeminiRequest>>,
     api_key: Mutex<Option<String>>,
-    /// Answers every request once the script is used up.
-    repeat: Mutex<Option<GeminiReply>>,
     next_response: AtomicUsize,
-    disconnects: AtomicUsize,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+    disconnects: Arc<AtomicUsize>,
 }
 
 impl FakeGemini {
     /// Starts the server on a free loopback port, on the current tokio runtime.
     pub async fn start(script: Vec<GeminiReply>) -> FakeGemini {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .expect("bind the fake gemini server on 127.0.0.1");
-        let addr = listener.local_addr().expect("the fake's address");
         let shared = Arc::new(Shared {
-            script: Mutex::new(script.into()),
+            script: Script::new(script),
             requests: Mutex::default(),
             api_key: Mutex::default(),
-            repeat: Mutex::default(),
             next_response: AtomicUsize::new(1),
-            disconnects: AtomicUsize::new(0),
+            disconnects: Arc::default(),
         });
-        let app = router(shared.clone());
-        let server = tokio::spawn(async move {
-            // Serving only ends when the task is aborted.
-            let _ = axum::serve(listener, app).await;
-        });
-        FakeGemini {
-            addr,
-            shared,
-            server,
-        }
+        let server = serve(router(shared.clone()), "gemini").await;
+        FakeGemini { shared, server }
     }
 
     /// Requires `x-goog-api-key: <key>`; other requests get Google's 403 (missing) or 400
@@ -126,18 +105,18 @@ impl FakeGemini {
     /// the "fake script exhausted" error: for benchmarks and other loops of many calls.
     #[must_use]
     pub fn repeating(self, reply: GeminiReply) -> FakeGemini {
-        *lock(&self.shared.repeat) = Some(reply);
+        self.shared.script.repeat(reply);
         self
     }
 
     /// The base URL a client is configured with, `http://127.0.0.1:PORT` (no version).
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.server.addr())
     }
 
     /// Appends a reply to the script.
     pub fn push(&self, reply: GeminiReply) {
-        lock(&self.shared.script).push_back(reply);
+        self.shared.script.push(reply);
     }
 
     /// Every request received, in order, including rejected ones.
@@ -151,47 +130,12 @@ impl FakeGemini {
     }
 }
 
-impl Drop for FakeGemini {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-impl Shared {
-    /// The next reply of the script, else the repeated one, if any.
-    fn next_reply(&self) -> Option<GeminiReply> {
-        let scripted = lock(&self.script).pop_front();
-        scripted.or_else(|| lock(&self.repeat).clone())
-    }
-}
-
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1beta/models/{target}", post(generate))
         .route("/v1beta/models", get(models))
         .fallback(not_found)
         .with_state(shared)
-}
-
-/// Counts a disconnect when dropped before [`DisconnectGuard::finish`]: hyper drops the
-/// handler future, or the body stream, when the client goes away.
-struct DisconnectGuard {
-    shared: Arc<Shared>,
-    finished: bool,
-}
-
-impl DisconnectGuard {
-    fn finish(mut self) {
-        self.finished = true;
-    }
-}
-
-impl Drop for DisconnectGuard {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.shared.disconnects.fetch_add(1, Ordering::SeqCst);
-        }
-    }
 }
 
 impl Shared {
@@ -260,11 +204,8 @@ async fn generate(
     if let Some(resp) = shared.record(request) {
         return resp;
     }
-    let guard = DisconnectGuard {
-        shared: shared.clone(),
-        finished: false,
-    };
-    let Some(reply) = shared.next_reply() else {
+    let guard = DisconnectGuard::new(shared.disconnects.clone());
+    let Some(reply) = shared.script.next_reply() else {
         guard.finish();
         return error_response(500, "INTERNAL", "fake script exhausted");
     };
@@ -293,11 +234,11 @@ async fn generate(
         GeminiReply::StallAfter(n) if stream => {
             let chunks = text_chunks(&meta, STALLING_TEXT, true);
             let events = chunks.iter().take(n).map(sse_event).collect();
-            return body_response("text/event-stream", events, true, guard);
+            return body_response("text/event-stream", events, true, Some(guard));
         }
         GeminiReply::StallAfter(_) => {
             let half = "{\"candidates\": [{\"content\": {".to_string();
-            return body_response("application/json", vec![half], true, guard);
+            return body_response("application/json", vec![half], true, Some(guard));
         }
         GeminiReply::Text(text) => text_chunks(&meta, &text, true),
         GeminiReply::NoFinishReason(text) => text_chunks(&meta, &text, false),
@@ -322,12 +263,17 @@ async fn generate(
     };
     if stream && sse {
         let events = chunks.iter().map(sse_event).collect();
-        return body_response("text/event-stream", events, false, guard);
+        return body_response("text/event-stream", events, false, Some(guard));
     }
     if stream {
         // Without `alt=sse` the API streams one JSON array of the chunks.
         let array = Value::Array(chunks).to_string();
-        return body_response("application/json; charset=UTF-8", vec![array], false, guard);
+        return body_response(
+            "application/json; charset=UTF-8",
+            vec![array],
+            false,
+            Some(guard),
+        );
     }
     guard.finish();
     Json(merge(chunks)).into_response()
@@ -482,40 +428,6 @@ fn merge(chunks: Vec<Value>) -> Value {
 
 fn sse_event(chunk: &Value) -> String {
     format!("data: {chunk}\r\n\r\n")
-}
-
-/// A 200 whose body is sent piece by piece; with `stall` it then hangs without closing.
-/// The guard is finished once the last piece is handed to hyper.
-fn body_response(
-    content_type: &'static str,
-    pieces: Vec<String>,
-    stall: bool,
-    guard: DisconnectGuard,
-) -> Response {
-    let body = futures_util::stream::unfold(
-        (pieces.into_iter(), Some(guard)),
-        move |(mut pieces, mut guard)| async move {
-            let piece = pieces.next();
-            if let Some(guard) = guard.take_if(|_| pieces.as_slice().is_empty() && !stall) {
-                guard.finish();
-            }
-            match piece {
-                Some(piece) => Some((Ok::<_, Infallible>(piece), (pieces, guard))),
-                None => {
-                    if stall {
-                        std::future::pending::<()>().await;
-                    }
-                    None
-                }
-            }
-        },
-    );
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, content_type)],
-        Body::from_stream(body),
-    )
-        .into_response()
 }
 
 /// An HTTP error with the body Google sends: `{"error":{"code","message","status"}}`.

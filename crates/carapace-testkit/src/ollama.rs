@@ -8,8 +8,6 @@
 //! [`FakeOllama::with_api_key`] it stands for a proxy in front of Ollama that wants a
 //! bearer token. Broken requests get a 400 and consume no reply.
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -21,7 +19,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use crate::fake::{DisconnectGuard, body_response, lock, serve};
+use crate::fake::{DisconnectGuard, Script, Served, body_response, lock, serve};
 
 /// The one model `GET /api/tags` lists.
 pub const MODEL_NAME: &str = "llama-fake:latest";
@@ -64,18 +62,15 @@ pub enum OllamaReply {
 
 /// A fake Ollama server on 127.0.0.1. It stops when dropped.
 pub struct FakeOllama {
-    addr: SocketAddr,
     shared: Arc<Shared>,
-    server: tokio::task::JoinHandle<()>,
+    server: Served,
 }
 
 struct Shared {
-    script: Mutex<VecDeque<OllamaReply>>,
+    script: Script<OllamaReply>,
     requests: Mutex<Vec<Value>>,
     authorizations: Mutex<Vec<Option<String>>>,
     api_key: Mutex<Option<String>>,
-    /// Answers every request once the script is used up.
-    repeat: Mutex<Option<OllamaReply>>,
     disconnects: Arc<AtomicUsize>,
 }
 
@@ -83,19 +78,14 @@ impl FakeOllama {
     /// Starts the server on a free loopback port, on the current tokio runtime.
     pub async fn start(script: Vec<OllamaReply>) -> FakeOllama {
         let shared = Arc::new(Shared {
-            script: Mutex::new(script.into()),
+            script: Script::new(script),
             requests: Mutex::default(),
             authorizations: Mutex::default(),
             api_key: Mutex::default(),
-            repeat: Mutex::default(),
             disconnects: Arc::default(),
         });
-        let (addr, server) = serve(router(shared.clone()), "ollama").await;
-        FakeOllama {
-            addr,
-            shared,
-            server,
-        }
+        let server = serve(router(shared.clone()), "ollama").await;
+        FakeOllama { shared, server }
     }
 
     /// Requires `Authorization: Bearer <key>`, like a proxy in front of Ollama; other
@@ -110,13 +100,13 @@ impl FakeOllama {
     /// the "fake script exhausted" error: for benchmarks and other loops of many calls.
     #[must_use]
     pub fn repeating(self, reply: OllamaReply) -> FakeOllama {
-        *lock(&self.shared.repeat) = Some(reply);
+        self.shared.script.repeat(reply);
         self
     }
 
     /// The base URL a client is configured with, like `http://127.0.0.1:PORT`.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.server.addr())
     }
 
     /// The JSON bodies of the chat requests received, in order, including rejected ones.
@@ -132,20 +122,6 @@ impl FakeOllama {
     /// How many chat requests lost their client before the reply was complete.
     pub fn disconnects(&self) -> usize {
         self.shared.disconnects.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for FakeOllama {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-impl Shared {
-    /// The next reply of the script, else the repeated one, if any.
-    fn next_reply(&self) -> Option<OllamaReply> {
-        let scripted = lock(&self.script).pop_front();
-        scripted.or_else(|| lock(&self.repeat).clone())
     }
 }
 
@@ -185,7 +161,7 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         return error_response(400, &message, None);
     }
     let guard = DisconnectGuard::new(shared.disconnects.clone());
-    let Some(reply) = shared.next_reply() else {
+    let Some(reply) = shared.script.next_reply() else {
         guard.finish();
         return error_response(500, "fake script exhausted", None);
     };

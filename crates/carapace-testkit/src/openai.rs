@@ -1,19 +1,18 @@
 //! A fake OpenAI Chat Completions server that plays a script of replies.
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
+
+use crate::fake::{DisconnectGuard, Script, Served, bind, body_response, lock, no_cache};
 
 /// The `created` timestamp of every object, fixed so outputs are reproducible.
 const CREATED: u64 = 1_700_000_000;
@@ -56,25 +55,18 @@ pub enum Reply {
 
 /// A fake OpenAI-compatible server on 127.0.0.1. It stops when dropped.
 pub struct FakeOpenAi {
-    addr: SocketAddr,
     shared: Arc<Shared>,
-    server: tokio::task::JoinHandle<()>,
+    server: Served,
 }
 
 struct Shared {
-    script: Mutex<VecDeque<Reply>>,
+    script: Script<Reply>,
     requests: Mutex<Vec<Value>>,
     authorizations: Mutex<Vec<Option<String>>>,
     api_key: Mutex<Option<String>>,
-    /// Answers every request once the script is used up.
-    repeat: Mutex<Option<Reply>>,
     next_call: AtomicU64,
     next_completion: AtomicU64,
-    disconnects: AtomicUsize,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+    disconnects: Arc<AtomicUsize>,
 }
 
 impl FakeOpenAi {
@@ -87,28 +79,17 @@ impl FakeOpenAi {
 
     /// Starts the server on `127.0.0.1:port` (0 picks a free one).
     pub async fn bind(port: u16, script: Vec<Reply>) -> std::io::Result<FakeOpenAi> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-        let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            script: Mutex::new(script.into()),
+            script: Script::new(script),
             requests: Mutex::default(),
             authorizations: Mutex::default(),
             api_key: Mutex::default(),
-            repeat: Mutex::default(),
             next_call: AtomicU64::new(1),
             next_completion: AtomicU64::new(1),
-            disconnects: AtomicUsize::new(0),
+            disconnects: Arc::default(),
         });
-        let app = router(shared.clone());
-        let server = tokio::spawn(async move {
-            // Serving only ends when the task is aborted.
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(FakeOpenAi {
-            addr,
-            shared,
-            server,
-        })
+        let server = bind(port, router(shared.clone())).await?;
+        Ok(FakeOpenAi { shared, server })
     }
 
     /// Requires `Authorization: Bearer <key>`; other requests get a 401 with an OpenAI
@@ -123,18 +104,18 @@ impl FakeOpenAi {
     /// the "fake script exhausted" error: for benchmarks and other loops of many calls.
     #[must_use]
     pub fn repeating(self, reply: Reply) -> FakeOpenAi {
-        *lock(&self.shared.repeat) = Some(reply);
+        self.shared.script.repeat(reply);
         self
     }
 
     /// The base URL a client is configured with, like `http://127.0.0.1:PORT/v1`.
     pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.addr)
+        format!("http://{}/v1", self.server.addr())
     }
 
     /// Appends a reply to the script.
     pub fn push(&self, reply: Reply) {
-        lock(&self.shared.script).push_back(reply);
+        self.shared.script.push(reply);
     }
 
     /// The JSON bodies of the chat requests received, in order, including rejected ones.
@@ -153,47 +134,12 @@ impl FakeOpenAi {
     }
 }
 
-impl Drop for FakeOpenAi {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-impl Shared {
-    /// The next reply of the script, else the repeated one, if any.
-    fn next_reply(&self) -> Option<Reply> {
-        let scripted = lock(&self.script).pop_front();
-        scripted.or_else(|| lock(&self.repeat).clone())
-    }
-}
-
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
         .fallback(not_found)
         .with_state(shared)
-}
-
-/// Counts a disconnect when dropped before [`DisconnectGuard::finish`]: hyper drops the
-/// handler future, or the body stream, when the client goes away.
-struct DisconnectGuard {
-    shared: Arc<Shared>,
-    finished: bool,
-}
-
-impl DisconnectGuard {
-    fn finish(mut self) {
-        self.finished = true;
-    }
-}
-
-impl Drop for DisconnectGuard {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.shared.disconnects.fetch_add(1, Ordering::SeqCst);
-        }
-    }
 }
 
 impl Shared {
@@ -235,11 +181,8 @@ async fn chat_completions(
     if let Some(resp) = auth_failure {
         return resp;
     }
-    let guard = DisconnectGuard {
-        shared: shared.clone(),
-        finished: false,
-    };
-    let Some(mut reply) = shared.next_reply() else {
+    let guard = DisconnectGuard::new(shared.disconnects.clone());
+    let Some(mut reply) = shared.script.next_reply() else {
         guard.finish();
         return error_response(500, "fake script exhausted");
     };
@@ -282,7 +225,12 @@ async fn chat_completions(
         }
         Reply::StallAfter(_) => {
             let half = format!("{{\"id\":\"{id}\",\"object\":\"chat.completion\",");
-            return body_response("application/json", vec![half], true, guard);
+            return no_cache(body_response(
+                "application/json",
+                vec![half],
+                true,
+                Some(guard),
+            ));
         }
         Reply::Delayed(..) => unreachable!("delays were unwrapped above"),
     };
@@ -466,44 +414,8 @@ fn stream_events(id: &str, model: &str, answer: &Answer, usage: Option<Value>) -
 }
 
 fn sse_response(events: Vec<String>, stall: bool, guard: DisconnectGuard) -> Response {
-    body_response("text/event-stream; charset=utf-8", events, stall, guard)
-}
-
-/// A 200 whose body is sent piece by piece; with `stall` it then hangs without closing.
-/// The guard is finished once the last piece is handed to hyper.
-fn body_response(
-    content_type: &'static str,
-    pieces: Vec<String>,
-    stall: bool,
-    guard: DisconnectGuard,
-) -> Response {
-    let body = futures_util::stream::unfold(
-        (pieces.into_iter(), Some(guard)),
-        move |(mut pieces, mut guard)| async move {
-            let piece = pieces.next();
-            if let Some(guard) = guard.take_if(|_| pieces.as_slice().is_empty() && !stall) {
-                guard.finish();
-            }
-            match piece {
-                Some(piece) => Some((Ok::<_, Infallible>(piece), (pieces, guard))),
-                None => {
-                    if stall {
-                        std::future::pending::<()>().await;
-                    }
-                    None
-                }
-            }
-        },
-    );
-    (
-        StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, content_type),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        Body::from_stream(body),
-    )
-        .into_response()
+    let content_type = "text/event-stream; charset=utf-8";
+    no_cache(body_response(content_type, events, stall, Some(guard)))
 }
 
 /// An HTTP error with the body OpenAI sends: `{"error":{"message","type","param","code"}}`.

@@ -9,8 +9,7 @@
 //! `strict` is left out), schemas whose every object is closed and requires every
 //! property. Broken requests get the 400 OpenAI sends and consume no reply.
 
-use std::collections::{HashSet, VecDeque};
-use std::net::SocketAddr;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -22,7 +21,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use crate::fake::{DisconnectGuard, body_response, lock, serve};
+use crate::fake::{DisconnectGuard, Script, Served, body_response, lock, serve};
 
 /// The one model `GET /v1/models` lists.
 pub const MODEL_ID: &str = "gpt-fake-1";
@@ -77,18 +76,15 @@ pub enum ResponsesReply {
 
 /// A fake OpenAI Responses server on 127.0.0.1. It stops when dropped.
 pub struct FakeOpenAiResponses {
-    addr: SocketAddr,
     shared: Arc<Shared>,
-    server: tokio::task::JoinHandle<()>,
+    server: Served,
 }
 
 struct Shared {
-    script: Mutex<VecDeque<ResponsesReply>>,
+    script: Script<ResponsesReply>,
     requests: Mutex<Vec<Value>>,
     authorizations: Mutex<Vec<Option<String>>>,
     api_key: Mutex<Option<String>>,
-    /// Answers every request once the script is used up.
-    repeat: Mutex<Option<ResponsesReply>>,
     next_id: AtomicU64,
     disconnects: Arc<AtomicUsize>,
 }
@@ -97,20 +93,15 @@ impl FakeOpenAiResponses {
     /// Starts the server on a free loopback port, on the current tokio runtime.
     pub async fn start(script: Vec<ResponsesReply>) -> FakeOpenAiResponses {
         let shared = Arc::new(Shared {
-            script: Mutex::new(script.into()),
+            script: Script::new(script),
             requests: Mutex::default(),
             authorizations: Mutex::default(),
             api_key: Mutex::default(),
-            repeat: Mutex::default(),
             next_id: AtomicU64::new(1),
             disconnects: Arc::default(),
         });
-        let (addr, server) = serve(router(shared.clone()), "openai responses").await;
-        FakeOpenAiResponses {
-            addr,
-            shared,
-            server,
-        }
+        let server = serve(router(shared.clone()), "openai responses").await;
+        FakeOpenAiResponses { shared, server }
     }
 
     /// Requires `Authorization: Bearer <key>`; other requests get OpenAI's 401 and
@@ -125,13 +116,13 @@ impl FakeOpenAiResponses {
     /// the "fake script exhausted" error: for benchmarks and other loops of many calls.
     #[must_use]
     pub fn repeating(self, reply: ResponsesReply) -> FakeOpenAiResponses {
-        *lock(&self.shared.repeat) = Some(reply);
+        self.shared.script.repeat(reply);
         self
     }
 
     /// The base URL a client is configured with, like `http://127.0.0.1:PORT/v1`.
     pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.addr)
+        format!("http://{}/v1", self.server.addr())
     }
 
     /// The JSON bodies of the response requests received, in order, including rejected
@@ -148,20 +139,6 @@ impl FakeOpenAiResponses {
     /// How many response requests lost their client before the reply was complete.
     pub fn disconnects(&self) -> usize {
         self.shared.disconnects.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for FakeOpenAiResponses {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-impl Shared {
-    /// The next reply of the script, else the repeated one, if any.
-    fn next_reply(&self) -> Option<ResponsesReply> {
-        let scripted = lock(&self.script).pop_front();
-        scripted.or_else(|| lock(&self.repeat).clone())
     }
 }
 
@@ -242,7 +219,7 @@ async fn responses(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
         );
     }
     let guard = DisconnectGuard::new(shared.disconnects.clone());
-    let Some(reply) = shared.next_reply() else {
+    let Some(reply) = shared.script.next_reply() else {
         guard.finish();
         return error_response(500, "server_error", None, None, "fake script exhausted");
     };

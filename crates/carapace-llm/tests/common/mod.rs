@@ -1,10 +1,26 @@
-//! What the provider suites that share it need: running a turn plain or streamed, and
-//! waiting for the fake to see what the client did.
+//! What the provider suites share: building a turn, running it plain or streamed, waiting
+//! for the fake to see what the client did, and checking that a key never shows.
+
+// Each suite compiles this module on its own and uses only a part of it.
+#![allow(dead_code)]
 
 use std::time::Duration;
 
-use carapace_llm::{ChatRequest, ChatResponse, Provider, ProviderError, StreamEvent};
+use carapace_llm::{ChatMessage, ChatRequest, ChatResponse, Provider, ProviderError, StreamEvent};
 use tokio::sync::mpsc;
+
+/// One user message to `model`, without tools or limits.
+pub fn ask_model(model: &str, text: &str) -> ChatRequest {
+    ChatRequest {
+        model: model.into(),
+        messages: vec![ChatMessage::User {
+            content: text.into(),
+        }],
+        tools: Vec::new(),
+        max_tokens: None,
+        temperature: None,
+    }
+}
 
 /// How a turn is run: plain, or streamed with the text deltas collected.
 #[derive(Clone, Copy, Debug)]
@@ -34,6 +50,48 @@ pub async fn run(
             }
             (result, deltas)
         }
+    }
+}
+
+/// Runs `req` once in each mode, plain first; returns the responses.
+pub async fn each_mode(
+    provider: &dyn Provider,
+    req: &ChatRequest,
+) -> Vec<(Mode, Result<ChatResponse, ProviderError>)> {
+    let mut out = Vec::new();
+    for mode in MODES {
+        out.push((mode, run(provider, req, mode).await.0));
+    }
+    out
+}
+
+/// Drops a plain call before the response headers, then a streamed one after its first
+/// event; the fake, whose received requests and disconnects the closures count, must see
+/// both clients go away.
+pub async fn drop_before_headers_and_mid_stream(
+    provider: &dyn Provider,
+    req: &ChatRequest,
+    requests: impl Fn() -> usize,
+    disconnects: impl Fn() -> usize,
+) {
+    tokio::select! {
+        result = provider.chat(req, None) => panic!("finished early: {result:?}"),
+        () = eventually("the request to arrive", || requests() == 1) => {}
+    }
+    eventually("the first disconnect", || disconnects() == 1).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::select! {
+        result = provider.chat(req, Some(&tx)) => panic!("finished early: {result:?}"),
+        first = rx.recv() => assert!(first.is_some()),
+    }
+    eventually("the second disconnect", || disconnects() == 2).await;
+}
+
+/// Asserts that `secret` shows in none of `errors`, displayed or debugged.
+pub fn assert_not_shown(secret: &str, errors: &[ProviderError]) {
+    for err in errors {
+        let shown = format!("{err} {err:?}");
+        assert!(!shown.contains(secret), "{shown}");
     }
 }
 
