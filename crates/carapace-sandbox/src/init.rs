@@ -26,7 +26,7 @@ use crate::landlock_rules::{self, Enforced};
 use crate::mounts;
 use crate::seccomp;
 use crate::sys::{self, Forked};
-use crate::wire::{CHANNEL_ARG, Report, WireSpec};
+use crate::wire::{CHANNEL_ARG, Report, WIRE_VERSION, WireSpec};
 use crate::{Feature, INSIDE_GID, INSIDE_UID};
 
 /// Exit code of the init program when setup failed (the report says why).
@@ -178,6 +178,20 @@ fn read_spec(channel: &mut File) -> Result<WireSpec, Fail> {
     channel
         .read_to_end(&mut bytes)
         .map_err(|e| Fail::setup("spec", e.to_string()))?;
+    // The version first, so a spec of another build is named as such.
+    let version = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("version").and_then(serde_json::Value::as_u64));
+    if version != Some(u64::from(WIRE_VERSION)) {
+        return Err(Fail::setup(
+            "spec",
+            format!(
+                "this init program speaks wire version {WIRE_VERSION}, the caller sent {}: \
+                 install the init program from the same build as its caller",
+                version.map_or("none".to_string(), |v| v.to_string())
+            ),
+        ));
+    }
     serde_json::from_slice(&bytes).map_err(|e| Fail::setup("spec", e.to_string()))
 }
 

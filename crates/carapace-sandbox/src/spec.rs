@@ -237,6 +237,7 @@ pub(crate) fn validate(spec: &SandboxSpec) -> Result<WireSpec, SandboxError> {
     }
 
     Ok(WireSpec {
+        version: crate::wire::WIRE_VERSION,
         argv: spec.argv.clone(),
         env: spec.env.clone(),
         cwd,

@@ -12,9 +12,18 @@ use crate::Feature;
 /// (with captured output the channel is stdin) or `--channel-fd=3`.
 pub(crate) const CHANNEL_ARG: &str = "--channel-fd=";
 
+/// The version of this wire format. The init program may be another binary than the
+/// caller (`cara-sandbox-init` beside `cara`) and so another build: it refuses a spec of
+/// another version rather than misread it. Bump it with any change to these types (the
+/// `the_wire_format_is_pinned_to_its_version` test fails until then).
+pub(crate) const WIRE_VERSION: u32 = 1;
+
 /// The spec after validation: paths are UTF-8, absolute and without `..`.
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct WireSpec {
+    /// [`WIRE_VERSION`] of the caller.
+    pub version: u32,
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: String,
@@ -31,6 +40,7 @@ pub(crate) struct WireSpec {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct WireBind {
     pub src: String,
     pub dst: String,
@@ -38,6 +48,7 @@ pub(crate) struct WireBind {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct WireLimits {
     pub cpu_seconds: u64,
     pub address_space_bytes: u64,
@@ -172,6 +183,41 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Fails when the wire format changes: then bump [`WIRE_VERSION`] and update this.
+    #[test]
+    fn the_wire_format_is_pinned_to_its_version() {
+        let spec = WireSpec {
+            version: WIRE_VERSION,
+            argv: vec!["/bin/true".into()],
+            env: vec![("PATH".into(), "/bin".into())],
+            cwd: "/workspace".into(),
+            binds: vec![WireBind {
+                src: "/w".into(),
+                dst: "/workspace".into(),
+                writable: true,
+            }],
+            socket: Some(("/run/a.sock".into(), "/run/b.sock".into())),
+            limits: WireLimits {
+                cpu_seconds: 1,
+                address_space_bytes: 2,
+                open_files: 3,
+                processes: 4,
+                tmp_bytes: 5,
+            },
+            allow_degraded: false,
+            caller_pid: 6,
+            cgroup: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&spec).unwrap(),
+            r#"{"version":1,"argv":["/bin/true"],"env":[["PATH","/bin"]],"cwd":"/workspace","binds":[{"src":"/w","dst":"/workspace","writable":true}],"socket":["/run/a.sock","/run/b.sock"],"limits":{"cpu_seconds":1,"address_space_bytes":2,"open_files":3,"processes":4,"tmp_bytes":5},"allow_degraded":false,"caller_pid":6,"cgroup":null}"#
+        );
+        // A field the reader does not know is an error, not ignored.
+        let mut v = serde_json::to_value(&spec).unwrap();
+        v["new_limit"] = serde_json::json!(1);
+        assert!(serde_json::from_value::<WireSpec>(v).is_err());
     }
 
     #[test]
