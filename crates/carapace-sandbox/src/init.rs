@@ -178,8 +178,12 @@ fn read_spec(channel: &mut File) -> Result<WireSpec, Fail> {
     channel
         .read_to_end(&mut bytes)
         .map_err(|e| Fail::setup("spec", e.to_string()))?;
+    parse_spec(&bytes)
+}
+
+fn parse_spec(bytes: &[u8]) -> Result<WireSpec, Fail> {
     // The version first, so a spec of another build is named as such.
-    let version = serde_json::from_slice::<serde_json::Value>(&bytes)
+    let version = serde_json::from_slice::<serde_json::Value>(bytes)
         .ok()
         .and_then(|v| v.get("version").and_then(serde_json::Value::as_u64));
     if version != Some(u64::from(WIRE_VERSION)) {
@@ -192,7 +196,7 @@ fn read_spec(channel: &mut File) -> Result<WireSpec, Fail> {
             ),
         ));
     }
-    serde_json::from_slice(&bytes).map_err(|e| Fail::setup("spec", e.to_string()))
+    serde_json::from_slice(bytes).map_err(|e| Fail::setup("spec", e.to_string()))
 }
 
 enum Never {}
@@ -603,4 +607,30 @@ fn resolve(name: &str, env: &[(String, String)]) -> Result<CString, Fail> {
         }
     }
     Err(not_found())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_spec;
+
+    #[test]
+    fn a_spec_from_another_build_is_refused_by_name() {
+        let ours = format!(
+            r#"{{"version":{},"argv":["/bin/true"],"env":[],"cwd":"/","binds":[],"socket":null,"limits":{{"cpu_seconds":1,"address_space_bytes":1,"open_files":1,"processes":1,"tmp_bytes":1}},"allow_degraded":false,"caller_pid":1,"cgroup":null}}"#,
+            super::WIRE_VERSION
+        );
+        assert!(parse_spec(ours.as_bytes()).is_ok());
+        for (other, sent) in [
+            (ours.replacen("\"version\":1", "\"version\":2", 1), "2"),
+            (ours.replacen("\"version\":1,", "", 1), "none"),
+        ] {
+            let fail = parse_spec(other.as_bytes()).expect_err("refused");
+            assert_eq!(fail.step, "spec");
+            assert!(
+                fail.message.contains(&format!("the caller sent {sent}")),
+                "{}",
+                fail.message
+            );
+        }
+    }
 }
