@@ -163,7 +163,15 @@ fn open_audit(dd: &DataDir) -> anyhow::Result<Option<(Store, AuditKey)>> {
 /// While the gateway runs it holds the database (exclusively), so the audit commands ask
 /// it; otherwise they read the file themselves.
 /// `cara usage`: from the running gateway, else from the database directly.
-pub async fn usage(dd: &DataDir, days: u32, as_json: bool) -> anyhow::Result<ExitCode> {
+pub async fn usage(
+    dd: &DataDir,
+    days: u32,
+    as_json: bool,
+    session: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    if let Some(id) = session {
+        return session_usage(dd, &id, as_json).await;
+    }
     let report = if let Some(daemon) = Daemon::find(dd).await? {
         daemon.get(&format!("/api/usage?days={days}")).await?
     } else {
@@ -225,6 +233,47 @@ pub async fn usage(dd: &DataDir, days: u32, as_json: bool) -> anyhow::Result<Exi
             r["day"].as_str().unwrap_or("?"),
             crate::chat::printable(r["model"].as_str().unwrap_or("?")),
             line(&r["usage"])
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cara usage --session ID`: one session's totals.
+async fn session_usage(dd: &DataDir, id: &str, as_json: bool) -> anyhow::Result<ExitCode> {
+    let usage = if let Some(daemon) = Daemon::find(dd).await? {
+        daemon
+            .get(&format!("/api/sessions/{id}"))
+            .await
+            .with_context(|| format!("no session {id}"))?["usage"]
+            .clone()
+    } else {
+        if !dd.db().exists() {
+            bail!("no session {id}: {} does not exist", dd.db().display());
+        }
+        let store =
+            Store::open(&dd.db()).with_context(|| format!("cannot open {}", dd.db().display()))?;
+        let session = carapace_types::SessionId::new(id);
+        if store.session(&session)?.is_none() {
+            bail!("no session {id}");
+        }
+        let t = store.usage_of_session(&session)?;
+        json!({
+            "calls": t.calls,
+            "prompt_tokens": t.prompt_tokens,
+            "completion_tokens": t.completion_tokens,
+            "cost_usd": t.cost_micros as f64 / 1e6,
+            "unpriced_calls": t.unpriced_calls,
+        })
+    };
+    if as_json {
+        println!("{usage}");
+    } else {
+        println!(
+            "session {id}: {} calls, {} in, {} out, ${:.4}",
+            usage["calls"].as_u64().unwrap_or(0),
+            usage["prompt_tokens"].as_u64().unwrap_or(0),
+            usage["completion_tokens"].as_u64().unwrap_or(0),
+            usage["cost_usd"].as_f64().unwrap_or(0.0)
         );
     }
     Ok(ExitCode::SUCCESS)

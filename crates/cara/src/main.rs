@@ -74,6 +74,9 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// One session's totals instead.
+        #[arg(long, value_name = "ID")]
+        session: Option<String>,
     },
     /// Check configuration, permissions, the provider, the audit log and kernel
     /// features, and say what to fix.
@@ -300,7 +303,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             allow_hosts,
         } => runtime(1)?.block_on(chat::chat(&dd, session, no_start, allow_hosts)),
         Command::Status => runtime(1)?.block_on(commands::status(&dd)),
-        Command::Usage { days, json } => runtime(1)?.block_on(commands::usage(&dd, days, json)),
+        Command::Usage {
+            days,
+            json,
+            session,
+        } => runtime(1)?.block_on(commands::usage(&dd, days, json, session)),
         Command::Doctor => runtime(1)?.block_on(doctor::doctor(&dd)),
         Command::Setup {
             provider,

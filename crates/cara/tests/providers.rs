@@ -319,7 +319,41 @@ async fn usage_is_counted_priced_and_the_daily_budget_stops_new_turns() {
     assert_eq!(out.code, Some(0), "{out:#?}");
     assert!(out.stdout.contains("daily budget: $0.50"), "{out:#?}");
     assert!(out.stdout.contains("fake-model"), "{out:#?}");
+    let (_, sessions) = json_response(
+        daemon
+            .authed(Method::GET, "/api/sessions")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    // The first turn's session (the refused turn made a second one, with no usage).
+    let id = sessions["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .min_by_key(|s| s["created_ms"].as_i64().unwrap())
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .unwrap();
+    let out = cara(&dir)
+        .args(["usage", "--json", "--session", &id])
+        .run()
+        .await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let online: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(online["prompt_tokens"].as_u64(), Some(prompt), "{online}");
     daemon.stop().await;
+    let out = cara(&dir)
+        .args(["usage", "--json", "--session", &id])
+        .run()
+        .await;
+    let offline_session: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(offline_session, online);
+    let out = cara(&dir)
+        .args(["usage", "--session", "s_nope"])
+        .run()
+        .await;
+    assert_eq!(out.code, Some(1), "{out:#?}");
 
     // Without a gateway, from the database: the same numbers.
     let out = cara(&dir).args(["usage", "--json"]).run().await;
