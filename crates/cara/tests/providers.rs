@@ -66,7 +66,13 @@ async fn anthropic_slash_model_uses_the_anthropic_api_with_its_own_key_only() {
 
 #[tokio::test]
 async fn gemini_and_ollama_by_alias_and_a_vault_key() {
-    let gemini = FakeGemini::start(vec![GeminiReply::Text("hello from gemini".into())]).await;
+    // A tool call first: its thought signature must come back in the next request,
+    // through the agent's stored history.
+    let gemini = FakeGemini::start(vec![
+        GeminiReply::ToolCalls(vec![("list_dir".into(), json!({ "path": "." }))]),
+        GeminiReply::Text("hello from gemini".into()),
+    ])
+    .await;
     let dir = TestDir::new();
     std::fs::create_dir_all(dir.data()).unwrap();
     std::fs::write(
@@ -96,6 +102,18 @@ async fn gemini_and_ollama_by_alias_and_a_vault_key() {
     let seen = gemini.requests();
     assert_eq!(seen[0].model, "gemini-test");
     assert_eq!(seen[0].api_key.as_deref(), Some("gm-e2e-key-0002"));
+    let model_turn = seen[1].body["contents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["role"] == "model")
+        .cloned()
+        .expect("the model's turn is sent back");
+    assert_eq!(
+        model_turn["parts"][0]["thoughtSignature"],
+        json!(carapace_testkit::gemini::signature_of("list_dir")),
+        "{model_turn}"
+    );
     daemon.stop().await;
 
     let ollama = FakeOllama::start(vec![OllamaReply::Text("hello from ollama".into())]).await;

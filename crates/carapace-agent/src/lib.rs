@@ -440,7 +440,13 @@ impl Agent {
             let calls = dedupe_ids(response.tool_calls);
             let calls_json: Value = calls
                 .iter()
-                .map(|c| json!({ "id": c.id, "name": c.name, "arguments": c.arguments }))
+                .map(|c| {
+                    let mut v = json!({ "id": c.id, "name": c.name, "arguments": c.arguments });
+                    if let Some(signature) = &c.signature {
+                        v["signature"] = json!(signature);
+                    }
+                    v
+                })
                 .collect();
             self.persist(
                 session,
@@ -593,6 +599,7 @@ pub fn build_messages(system_prompt: &str, history: &[MessageRecord]) -> Vec<Cha
                                 id: c["id"].as_str().unwrap_or_default().to_string(),
                                 name: c["name"].as_str().unwrap_or_default().to_string(),
                                 arguments: c["arguments"].as_str().unwrap_or("{}").to_string(),
+                                signature: c["signature"].as_str().map(String::from),
                             })
                             .collect()
                     })

@@ -79,6 +79,9 @@ pub struct ToolCallRequest {
     /// The arguments as raw JSON text, exactly as the model produced them; may be
     /// malformed.
     pub arguments: String,
+    /// An opaque token the provider attached to the call and wants back with it in later
+    /// turns (Gemini's `thoughtSignature`); `None` for most providers.
+    pub signature: Option<String>,
 }
 
 /// One model turn to run.

@@ -189,12 +189,14 @@ async fn tool_result_round_trip_request_shape() {
                         id: "toolu_a".into(),
                         name: "list_dir".into(),
                         arguments: r#"{"path":"src"}"#.into(),
+                        signature: None,
                     },
                     ToolCallRequest {
                         id: "toolu_b".into(),
                         name: "list_dir".into(),
                         // Malformed: goes out as {}.
                         arguments: r#"{"path": "docs"#.into(),
+                        signature: None,
                     },
                 ],
             },
@@ -380,6 +382,7 @@ async fn a_tool_result_after_user_text_still_comes_first() {
                     id: "t1".into(),
                     name: "now".into(),
                     arguments: String::new(),
+                    signature: None,
                 }],
             },
             ChatMessage::User {

@@ -219,12 +219,14 @@ async fn tool_result_round_trip_request_shape() {
                         id: "tooluse_a".into(),
                         name: "list_dir".into(),
                         arguments: r#"{"path":"src"}"#.into(),
+                        signature: None,
                     },
                     ToolCallRequest {
                         id: "tooluse_b".into(),
                         name: "list_dir".into(),
                         // Malformed: goes out as {}.
                         arguments: r#"{"path": "docs"#.into(),
+                        signature: None,
                     },
                 ],
             },

@@ -158,6 +158,7 @@ async fn a_tool_result_round_trip_has_the_gemini_shape() {
                         id: "call_9".into(),
                         name: "list_dir".into(),
                         arguments: r#"{"path":"src"}"#.into(),
+                        signature: None,
                     },
                     ToolCallRequest {
                         // An id Gemini issued goes back; a malformed argument text
@@ -165,6 +166,7 @@ async fn a_tool_result_round_trip_has_the_gemini_shape() {
                         id: "g-7f3a".into(),
                         name: "read_file".into(),
                         arguments: r#"{"path": "#.into(),
+                        signature: None,
                     },
                 ],
             },
@@ -708,4 +710,41 @@ async fn a_repeating_fake_answers_every_call_once_its_script_is_used_up() {
     }
     assert_eq!(contents, ["first", "again", "again", "again"]);
     assert_eq!(fake.requests().len(), 4);
+}
+
+#[tokio::test]
+async fn a_calls_thought_signature_goes_back_with_it() {
+    let (fake, provider) = fake(vec![
+        GeminiReply::ToolCalls(vec![("list_dir".into(), json!({ "path": "src" }))]),
+        GeminiReply::Text("done".into()),
+    ])
+    .await;
+    let first = provider.chat(&ask("look"), None).await.unwrap();
+    let call = first.tool_calls[0].clone();
+    assert_eq!(
+        call.signature.as_deref(),
+        Some(carapace_testkit::gemini::signature_of("list_dir").as_str())
+    );
+    let mut next = ask("look");
+    next.messages.push(ChatMessage::Assistant {
+        content: None,
+        tool_calls: vec![call.clone()],
+    });
+    next.messages.push(ChatMessage::Tool {
+        tool_call_id: call.id.clone(),
+        content: "main.rs".into(),
+    });
+    provider.chat(&next, None).await.unwrap();
+    let sent = &fake.requests()[1].body;
+    let model_turn = sent["contents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["role"] == "model")
+        .expect("the model's turn is sent back");
+    assert_eq!(
+        model_turn["parts"][0]["thoughtSignature"],
+        json!(call.signature.unwrap()),
+        "{sent}"
+    );
 }

@@ -136,12 +136,14 @@ async fn tool_result_round_trip_request_shape() {
                         id: "call_1".into(),
                         name: "list_dir".into(),
                         arguments: r#"{"path":"src"}"#.into(),
+                        signature: None,
                     },
                     ToolCallRequest {
                         id: "call_2".into(),
                         name: "read_file".into(),
                         // Malformed: goes out as {}.
                         arguments: r#"{"path": "docs"#.into(),
+                        signature: None,
                     },
                 ],
             },

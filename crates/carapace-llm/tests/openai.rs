@@ -167,6 +167,7 @@ async fn the_request_body_has_the_openai_shape() {
                     id: "call_9".into(),
                     name: "list_dir".into(),
                     arguments: r#"{"path":"src"}"#.into(),
+                    signature: None,
                 }],
             },
             ChatMessage::Tool {

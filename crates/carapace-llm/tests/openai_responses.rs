@@ -142,12 +142,14 @@ async fn tool_result_round_trip_request_shape() {
                         id: "call_a".into(),
                         name: "list_dir".into(),
                         arguments: r#"{"path":"src"}"#.into(),
+                        signature: None,
                     },
                     ToolCallRequest {
                         id: "call_b".into(),
                         name: "list_dir".into(),
                         // Malformed: goes back exactly as the model wrote it.
                         arguments: r#"{"path": "docs"#.into(),
+                        signature: None,
                     },
                 ],
             },

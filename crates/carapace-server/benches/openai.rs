@@ -165,6 +165,7 @@ fn decode(body: &Value) -> ChatRequest {
                         id: c["id"].as_str().unwrap().to_string(),
                         name: c["function"]["name"].as_str().unwrap().to_string(),
                         arguments: c["function"]["arguments"].as_str().unwrap().to_string(),
+                        signature: None,
                     })
                     .collect(),
             },

@@ -389,10 +389,21 @@ fn call_chunks(meta: &Meta, calls: &[(String, Value)]) -> Vec<Value> {
         .enumerate()
         .map(|(i, (name, args))| {
             sent += name.len() + args.to_string().len();
-            let part = json!({ "functionCall": { "name": name, "args": args } });
+            // Thinking models sign the thought behind each call; the signature must come
+            // back with the call in the next request.
+            let part = json!({
+                "functionCall": { "name": name, "args": args },
+                "thoughtSignature": signature_of(name),
+            });
             meta.wrap(candidate(vec![part], i + 1 == calls.len()), sent / 4 + 1)
         })
         .collect()
+}
+
+/// The thought signature the fake attaches to a call of `name` (opaque base64 to a
+/// client, like Gemini's).
+pub fn signature_of(name: &str) -> String {
+    format!("c2lnLW9mLQ{}", name.len())
 }
 
 /// The unstreamed answer: the chunks' parts in one candidate, the last chunk's rest.

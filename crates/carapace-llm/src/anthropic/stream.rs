@@ -165,6 +165,7 @@ impl Assembler {
                         id,
                         name,
                         arguments,
+                        signature: None,
                     });
                 }
                 Block::Other => {}
@@ -292,6 +293,7 @@ mod tests {
                             id: "toolu_1",
                             name: "now",
                             arguments: "{}",
+                            signature: None,
                         },
                     ],
                     finish_reason: Some(

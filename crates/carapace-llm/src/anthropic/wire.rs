@@ -195,6 +195,7 @@ pub(super) fn decode_message(
                 id: str_field(block, "id"),
                 name: str_field(block, "name"),
                 arguments: block.get("input").unwrap_or(&json!({})).to_string(),
+                signature: None,
             }),
             // Thinking and other block kinds carry nothing a turn reports.
             _ => {}

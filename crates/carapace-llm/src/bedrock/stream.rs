@@ -288,6 +288,7 @@ impl Assembler {
                     name,
                     // A tool without parameters may get no input delta at all.
                     arguments: if json.is_empty() { "{}".into() } else { json },
+                    signature: None,
                 }),
             }
         }
@@ -390,11 +391,13 @@ mod tests {
                             id: "tooluse_1",
                             name: "read",
                             arguments: "{\"path\":\"a\"}",
+                            signature: None,
                         },
                         ToolCallRequest {
                             id: "tooluse_2",
                             name: "now",
                             arguments: "{}",
+                            signature: None,
                         },
                     ],
                     finish_reason: Some(

@@ -166,6 +166,7 @@ pub(super) fn decode_response(
                 id: field("toolUseId"),
                 name: field("name"),
                 arguments: call.get("input").unwrap_or(&json!({})).to_string(),
+                signature: None,
             });
         }
         // Reasoning and other blocks carry nothing a turn reports.

@@ -12,7 +12,7 @@ use crate::{ChatResponse, ProviderError, Usage};
 pub(super) struct Assembler {
     text: String,
     /// `(id Gemini sent, name, arguments)`, in arrival order.
-    calls: Vec<(Option<String>, String, String)>,
+    calls: Vec<wire::Call>,
     finish_reason: Option<String>,
     usage: Option<Usage>,
     model: Option<String>,
@@ -56,7 +56,8 @@ impl Assembler {
             let parts = candidate.content.and_then(|c| c.parts).unwrap_or_default();
             for part in parts {
                 if let Some(call) = part.function_call {
-                    self.calls.push(wire::decode_call(call));
+                    self.calls
+                        .push(wire::decode_call(call, part.thought_signature));
                     continue;
                 }
                 if part.thought == Some(true) {
@@ -94,8 +95,13 @@ impl Assembler {
         let tool_calls = self
             .calls
             .into_iter()
-            .map(|(id, name, arguments)| {
-                wire::tool_call(id.unwrap_or_else(&mut new_id), name, arguments)
+            .map(|c| {
+                wire::tool_call(
+                    c.id.unwrap_or_else(&mut new_id),
+                    c.name,
+                    c.arguments,
+                    c.signature,
+                )
             })
             .collect();
         Ok(ChatResponse {
@@ -185,11 +191,13 @@ mod tests {
                             id: "call_1",
                             name: "a",
                             arguments: "{\"k\":1}",
+                            signature: None,
                         },
                         ToolCallRequest {
                             id: "g7",
                             name: "b",
                             arguments: "{}",
+                            signature: None,
                         },
                     ],
                     finish_reason: Some(

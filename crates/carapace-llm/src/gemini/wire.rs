@@ -91,7 +91,11 @@ pub(super) fn encode_request(req: &ChatRequest) -> Result<Value, ProviderError> 
                     if !is_local_id(&call.id) {
                         function_call["id"] = json!(call.id);
                     }
-                    parts.push(json!({ "functionCall": function_call }));
+                    let mut part = json!({ "functionCall": function_call });
+                    if let Some(signature) = &call.signature {
+                        part["thoughtSignature"] = json!(signature);
+                    }
+                    parts.push(part);
                 }
                 push("model", parts);
             }
@@ -252,6 +256,9 @@ pub(super) struct Part {
     /// A thought summary, not part of the answer.
     pub(super) thought: Option<bool>,
     pub(super) function_call: Option<FunctionCall>,
+    /// The opaque signature of the model's thinking that led to this part; Gemini wants
+    /// it back on the same part in later turns.
+    pub(super) thought_signature: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -298,25 +305,40 @@ pub(super) fn finish_reason(gemini: &str, has_calls: bool) -> String {
     }
 }
 
-/// A tool call as it arrived: `(id if Gemini sent one, name, arguments as JSON text)`.
-pub(super) fn decode_call(call: FunctionCall) -> (Option<String>, String, String) {
+/// A tool call as it arrived: id if Gemini sent one, name, arguments as JSON text, and
+/// the part's thought signature.
+pub(super) struct Call {
+    pub(super) id: Option<String>,
+    pub(super) name: String,
+    pub(super) arguments: String,
+    pub(super) signature: Option<String>,
+}
+
+pub(super) fn decode_call(call: FunctionCall, signature: Option<String>) -> Call {
     let arguments = match call.args {
         None | Some(Value::Null) => "{}".to_string(),
         Some(args) => args.to_string(),
     };
-    (
-        call.id.filter(|id| !id.is_empty()),
-        call.name.unwrap_or_default(),
+    Call {
+        id: call.id.filter(|id| !id.is_empty()),
+        name: call.name.unwrap_or_default(),
         arguments,
-    )
+        signature: signature.filter(|s| !s.is_empty()),
+    }
 }
 
 /// A tool call with its final id.
-pub(super) fn tool_call(id: String, name: String, arguments: String) -> ToolCallRequest {
+pub(super) fn tool_call(
+    id: String,
+    name: String,
+    arguments: String,
+    signature: Option<String>,
+) -> ToolCallRequest {
     ToolCallRequest {
         id,
         name,
         arguments,
+        signature,
     }
 }
 

@@ -71,6 +71,7 @@ impl Assembler {
                 id: id.unwrap_or_else(&mut new_id),
                 name,
                 arguments,
+                signature: None,
             })
             .collect();
         Ok(ChatResponse {
@@ -164,11 +165,13 @@ mod tests {
                             id: "call_1",
                             name: "a",
                             arguments: "{\"k\":1}",
+                            signature: None,
                         },
                         ToolCallRequest {
                             id: "o7",
                             name: "b",
                             arguments: "{}",
+                            signature: None,
                         },
                     ],
                     finish_reason: Some(

@@ -114,6 +114,7 @@ impl Assembler {
                 },
                 name: c.name,
                 arguments: c.arguments,
+                signature: None,
             })
             .collect();
         Ok(ChatResponse {
@@ -278,11 +279,13 @@ mod tests {
                             id: "call_a",
                             name: "read_file",
                             arguments: "{\"path\":\"a\"}",
+                            signature: None,
                         },
                         ToolCallRequest {
                             id: "call_b",
                             name: "list_dir",
                             arguments: "{}",
+                            signature: None,
                         },
                     ],
                     finish_reason: Some(
@@ -315,16 +318,19 @@ mod tests {
                             id: "x1",
                             name: "a",
                             arguments: "{\"k\":1}",
+                            signature: None,
                         },
                         ToolCallRequest {
                             id: "x2",
                             name: "b",
                             arguments: "{}",
+                            signature: None,
                         },
                         ToolCallRequest {
                             id: "call_2",
                             name: "c",
                             arguments: "[]",
+                            signature: None,
                         },
                     ],
                     finish_reason: Some(

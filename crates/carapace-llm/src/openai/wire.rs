@@ -222,6 +222,7 @@ pub(super) fn decode_completion(
                 id,
                 name,
                 arguments,
+                signature: None,
             }
         })
         .collect();

@@ -194,6 +194,7 @@ mod tests {
                             id: "call_1",
                             name: "a",
                             arguments: "{\"k\":1}",
+                            signature: None,
                         },
                     ],
                     finish_reason: Some(

@@ -135,6 +135,7 @@ pub(super) fn decode_response(
                 id: str_field(item, "call_id"),
                 name: str_field(item, "name"),
                 arguments: str_field(item, "arguments"),
+                signature: None,
             }),
             _ => {}
         }
