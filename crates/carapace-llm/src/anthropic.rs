@@ -136,12 +136,8 @@ impl Anthropic {
             .await?;
         if http::is_json(&resp) {
             // A proxy ignored `stream: true` and answered in one piece.
-            let bytes = self.http.read_unstreamed(resp).await?;
-            let response = decode_message(&bytes, &req.model)?;
-            if let Some(text) = &response.content {
-                let _ = events.send(StreamEvent::TextDelta(text.clone()));
-            }
-            return Ok(response);
+            let decode = |bytes: &[u8]| decode_message(bytes, &req.model);
+            return self.http.whole_answer(resp, events, decode).await;
         }
         let mut assembler = stream::Assembler::default();
         self.http.stream_text(resp, &mut assembler, events).await?;
@@ -159,17 +155,14 @@ impl Provider for Anthropic {
         req: &'a ChatRequest,
         events: Option<&'a UnboundedSender<StreamEvent>>,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
-        async move {
-            tracing::debug!(model = %req.model, stream = events.is_some(), "chat request");
+        tracing::debug!(model = %req.model, stream = events.is_some(), "chat request");
+        let call = async move {
             match events {
-                Some(events) => {
-                    let result = self.chat_streamed(req, events).await;
-                    result.map_err(|e| self.http.scrub(e))
-                }
-                None => self.http.bounded(self.chat_unstreamed(req)).await,
+                Some(events) => self.chat_streamed(req, events).await,
+                None => self.chat_unstreamed(req).await,
             }
-        }
-        .boxed()
+        };
+        self.http.turn(events.is_some(), call).boxed()
     }
 
     /// Lists models with GET `{base_url}/v1/models` (its first page, up to 1000).

@@ -230,14 +230,13 @@ impl Bedrock {
             .await?;
         if http::is_json(&resp) {
             // A proxy answered in one piece, as `converse` does.
-            let bytes = self.runtime.read_unstreamed(resp).await?;
-            let response: Value = serde_json::from_slice(&bytes)
-                .map_err(|e| ProviderError::Protocol(format!("cannot decode the response: {e}")))?;
-            let response = wire::decode_response(&response, &req.model)?;
-            if let Some(text) = &response.content {
-                let _ = events.send(StreamEvent::TextDelta(text.clone()));
-            }
-            return Ok(response);
+            let decode = |bytes: &[u8]| {
+                let response: Value = serde_json::from_slice(bytes).map_err(|e| {
+                    ProviderError::Protocol(format!("cannot decode the response: {e}"))
+                })?;
+                wire::decode_response(&response, &req.model)
+            };
+            return self.runtime.whole_answer(resp, events, decode).await;
         }
         let mut frames = stream::Frames::default();
         let mut assembler = stream::Assembler::default();

@@ -180,17 +180,14 @@ impl Provider for Gemini {
         req: &'a ChatRequest,
         events: Option<&'a UnboundedSender<StreamEvent>>,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
-        async move {
-            tracing::debug!(model = %req.model, stream = events.is_some(), "chat request");
+        tracing::debug!(model = %req.model, stream = events.is_some(), "chat request");
+        let call = async move {
             match events {
-                Some(events) => {
-                    let result = self.chat_streamed(req, events).await;
-                    result.map_err(|e| self.http.scrub(e))
-                }
-                None => self.http.bounded(self.chat_unstreamed(req)).await,
+                Some(events) => self.chat_streamed(req, events).await,
+                None => self.chat_unstreamed(req).await,
             }
-        }
-        .boxed()
+        };
+        self.http.turn(events.is_some(), call).boxed()
     }
 
     /// `GET {base_url}/v1beta/models?pageSize=1000` (the largest page), names without

@@ -307,6 +307,22 @@ impl Transport {
         }
     }
 
+    /// A streamed call answered in one piece (a server or proxy that ignored the request
+    /// to stream): the whole body decoded by `decode`, its text sent as one delta.
+    pub(crate) async fn whole_answer(
+        &self,
+        resp: reqwest::Response,
+        events: &UnboundedSender<StreamEvent>,
+        decode: impl FnOnce(&[u8]) -> Result<crate::ChatResponse, ProviderError>,
+    ) -> Result<crate::ChatResponse, ProviderError> {
+        let bytes = self.read_unstreamed(resp).await?;
+        let response = decode(&bytes)?;
+        if let Some(text) = &response.content {
+            let _ = events.send(StreamEvent::TextDelta(text.clone()));
+        }
+        Ok(response)
+    }
+
     /// Folds the lines of a streamed body into `fold`, sending each piece of text it
     /// gives as a delta, until it is done or the body ends.
     pub(crate) async fn stream_text(

@@ -102,12 +102,8 @@ impl OpenAiCompat {
             .await?;
         if http::is_json(&resp) {
             // The server ignored `stream: true` and answered in one piece.
-            let bytes = self.http.read_unstreamed(resp).await?;
-            let response = decode_completion(&bytes, &req.model)?;
-            if let Some(text) = &response.content {
-                let _ = events.send(StreamEvent::TextDelta(text.clone()));
-            }
-            return Ok(response);
+            let decode = |bytes: &[u8]| decode_completion(bytes, &req.model);
+            return self.http.whole_answer(resp, events, decode).await;
         }
         let mut assembler = stream::Assembler::default();
         self.http.stream_text(resp, &mut assembler, events).await?;
@@ -125,17 +121,14 @@ impl Provider for OpenAiCompat {
         req: &'a ChatRequest,
         events: Option<&'a UnboundedSender<StreamEvent>>,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
-        async move {
-            tracing::debug!(model = %req.model, stream = events.is_some(), "chat request");
+        tracing::debug!(model = %req.model, stream = events.is_some(), "chat request");
+        let call = async move {
             match events {
-                Some(events) => {
-                    let result = self.chat_streamed(req, events).await;
-                    result.map_err(|e| self.http.scrub(e))
-                }
-                None => self.http.bounded(self.chat_unstreamed(req)).await,
+                Some(events) => self.chat_streamed(req, events).await,
+                None => self.chat_unstreamed(req).await,
             }
-        }
-        .boxed()
+        };
+        self.http.turn(events.is_some(), call).boxed()
     }
 
     fn list_models(&self) -> BoxFuture<'_, Result<Vec<String>, ProviderError>> {

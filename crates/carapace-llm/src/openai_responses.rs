@@ -118,14 +118,13 @@ impl OpenAiResponses {
             .await?;
         if http::is_json(&resp) {
             // A proxy ignored `stream: true` and answered in one piece.
-            let bytes = self.http.read_unstreamed(resp).await?;
-            let response: Value = serde_json::from_slice(&bytes)
-                .map_err(|e| ProviderError::Protocol(format!("cannot decode the response: {e}")))?;
-            let response = wire::decode_response(&response, &req.model)?;
-            if let Some(text) = &response.content {
-                let _ = events.send(StreamEvent::TextDelta(text.clone()));
-            }
-            return Ok(response);
+            let decode = |bytes: &[u8]| {
+                let response: Value = serde_json::from_slice(bytes).map_err(|e| {
+                    ProviderError::Protocol(format!("cannot decode the response: {e}"))
+                })?;
+                wire::decode_response(&response, &req.model)
+            };
+            return self.http.whole_answer(resp, events, decode).await;
         }
         let mut assembler = stream::Assembler::default();
         self.http.stream_text(resp, &mut assembler, events).await?;
