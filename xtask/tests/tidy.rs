@@ -99,7 +99,7 @@ pol = { path = "crates/carapace-policy", package = "carapace-policy" }
             ),
             member(
                 "carapace-policy",
-                "[dependencies]\ncarapace-types.workspace = true\nserde = \"1\"\n\
+                "[dependencies]\ncarapace-types.workspace = true\nserde = \"1\"\ntokio = \"1\"\n\
                  [dev-dependencies]\nexpect-test = \"1\"\n",
             ),
             // The gate and the binary may depend on policy.
@@ -117,7 +117,7 @@ pol = { path = "crates/carapace-policy", package = "carapace-policy" }
             crates/carapace-types/Cargo.toml: [dependency-directions] carapace-types depends on tokio in [dependencies]; the vocabulary does no IO
             crates/carapace-types/Cargo.toml: [dependency-directions] carapace-types depends on carapace-store in [dev-dependencies]; the vocabulary depends on no other carapace crate
             crates/carapace-types/Cargo.toml: [dependency-directions] carapace-types depends on hyper in [build-dependencies]; the vocabulary does no IO
-            crates/carapace-policy/Cargo.toml: [dependency-directions] carapace-policy depends on serde in [dependencies]; policy is pure and depends only on carapace-types
+            crates/carapace-policy/Cargo.toml: [dependency-directions] carapace-policy depends on tokio in [dependencies]; policy is pure and depends only on carapace-types, serde and serde_json
         "#]],
     );
 }

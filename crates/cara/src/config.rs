@@ -11,6 +11,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub mod egress;
+pub mod policy;
 pub mod providers;
 pub mod sandbox;
 pub mod vault;
@@ -55,6 +56,11 @@ pub struct Config {
     pub sandbox: sandbox::SandboxSection,
     pub egress: egress::EgressSection,
     pub vault: vault::VaultSection,
+    pub policy: policy::PolicySection,
+    /// `[tools.NAME]`: effect class and result label overrides.
+    pub tools: std::collections::BTreeMap<String, policy::ToolSection>,
+    /// `[[rules]]`: plain-English rules.
+    pub rules: Vec<policy::EnglishRule>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -386,6 +392,9 @@ pub struct Settings {
     pub max_steps: usize,
     pub system_prompt: Option<String>,
     pub gate: carapace_gate::GateConfig,
+    /// `[policy]` and `[[policy.rules]]` (compiled plain-English rules are added by the
+    /// daemon from the store).
+    pub policy: carapace_policy::Policy,
     /// The profile the `exec` tool runs in.
     pub exec_profile: sandbox::Profile,
 }
@@ -512,6 +521,18 @@ fn validate(path: &Path, text: &str, c: &Config) -> anyhow::Result<()> {
     c.sandbox.validate(&at)?;
     c.egress.validate(&at)?;
     c.vault.validate(&at)?;
+    c.policy.build(&at)?;
+    policy::tool_overrides(&at, &c.tools)?;
+    for (i, r) in c.rules.iter().enumerate() {
+        let text = r.text.get_ref().trim();
+        if text.is_empty() || text.len() > 1000 {
+            return Err(err(
+                r.text.span(),
+                &format!("rules[{}].text", i + 1),
+                "a rule is 1 to 1000 characters of plain English".into(),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -588,13 +609,18 @@ pub fn settings(
         _ => anyhow::anyhow!("{}: key `server.bind`: {p}", path.display()),
     })?;
     let provider = resolve_provider(path, c, env)?;
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let at = Locator { path, text: &text };
     let gate = carapace_gate::GateConfig {
         tool_timeout: Duration::from_secs(*c.gate.tool_timeout_secs.get_ref()),
         approval_timeout: Duration::from_secs(*c.gate.approval_timeout_secs.get_ref()),
         rate_per_minute: *c.gate.rate_per_minute.get_ref() as u32,
         granted_tools: c.gate.tools.get_ref().clone(),
+        tool_overrides: policy::tool_overrides(&at, &c.tools)?,
+        plan_ttl: Duration::from_secs(*c.policy.plan_ttl_minutes.get_ref() * 60),
         ..carapace_gate::GateConfig::default()
     };
+    let policy = c.policy.build(&at)?;
     Ok(Settings {
         bind,
         bind_origin,
@@ -603,6 +629,7 @@ pub fn settings(
         max_steps: *c.agent.max_steps.get_ref() as usize,
         system_prompt: c.agent.system_prompt.clone(),
         gate,
+        policy,
         exec_profile: c
             .sandbox
             .profile(c.sandbox.exec_profile.get_ref())
@@ -841,7 +868,7 @@ mod tests {
         check_err(
             "[unknown]\n",
             expect![
-                "config.toml:1:2: unknown field `unknown`, expected one of `server`, `provider`, `providers`, `agent`, `usage`, `gate`, `sandbox`, `egress`, `vault`"
+                "config.toml:1:2: unknown field `unknown`, expected one of `server`, `provider`, `providers`, `agent`, `usage`, `gate`, `sandbox`, `egress`, `vault`, `policy`, `tools`, `rules`"
             ],
         );
         check_err(

@@ -7,7 +7,6 @@ use anyhow::{Context, bail};
 use carapace_agent::{Agent, AgentConfig, SYSTEM_PROMPT};
 use carapace_gate::{Egress, ExecSetup, Gate, GateDeps, NetSetup, Scrubber, SharedScrubber};
 use carapace_llm::{Route, Router as ModelChain};
-use carapace_policy::SimplePolicy;
 use carapace_server::{AppState, ServerDeps, router};
 use carapace_store::{AuditKey, Store};
 use serde_json::json;
@@ -115,7 +114,8 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
         store: store.clone(),
         audit_key: audit_key.clone(),
         workspace_root: dd.workspace(),
-        policy: Box::new(SimplePolicy),
+        policy: settings.policy.clone(),
+        judge: None,
         scrubber,
         config: settings.gate.clone(),
         exec: Some(exec),

@@ -26,7 +26,7 @@ async fn the_owner_approves_or_denies_through_the_api() {
         Reply::Text("Not saved.".into()),
     ])
     .await;
-    let dir = TestDir::new();
+    let dir = TestDir::strict();
     let daemon = Daemon::start(&dir, &fake).await;
 
     // Approve.
@@ -40,7 +40,7 @@ async fn the_owner_approves_or_denies_through_the_api() {
     let id = approval["id"].as_str().unwrap().to_string();
     assert!(id.starts_with("ap_"), "{approval}");
     assert_eq!(approval["tool"], "write_file");
-    assert_eq!(approval["rule"], "default.write-asks");
+    assert_eq!(approval["rule"], "preset.strict");
     assert!(
         approval["args"].as_str().unwrap().contains("todo.txt"),
         "{approval}"
@@ -139,7 +139,7 @@ async fn the_cli_lists_and_answers_approvals() {
         Reply::Text("Done.".into()),
     ])
     .await;
-    let dir = TestDir::new();
+    let dir = TestDir::strict();
     let daemon = Daemon::start(&dir, &fake).await;
 
     let out = cara(&dir).args(["status"]).run().await;

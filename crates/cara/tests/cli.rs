@@ -22,7 +22,7 @@ async fn the_repl_asks_inline_and_obeys_the_answer() {
         Reply::Text("I did not write it.".into()),
     ])
     .await;
-    let dir = TestDir::new();
+    let dir = TestDir::strict();
     let _daemon = Daemon::start(&dir, &fake).await;
 
     let out = cara(&dir)

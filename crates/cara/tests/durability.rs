@@ -163,7 +163,7 @@ async fn kill_9_while_an_approval_waits_closes_the_open_call() {
         Reply::Text("recovered".into()),
     ])
     .await;
-    let dir = TestDir::new();
+    let dir = TestDir::strict();
     let daemon = Daemon::start(&dir, &fake).await;
     let turn = tokio::spawn(
         daemon
@@ -324,7 +324,7 @@ async fn sigterm_stops_the_daemon_even_with_a_turn_in_flight() {
         json!({ "path": "pending.txt", "content": "x" }),
     )])])
     .await;
-    let dir = TestDir::new();
+    let dir = TestDir::strict();
     let daemon = Daemon::start(&dir, &fake).await;
     let turn = tokio::spawn(
         daemon

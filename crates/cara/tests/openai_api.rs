@@ -25,7 +25,7 @@ async fn chat_completion_runs_a_tool_call_through_the_gate() {
         Reply::Text("There is one file: hello.txt".into()),
     ])
     .await;
-    let dir = TestDir::new();
+    let dir = TestDir::strict();
     let daemon = Daemon::start(&dir, &fake).await;
     std::fs::write(dir.workspace().join("hello.txt"), "hi\n").unwrap();
 
@@ -79,7 +79,8 @@ async fn chat_completion_runs_a_tool_call_through_the_gate() {
             "search_files",
             "exec",
             "web_fetch",
-            "http_request"
+            "http_request",
+            "propose_plan"
         ]
     );
     assert_eq!(
@@ -99,7 +100,7 @@ async fn chat_completion_runs_a_tool_call_through_the_gate() {
     assert_eq!(outcomes(&records), ["executed"], "{records:?}");
     let r = &records[0];
     assert_eq!(r["session"], session.as_str());
-    assert_eq!(r["rule"], "default.read-allowed");
+    assert_eq!(r["rule"], "default.read");
     assert_eq!(r["call_id"], "call_1");
     assert!(r["result_sha256"].is_string(), "{r}");
 }
@@ -168,7 +169,7 @@ async fn streamed_chat_completion_sends_chunks_and_done() {
     assert_eq!(result["entries"], expected_listing(), "{result}");
     let records = tool_call_records(&dir, "list_dir").await;
     assert_eq!(outcomes(&records), ["executed"], "{records:?}");
-    assert_eq!(records[0]["rule"], "default.read-allowed");
+    assert_eq!(records[0]["rule"], "default.read");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -56,7 +56,7 @@ async fn chat_and_approve_over_the_websocket() {
         Reply::Text("written".into()),
     ])
     .await;
-    let dir = TestDir::new();
+    let dir = TestDir::strict();
     let daemon = Daemon::start(&dir, &fake).await;
     let mut ws = daemon.websocket(Some(daemon.token())).await.unwrap();
 

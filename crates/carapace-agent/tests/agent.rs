@@ -10,7 +10,7 @@ use std::time::Duration;
 use carapace_agent::{Agent, AgentConfig, AgentError, AgentEvent, build_messages};
 use carapace_gate::{Gate, GateConfig, GateDeps, Scrubber, SharedScrubber};
 use carapace_llm::{ChatMessage, OpenAiCompat, OpenAiConfig, ProviderError};
-use carapace_policy::SimplePolicy;
+use carapace_policy::Policy;
 use carapace_store::{AuditKey, MessageRecord, Role, Store};
 use carapace_testkit::{FakeOpenAi, Reply};
 use carapace_types::{
@@ -81,7 +81,8 @@ async fn fixture_with(script: Vec<Reply>, options: Options) -> Fixture {
         store: store.clone(),
         audit_key: Arc::new(AuditKey::generate()),
         workspace_root: root.clone(),
-        policy: Box::new(SimplePolicy),
+        policy: Policy::strict(),
+        judge: None,
         scrubber: SharedScrubber::new(Scrubber::new(&[Secret::new(
             "sk-agent-test-0123456789abcdef".to_string(),
         )])),
@@ -303,7 +304,13 @@ async fn two_tool_calls_in_one_response_then_an_answer() {
         .collect();
     assert_eq!(
         offered,
-        ["read_file", "list_dir", "write_file", "search_files"]
+        [
+            "read_file",
+            "list_dir",
+            "write_file",
+            "search_files",
+            "propose_plan"
+        ]
     );
     let sent = requests[1]["messages"].as_array().unwrap();
     let roles: Vec<&str> = sent.iter().map(|m| m["role"].as_str().unwrap()).collect();
@@ -560,7 +567,7 @@ async fn a_refused_call_becomes_a_typed_error_result_and_the_turn_goes_on() {
     assert_eq!(error["code"], "CONFIRMATION_TIMEOUT");
     assert_eq!(error["stage"], "approve");
     assert_eq!(error["retriable"], true);
-    assert_eq!(error["rule"], "default.write-asks");
+    assert_eq!(error["rule"], "preset.strict");
     assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
 
     // The model was shown exactly that error object.

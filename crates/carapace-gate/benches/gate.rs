@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use carapace_gate::{CallRequest, Gate, GateConfig, GateDeps, RawArgs, Scrubber, SharedScrubber};
-use carapace_policy::SimplePolicy;
+use carapace_policy::Policy;
 use carapace_store::{AuditKey, Store};
 use carapace_types::{FrontDoor, Principal, Secret, SessionId};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -41,7 +41,8 @@ fn setup(on_disk: bool) -> Bench {
         store,
         audit_key: Arc::new(AuditKey::generate()),
         workspace_root: root,
-        policy: Box::new(SimplePolicy),
+        policy: Policy::strict(),
+        judge: None,
         scrubber: SharedScrubber::new(Scrubber::new(&[Secret::new(
             "sk-bench-0123456789abcdef".to_string(),
         )])),

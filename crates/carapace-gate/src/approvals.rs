@@ -26,6 +26,73 @@ pub struct ApprovalInfo {
     pub created_ms: i64,
     /// When it expires, ms since the epoch.
     pub expires_ms: i64,
+    /// For a proposed plan: its goal and steps, each pre-evaluated by policy.
+    pub plan: Option<PlanInfo>,
+}
+
+/// A proposed plan as shown to the owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanInfo {
+    /// The goal, in the model's words.
+    pub goal: String,
+    /// The steps, numbered from 1.
+    pub steps: Vec<StepInfo>,
+}
+
+/// One step of a proposed plan as shown to the owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepInfo {
+    /// Its number, from 1.
+    pub number: usize,
+    /// What it covers, in one line.
+    pub text: String,
+    /// Why, in the model's words.
+    pub why: String,
+    /// What policy would say of such a call without the plan: `allow`, `ask`, `deny`.
+    pub decision: &'static str,
+    /// The rule that would say it.
+    pub rule: String,
+}
+
+/// The owner's answer to an approval.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// No.
+    Deny,
+    /// Yes, this call (for a plan: every step policy does not refuse).
+    Once,
+    /// Yes, and calls of this tool to the same destinations pass for the rest of the
+    /// session (for a plan: the same as `Once`).
+    Session,
+    /// For a plan: these steps (numbered from 1), the others not.
+    Steps(Vec<usize>),
+}
+
+impl Answer {
+    /// True for every answer but `Deny`.
+    pub fn approves(&self) -> bool {
+        !matches!(self, Answer::Deny)
+    }
+
+    /// Stable name for the audit log.
+    pub fn as_str(&self) -> String {
+        match self {
+            Answer::Deny => "deny".into(),
+            Answer::Once => "once".into(),
+            Answer::Session => "session".into(),
+            Answer::Steps(s) => {
+                let n: Vec<String> = s.iter().map(usize::to_string).collect();
+                format!("steps {}", n.join(","))
+            }
+        }
+    }
+}
+
+/// An answer with who gave it.
+#[derive(Clone, Debug)]
+pub(crate) struct Answered {
+    pub answer: Answer,
+    pub by: String,
 }
 
 /// Why an answer to an approval was refused.
@@ -35,6 +102,9 @@ pub enum ApprovalDecisionError {
     NotFound,
     /// Only the owner may answer.
     NotOwner,
+    /// The answer does not fit the request (steps for a single call, a step number
+    /// outside the plan, a step policy refuses).
+    BadAnswer(String),
 }
 
 impl std::fmt::Display for ApprovalDecisionError {
@@ -42,6 +112,7 @@ impl std::fmt::Display for ApprovalDecisionError {
         match self {
             ApprovalDecisionError::NotFound => f.write_str("no pending approval with that id"),
             ApprovalDecisionError::NotOwner => f.write_str("only the owner may answer approvals"),
+            ApprovalDecisionError::BadAnswer(why) => f.write_str(why),
         }
     }
 }
@@ -50,7 +121,7 @@ impl std::error::Error for ApprovalDecisionError {}
 
 struct Entry {
     info: ApprovalInfo,
-    answer: oneshot::Sender<bool>,
+    answer: oneshot::Sender<Answered>,
 }
 
 #[derive(Clone)]
@@ -63,13 +134,13 @@ pub(crate) struct Approvals {
 /// out) withdraws the request.
 pub(crate) struct Pending {
     id: String,
-    rx: Option<oneshot::Receiver<bool>>,
+    rx: Option<oneshot::Receiver<Answered>>,
     approvals: Approvals,
 }
 
 impl Pending {
     /// Waits for the answer; `None` when the request was withdrawn.
-    pub async fn wait(mut self) -> Option<bool> {
+    pub async fn wait(mut self) -> Option<Answered> {
         let rx = self.rx.take()?;
         rx.await.ok()
     }
@@ -126,21 +197,53 @@ impl Approvals {
         &self,
         principal: &Principal,
         id: &str,
-        approve: bool,
+        answer: Answer,
     ) -> Result<(), ApprovalDecisionError> {
         if *principal.kind() != PrincipalKind::Owner {
             return Err(ApprovalDecisionError::NotOwner);
         }
-        let entry = self
-            .lock()
-            .remove(id)
-            .ok_or(ApprovalDecisionError::NotFound)?;
+        let mut pending = self.lock();
+        let entry = pending.get(id).ok_or(ApprovalDecisionError::NotFound)?;
+        check_answer(&entry.info, &answer)?;
+        let entry = pending.remove(id).ok_or(ApprovalDecisionError::NotFound)?;
+        drop(pending);
         // The waiter may have just timed out; then the answer has no one to go to and
         // the call has already failed with CONFIRMATION_TIMEOUT.
         entry
             .answer
-            .send(approve)
+            .send(Answered {
+                answer,
+                by: principal.audit_name(),
+            })
             .map_err(|_| ApprovalDecisionError::NotFound)
+    }
+}
+
+fn check_answer(info: &ApprovalInfo, answer: &Answer) -> Result<(), ApprovalDecisionError> {
+    let bad = |s: String| Err(ApprovalDecisionError::BadAnswer(s));
+    match (&info.plan, answer) {
+        (None, Answer::Steps(_)) => {
+            bad("this approval is for one call; answer approve, session or deny".into())
+        }
+        (Some(plan), Answer::Steps(steps)) => {
+            if steps.is_empty() {
+                return bad("no steps named".into());
+            }
+            for n in steps {
+                match plan.steps.iter().find(|s| s.number == *n) {
+                    None => return bad(format!("the plan has no step {n}")),
+                    Some(s) if s.decision == "deny" => {
+                        return bad(format!(
+                            "step {n} is refused by policy ({}) and cannot be approved",
+                            s.rule
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use carapace_vault::Redaction;
 
-use crate::catalog::{Catalog, ExecCtx, ExecFn, RawResult, ToolDef, ToolFailure};
+use crate::catalog::{Catalog, ExecCtx, ExecFn, RawResult, ToolDef, ToolFailure, path_arg};
 
 /// Names of the built-in tools, granted by default.
 pub(crate) const NAMES: [&str; 4] = ["read_file", "list_dir", "write_file", "search_files"];
@@ -47,7 +47,7 @@ pub(crate) fn catalog() -> Catalog {
             "additionalProperties": false
         }),
         blocking(read_file),
-    ));
+    ).with_destinations(path_arg));
     c.add(ToolDef::new(
         "list_dir",
         "List a directory of the workspace (names, kinds, sizes). Symlinks are shown, not followed.",
@@ -60,7 +60,7 @@ pub(crate) fn catalog() -> Catalog {
             "additionalProperties": false
         }),
         blocking(list_dir),
-    ));
+    ).with_destinations(path_arg));
     c.add(ToolDef::new(
         "write_file",
         "Create or replace a UTF-8 text file in the workspace (atomic).",
@@ -76,7 +76,7 @@ pub(crate) fn catalog() -> Catalog {
             "additionalProperties": false
         }),
         blocking(write_file),
-    ));
+    ).with_destinations(path_arg));
     c.add(ToolDef::new(
         "search_files",
         "Search text files of the workspace for a literal string; returns matching lines with paths and line numbers.",
@@ -93,7 +93,7 @@ pub(crate) fn catalog() -> Catalog {
             "additionalProperties": false
         }),
         blocking(search_files),
-    ));
+    ).with_destinations(path_arg));
     c
 }
 

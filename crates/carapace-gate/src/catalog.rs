@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use carapace_fs::Workspace;
+use carapace_policy::Destination;
 use carapace_store::Store;
 use carapace_types::{EffectClass, ErrorCode, GateError, Label, SessionId, Source, Stage};
 use carapace_vault::Redaction;
@@ -20,8 +21,10 @@ pub struct ToolSpec {
     pub description: String,
     /// Closed JSON Schema of the arguments.
     pub parameters: Value,
-    /// The declared effect class.
+    /// The effect class (declared, or overridden in config).
     pub effect: EffectClass,
+    /// The least label of its results (declared, or overridden in config).
+    pub result_floor: Label,
 }
 
 /// What an executor may use. Built by the Gate after every check passed.
@@ -58,11 +61,22 @@ pub(crate) struct ToolFailure(pub String);
 pub(crate) type ExecFuture = Pin<Box<dyn Future<Output = Result<RawResult, ToolFailure>> + Send>>;
 pub(crate) type ExecFn = Arc<dyn Fn(ExecCtx, Value) -> ExecFuture + Send + Sync>;
 
+/// Extracts where a call reaches from its validated arguments.
+pub(crate) type DestFn = fn(&Value) -> Vec<Destination>;
+
+fn nowhere(_: &Value) -> Vec<Destination> {
+    Vec::new()
+}
+
 pub(crate) struct ToolDef {
     pub name: &'static str,
     pub description: &'static str,
     pub schema: Value,
     pub effect: EffectClass,
+    /// The least label of every result (joined with the executor's own label).
+    pub result_floor: Label,
+    /// Where a call reaches (hosts, paths, contacts), read from its arguments.
+    pub destinations: DestFn,
     pub exec: ExecFn,
     /// The executor's deadline when it is not the Gate's `tool_timeout` (a tool that
     /// enforces its own, longer deadline).
@@ -91,10 +105,24 @@ impl ToolDef {
             description,
             schema,
             effect,
+            result_floor: Label::TRUSTED_PUBLIC,
+            destinations: nowhere,
             exec,
             timeout: None,
             validator,
         }
+    }
+
+    /// Declares how the tool's destinations are read from its arguments.
+    pub fn with_destinations(mut self, f: DestFn) -> ToolDef {
+        self.destinations = f;
+        self
+    }
+
+    /// Declares the least label of the tool's results.
+    pub fn with_result(mut self, floor: Label) -> ToolDef {
+        self.result_floor = floor;
+        self
     }
 
     /// Checks arguments against the closed schema; the error names the first bad field.
@@ -133,8 +161,13 @@ pub(crate) fn schema_is_closed(schema: &Value) -> bool {
     let Value::Object(map) = schema else {
         return true;
     };
+    // Closed: no unknown field, or (a map keyed by name) every value held to a schema
+    // that is itself closed.
     if map.get("type") == Some(&Value::String("object".into()))
-        && map.get("additionalProperties") != Some(&Value::Bool(false))
+        && !matches!(
+            map.get("additionalProperties"),
+            Some(Value::Bool(false)) | Some(Value::Object(_))
+        )
     {
         return false;
     }
@@ -165,6 +198,10 @@ impl Catalog {
         self.tools.retain(|t| granted(t.name));
     }
 
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut ToolDef> {
+        self.tools.iter_mut().find(|t| t.name == name)
+    }
+
     pub fn get(&self, name: &str) -> Option<&ToolDef> {
         self.tools.iter().find(|t| t.name == name)
     }
@@ -177,7 +214,79 @@ impl Catalog {
                 description: t.description.to_string(),
                 parameters: t.schema.clone(),
                 effect: t.effect,
+                result_floor: t.result_floor,
             })
             .collect()
+    }
+}
+
+/// A workspace path as a destination: lexically normalised (`.` and empty parts dropped,
+/// `..` applied), so `notes/../private.md` is `private.md` and cannot pass for a path
+/// under `notes/`. A path that climbs above the root keeps a leading `../`, which no
+/// workspace pattern matches.
+pub(crate) fn path_destination(raw: &str) -> Destination {
+    let mut parts: Vec<&str> = Vec::new();
+    let mut above = 0usize;
+    for part in raw.split(['/', '\\']) {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    above += 1;
+                }
+            }
+            p => parts.push(p),
+        }
+    }
+    let mut text = "../".repeat(above);
+    if parts.is_empty() && above == 0 {
+        text.push('.');
+    }
+    text.push_str(&parts.join("/"));
+    Destination::path(text)
+}
+
+/// The destinations of a tool whose `path` argument names a workspace path (the root
+/// when absent).
+pub(crate) fn path_arg(args: &Value) -> Vec<Destination> {
+    vec![path_destination(
+        args.get("path").and_then(Value::as_str).unwrap_or("."),
+    )]
+}
+
+/// The destinations of a tool whose `url` argument names a host. A URL that does not
+/// parse names a place no allowlist holds, so it cannot slip past as "nowhere".
+pub(crate) fn url_arg(args: &Value) -> Vec<Destination> {
+    let raw = args.get("url").and_then(Value::as_str).unwrap_or_default();
+    match url::Url::parse(raw)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+    {
+        Some(host) => vec![Destination::host(
+            host.trim_end_matches('.').trim_matches(['[', ']']),
+        )],
+        None => vec![Destination::host(format!("unparsable url {raw:?}"))],
+    }
+}
+
+#[cfg(test)]
+mod dest_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn destinations_are_normalised_before_policy_sees_them() {
+        let p = |s: &str| path_destination(s).to_string();
+        assert_eq!(p("notes/../private.md"), "path:private.md");
+        assert_eq!(p("./notes//a.md"), "path:notes/a.md");
+        assert_eq!(p("../../etc/passwd"), "path:../../etc/passwd");
+        assert_eq!(p("notes/../../x"), "path:../x");
+        assert_eq!(p(""), "path:.");
+        let u = |s: &str| url_arg(&json!({ "url": s }))[0].to_string();
+        assert_eq!(u("https://API.Example.com./x?y"), "host:api.example.com");
+        assert_eq!(u("https://user:pw@example.com:8443/"), "host:example.com");
+        assert_eq!(u("http://[::1]:80/"), "host:::1");
+        assert_eq!(u("http://0x7f.1/"), "host:127.0.0.1");
+        assert!(u("not a url").starts_with("host:unparsable url"));
     }
 }

@@ -17,8 +17,9 @@ mod net;
 #[cfg(test)]
 mod tests;
 
-pub use approvals::{ApprovalDecisionError, ApprovalInfo};
+pub use approvals::{Answer, ApprovalDecisionError, ApprovalInfo, PlanInfo, StepInfo};
 pub use carapace_egress::{Egress, EgressConfig, EgressError, Place, check_host_list};
+pub use carapace_policy::{Level, parse_step_ranges};
 pub use carapace_vault::{Scrubber, SharedScrubber};
 pub use catalog::ToolSpec;
 pub use exec::ExecSetup;
@@ -28,7 +29,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use carapace_fs::Workspace;
-use carapace_policy::{Policy, PolicyRequest};
+use carapace_policy::{
+    CallMetadata, Destination, Exposure, Grant, ModelAsk, Plan, Policy, SessionState, Step,
+};
 use carapace_store::{AuditKey, Store};
 use carapace_types::{
     Confidentiality, Decision, EffectClass, ErrorCode, GateError, Integrity, Label, Principal,
@@ -43,7 +46,8 @@ use crate::approvals::Approvals;
 use crate::catalog::{Catalog, ExecCtx, ToolDef};
 use crate::limiter::RateLimiter;
 
-/// Every tool the Gate can offer; configuration grants a subset.
+/// Every tool the Gate can offer; configuration grants a subset. `propose_plan` is not
+/// among them: it is always offered, and does nothing without the owner.
 pub const KNOWN_TOOLS: &[&str] = &[
     "read_file",
     "list_dir",
@@ -53,6 +57,31 @@ pub const KNOWN_TOOLS: &[&str] = &[
     "web_fetch",
     "http_request",
 ];
+
+/// The tool through which the agent proposes a plan for the owner to approve once.
+pub const PLAN_TOOL: &str = "propose_plan";
+
+/// What a tool's effect class and result label become by the owner's configuration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ToolOverride {
+    /// The effect class policy decides with, instead of the declared one.
+    pub effect: Option<EffectClass>,
+    /// The least label of the tool's results, joined with the declared one (it can only
+    /// raise a label, never lower it).
+    pub result: Option<Label>,
+}
+
+/// Judges plain-English rules that did not compile, from metadata only. Implementations
+/// time out, cache per session, and turn a failure into an ask; the Gate applies the
+/// verdicts with [`carapace_policy::escalate`], which can only ask.
+pub trait RuleJudge: Send + Sync {
+    /// The asks of every uncompiled rule that applies to this call.
+    fn judge<'a>(
+        &'a self,
+        session: &'a SessionId,
+        call: &'a CallMetadata,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<ModelAsk>> + Send + 'a>>;
+}
 
 /// Limits and grants of the Gate, validated by the caller's configuration loader.
 #[derive(Clone, Debug)]
@@ -66,7 +95,12 @@ pub struct GateConfig {
     /// Largest argument document accepted, in bytes of JSON.
     pub max_args_bytes: usize,
     /// Tools granted to sessions. Nothing else exists for them (deny by default).
+    /// `propose_plan` is always there: it does nothing without the owner.
     pub granted_tools: Vec<String>,
+    /// Per-tool effect and result label overrides, by tool name.
+    pub tool_overrides: std::collections::BTreeMap<String, ToolOverride>,
+    /// How long approved plan steps last when the plan does not say (and at most).
+    pub plan_ttl: Duration,
 }
 
 impl Default for GateConfig {
@@ -77,6 +111,8 @@ impl Default for GateConfig {
             rate_per_minute: 120,
             max_args_bytes: 256 * 1024,
             granted_tools: builtin::NAMES.iter().map(|s| s.to_string()).collect(),
+            tool_overrides: Default::default(),
+            plan_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -90,7 +126,9 @@ pub struct GateDeps {
     /// The agent's workspace directory; built-in file tools cannot leave it.
     pub workspace_root: std::path::PathBuf,
     /// The policy the Gate consults at the policy stage.
-    pub policy: Box<dyn Policy>,
+    pub policy: Policy,
+    /// Judges plain-English rules that did not compile; `None`: there are none.
+    pub judge: Option<Arc<dyn RuleJudge>>,
     /// Scrubs known secrets and credential-shaped strings from results and audit records.
     pub scrubber: SharedScrubber,
     /// Limits and grants.
@@ -106,12 +144,17 @@ pub struct GateDeps {
 pub enum GateSetupError {
     /// The workspace directory could not be opened.
     Workspace(carapace_fs::FsError),
+    /// A tool override names a tool the Gate does not have.
+    UnknownTool(String),
 }
 
 impl std::fmt::Display for GateSetupError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             GateSetupError::Workspace(e) => write!(f, "cannot open the workspace: {e}"),
+            GateSetupError::UnknownTool(name) => {
+                write!(f, "[tools.{name}] names a tool Carapace does not have")
+            }
         }
     }
 }
@@ -177,7 +220,8 @@ struct Inner {
     store: Arc<Store>,
     audit_key: Arc<AuditKey>,
     catalog: Catalog,
-    policy: Box<dyn Policy>,
+    policy: Policy,
+    judge: Option<Arc<dyn RuleJudge>>,
     scrubber: SharedScrubber,
     limiter: RateLimiter,
     approvals: Approvals,
@@ -209,7 +253,26 @@ impl Gate {
             }
         }
         let workspace = Workspace::open(&deps.workspace_root).map_err(GateSetupError::Workspace)?;
-        catalog.retain(|name| deps.config.granted_tools.iter().any(|g| g == name));
+        catalog.add(plan_tool());
+        catalog.retain(|name| {
+            name == PLAN_TOOL || deps.config.granted_tools.iter().any(|g| g == name)
+        });
+        for (name, o) in &deps.config.tool_overrides {
+            // An override of a known tool that is not granted is harmless; of an unknown
+            // one it is a typo the owner should hear about.
+            let Some(tool) = catalog.get_mut(name) else {
+                if KNOWN_TOOLS.contains(&name.as_str()) {
+                    continue;
+                }
+                return Err(GateSetupError::UnknownTool(name.clone()));
+            };
+            if let Some(effect) = o.effect {
+                tool.effect = effect;
+            }
+            if let Some(floor) = o.result {
+                tool.result_floor = tool.result_floor.join(floor);
+            }
+        }
         let (events, _) = broadcast::channel(256);
         let limiter = RateLimiter::new(deps.config.rate_per_minute);
         Ok(Gate {
@@ -218,6 +281,7 @@ impl Gate {
                 audit_key: deps.audit_key,
                 catalog,
                 policy: deps.policy,
+                judge: deps.judge,
                 scrubber: deps.scrubber,
                 limiter,
                 approvals: Approvals::new(events.clone()),
@@ -258,12 +322,110 @@ impl Gate {
         id: &str,
         approve: bool,
     ) -> Result<(), ApprovalDecisionError> {
-        self.inner.approvals.decide(principal, id, approve)?;
+        let answer = if approve { Answer::Once } else { Answer::Deny };
+        self.answer_approval(principal, id, answer)
+    }
+
+    /// Answers a pending approval with any answer: once, for the session, some steps of
+    /// a plan, or deny. The first answer wins; later ones find nothing.
+    pub fn answer_approval(
+        &self,
+        principal: &Principal,
+        id: &str,
+        answer: Answer,
+    ) -> Result<(), ApprovalDecisionError> {
+        let approved = answer.approves();
+        self.inner.approvals.decide(principal, id, answer)?;
         let _ = self.inner.events.send(GateEvent::ApprovalResolved {
             id: id.to_string(),
-            approved: approve,
+            approved,
         });
         Ok(())
+    }
+
+    /// Where a session stands with policy: exposure score and level, grants.
+    pub fn policy_status(&self, session: &SessionId) -> Result<PolicyStatus, GateError> {
+        let inner = &*self.inner;
+        let record = inner
+            .store
+            .session(session)
+            .map_err(|e| internal(Stage::Envelope, &e))?
+            .ok_or_else(|| {
+                GateError::new(ErrorCode::Unauthorized, Stage::Envelope, "no such session")
+            })?;
+        let exposure = exposure_from(&record.exposure);
+        let score = inner.policy.friction.score(&exposure);
+        let now = now_ms();
+        let grants = self
+            .grants(session)?
+            .into_iter()
+            .map(|g| GrantInfo {
+                live: g.live(now),
+                text: g.step.describe(),
+                id: g.id,
+                remaining: g.remaining,
+                expires_ms: g.expires_ms,
+            })
+            .collect();
+        Ok(PolicyStatus {
+            score,
+            level: inner.policy.friction.level(score),
+            ask_above: inner.policy.friction.ask_above,
+            deny_above: inner.policy.friction.deny_above,
+            grants,
+        })
+    }
+
+    /// The owner's reset of a session: exposure back to zero and grants gone (its label
+    /// stays: what it holds does not change). Audited.
+    pub fn reset_session(
+        &self,
+        principal: &Principal,
+        session: &SessionId,
+    ) -> Result<(), GateError> {
+        if *principal.kind() != carapace_types::PrincipalKind::Owner {
+            return Err(GateError::new(
+                ErrorCode::Unauthorized,
+                Stage::Authorize,
+                "only the owner may reset a session",
+            ));
+        }
+        self.inner
+            .store
+            .reset_session_policy(session, now_ms())
+            .map_err(|e| match e {
+                carapace_store::StoreError::UnknownSession(_) => {
+                    GateError::new(ErrorCode::Unauthorized, Stage::Envelope, "no such session")
+                }
+                e => internal(Stage::Envelope, &e),
+            })?;
+        self.record(
+            "session_reset",
+            json!({ "session": session.as_str(), "principal": principal.audit_name() }),
+        )?;
+        Ok(())
+    }
+
+    fn grants(&self, session: &SessionId) -> Result<Vec<Grant>, GateError> {
+        let records = self
+            .inner
+            .store
+            .grants(session)
+            .map_err(|e| internal(Stage::Policy, &e))?;
+        records
+            .into_iter()
+            .map(|r| {
+                let step = Step::from_json(&r.step).map_err(|e| {
+                    internal(Stage::Policy, &format!("grant {} is unreadable: {e}", r.id))
+                })?;
+                Ok(Grant {
+                    id: r.id,
+                    step,
+                    remaining: r.remaining,
+                    expires_ms: r.expires_ms,
+                })
+            })
+            .collect()
     }
 
     /// Appends an event that is not a tool call (a failed login, a session created) to
@@ -366,19 +528,81 @@ impl Gate {
             .with_retry_after(retry_after));
         }
 
-        // policy
-        let decision = inner.policy.decide(&PolicyRequest {
+        // The plan tool has no effect of its own: the owner's answer is its result.
+        if tool.name == PLAN_TOOL {
+            return self.propose_plan(req, &session, &args, audit).await;
+        }
+
+        // policy: destinations come from the tool's definition, state from the store.
+        let destinations = (tool.destinations)(&args);
+        if !destinations.is_empty() {
+            let names: Vec<String> = destinations.iter().map(|d| d.to_string()).collect();
+            audit.set("destinations", json!(names));
+        }
+        let exposure = exposure_from(&session.exposure);
+        let mut grants = self.grants(req.session)?;
+        let now = now_ms();
+        let preq = carapace_policy::Request {
             principal: req.principal,
             tool: tool.name,
             effect: tool.effect,
-            session_label: session.label,
-        });
+            destinations: &destinations,
+            args: &args,
+        };
+        let (decision, by_grant) = loop {
+            let state = SessionState {
+                label: session.label,
+                seen: &session.seen,
+                exposure,
+                grants: &grants,
+                now_ms: now,
+            };
+            let verdict = carapace_policy::decide(&inner.policy, &state, &preq);
+            match verdict.grant {
+                None => {
+                    let level = inner.policy.level(&state);
+                    audit.set("friction", json!(level.as_str()));
+                    let mut decision = verdict.decision;
+                    // Uncompiled plain-English rules may turn an allow into an ask.
+                    if let (Decision::Allow { .. }, Some(judge)) = (&decision, &inner.judge) {
+                        let meta = CallMetadata::of(&state, &preq);
+                        let asks = judge.judge(req.session, &meta).await;
+                        if !asks.is_empty() {
+                            let names: Vec<&str> = asks.iter().map(|a| a.rule.as_str()).collect();
+                            audit.set("model_rules", json!(names));
+                        }
+                        decision = carapace_policy::escalate(decision, &asks);
+                    }
+                    break (decision, false);
+                }
+                Some(i) => {
+                    // Another call may have taken the grant's last use; then decide again
+                    // without it.
+                    if inner
+                        .store
+                        .use_grant(req.session, &grants[i].id)
+                        .map_err(|e| internal(Stage::Policy, &e))?
+                    {
+                        audit.set("grant", json!(grants[i].id));
+                        break (verdict.decision, true);
+                    }
+                    grants.remove(i);
+                }
+            }
+        };
         // Secrets the call would carry; a first use in the session needs the owner, so an
-        // allow becomes an ask (never the other way round).
-        let secret_plan = match &inner.net {
+        // allow becomes an ask (never the other way round). An approved plan step that
+        // covers the call counts as that approval.
+        let mut secret_plan = match &inner.net {
             Some(net) if tool.effect == EffectClass::Egress => net.plan(req.session, &args),
             _ => net::SecretPlan::default(),
         };
+        if by_grant && !secret_plan.needs_approval.is_empty() {
+            if let Some(net) = &inner.net {
+                net.approved(req.session, &secret_plan.needs_approval);
+            }
+            secret_plan.needs_approval.clear();
+        }
         let decision = match decision {
             Decision::Allow { .. } if !secret_plan.needs_approval.is_empty() => Decision::Ask {
                 rule: "secret_first_use".into(),
@@ -415,10 +639,14 @@ impl Gate {
                 );
             }
             Decision::Ask { rule, reason } => {
-                self.approve(req, tool, &args, &rule, &reason, audit)
+                let answer = self
+                    .approve(req, tool, &args, &rule, &reason, None, audit)
                     .await?;
                 if let Some(net) = &inner.net {
                     net.approved(req.session, &secret_plan.needs_approval);
+                }
+                if answer == Answer::Session {
+                    self.grant_for_session(req.session, tool.name, &destinations, audit)?;
                 }
             }
         }
@@ -490,7 +718,7 @@ impl Gate {
         // Values released during the call (a password-manager entry) are known by now.
         let mut redactions = raw.redactions;
         redactions.extend(inner.scrubber.current().scrub_json_report(&mut content));
-        let mut label = raw.label;
+        let mut label = raw.label.join(tool.result_floor);
         if !redactions.is_empty() {
             // Something credential-shaped was there: the result is at least private.
             label = label.join(Label {
@@ -505,10 +733,15 @@ impl Gate {
                 .collect();
             audit.set("redactions", Value::Array(places));
         }
-        if let Err(e) = inner
-            .store
-            .raise_session_label(req.session, label, now_ms())
-        {
+        let mut exposure = Exposure::default();
+        exposure.record(tool.effect, label, !secret_plan.rules.is_empty());
+        if let Err(e) = inner.store.absorb_result(
+            req.session,
+            label,
+            &raw.source.as_string(),
+            &exposure_pairs(&exposure),
+            now_ms(),
+        ) {
             return Err(internal(Stage::Sanitize, &e));
         }
         Ok(ToolOutput {
@@ -518,6 +751,7 @@ impl Gate {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn approve(
         &self,
         req: &CallRequest<'_>,
@@ -525,10 +759,14 @@ impl Gate {
         args: &Value,
         rule: &str,
         reason: &str,
+        plan: Option<PlanInfo>,
         audit: &mut AuditDraft,
-    ) -> Result<(), GateError> {
+    ) -> Result<Answer, GateError> {
         let inner = &*self.inner;
-        let mut preview = approval_preview(args);
+        let mut preview = match &plan {
+            Some(p) => plan_preview(p),
+            None => approval_preview(args),
+        };
         inner.scrubber.current().scrub_string(&mut preview);
         let now = now_ms();
         let info = ApprovalInfo {
@@ -540,6 +778,7 @@ impl Gate {
             rule: rule.to_string(),
             created_ms: now,
             expires_ms: now + inner.config.approval_timeout.as_millis() as i64,
+            plan,
         };
         let pending = inner.approvals.open(info.clone());
         audit.set("approval_id", json!(info.id));
@@ -550,14 +789,26 @@ impl Gate {
 
         let answer = tokio::time::timeout(inner.config.approval_timeout, pending.wait()).await;
         match answer {
-            Ok(Some(true)) => {
+            Ok(Some(answered)) if answered.answer.approves() => {
+                audit.set("answer", json!(answered.answer.as_str()));
+                audit.set("answered_by", json!(answered.by));
                 self.audit_outcome(audit, "approved", None)?;
-                Ok(())
+                Ok(answered.answer)
             }
-            Ok(Some(false)) | Ok(None) => Err(GateError::new(
+            Ok(Some(answered)) => {
+                audit.set("answer", json!("deny"));
+                audit.set("answered_by", json!(answered.by));
+                Err(GateError::new(
+                    ErrorCode::ConfirmationDenied,
+                    Stage::Approve,
+                    format!("the owner declined {}", tool.name),
+                )
+                .with_rule(rule))
+            }
+            Ok(None) => Err(GateError::new(
                 ErrorCode::ConfirmationDenied,
                 Stage::Approve,
-                format!("the owner declined {}", tool.name),
+                format!("the request to approve {} was withdrawn", tool.name),
             )
             .with_rule(rule)),
             // The expired request was withdrawn (and announced) when `wait` was dropped.
@@ -571,6 +822,239 @@ impl Gate {
             )
             .with_rule(rule)),
         }
+    }
+
+    /// "Approve for this session": a grant for this tool to these destinations (any
+    /// arguments when the tool names none), for the session's life.
+    fn grant_for_session(
+        &self,
+        session: &SessionId,
+        tool: &str,
+        destinations: &[Destination],
+        audit: &mut AuditDraft,
+    ) -> Result<(), GateError> {
+        let mut patterns = Vec::new();
+        for d in destinations {
+            // A literal `*` in a destination would widen into a glob: no session grant.
+            if d.value.contains('*') {
+                return Ok(());
+            }
+            patterns.push(
+                carapace_policy::Pattern::parse(&d.to_string())
+                    .map_err(|e| internal(Stage::Approve, &e))?,
+            );
+        }
+        let step = Step {
+            tool: tool.to_string(),
+            args: Default::default(),
+            destinations: patterns,
+            max_calls: None,
+            why: "approved for this session".into(),
+        };
+        let id = format!("session_{}", &approvals::new_id()[3..]);
+        audit.set("granted", json!([id]));
+        self.inner
+            .store
+            .add_grants(
+                session,
+                &[carapace_store::GrantRecord {
+                    id,
+                    step: step.to_json(),
+                    remaining: None,
+                    expires_ms: None,
+                    created_ms: now_ms(),
+                }],
+            )
+            .map_err(|e| internal(Stage::Approve, &e))
+    }
+
+    /// The `propose_plan` tool: checks the plan, pre-evaluates each step, asks the owner
+    /// once, and turns the approved steps into grants of this session.
+    async fn propose_plan(
+        &self,
+        req: &CallRequest<'_>,
+        session: &carapace_store::SessionRecord,
+        args: &Value,
+        audit: &mut AuditDraft,
+    ) -> Result<ToolOutput, GateError> {
+        let inner = &*self.inner;
+        let invalid = |msg: String| {
+            let field = msg.split(':').next().unwrap_or_default().to_string();
+            GateError::new(ErrorCode::ValidationFailed, Stage::Validate, msg).with_field(field)
+        };
+        let plan = Plan::from_args(args).map_err(invalid)?;
+        let now = now_ms();
+        let exposure = exposure_from(&session.exposure);
+        let state = SessionState {
+            label: session.label,
+            seen: &session.seen,
+            exposure,
+            grants: &[],
+            now_ms: now,
+        };
+        let mut infos = Vec::new();
+        for (i, step) in plan.steps.iter().enumerate() {
+            let n = i + 1;
+            let tool = match inner.catalog.get(&step.tool) {
+                Some(t) if t.name != PLAN_TOOL => t,
+                _ => {
+                    return Err(invalid(format!(
+                        "steps[{n}].tool: no tool named `{}` is available",
+                        truncate(&step.tool, 64)
+                    )));
+                }
+            };
+            let known = tool.schema["properties"].as_object();
+            for name in step.args.keys() {
+                let top = name
+                    .trim_start_matches('/')
+                    .split('/')
+                    .next()
+                    .unwrap_or_default();
+                if !known.is_some_and(|k| k.contains_key(top)) {
+                    return Err(invalid(format!(
+                        "steps[{n}].args.{name}: {} has no argument `{top}`",
+                        tool.name
+                    )));
+                }
+            }
+            if tool.effect == EffectClass::Egress && step.destinations.is_empty() {
+                return Err(invalid(format!(
+                    "steps[{n}].destinations: a step of {} sends data out, so it names the hosts it may reach",
+                    tool.name
+                )));
+            }
+            // What policy would say of such a call without the plan.
+            let mut guess = serde_json::Map::new();
+            for (name, c) in &step.args {
+                match c {
+                    carapace_policy::Constraint::Exact(v) => {
+                        guess.insert(name.clone(), v.clone());
+                    }
+                    carapace_policy::Constraint::Prefix(p) => {
+                        guess.insert(name.clone(), json!(p));
+                    }
+                    carapace_policy::Constraint::OneOf(_) => {}
+                }
+            }
+            let guess = Value::Object(guess);
+            let destinations: Vec<Destination> = if step.destinations.is_empty() {
+                (tool.destinations)(&guess)
+            } else {
+                step.destinations
+                    .iter()
+                    .map(|p| Destination::parse(p.as_str()))
+                    .collect()
+            };
+            let verdict = carapace_policy::decide(
+                &inner.policy,
+                &state,
+                &carapace_policy::Request {
+                    principal: req.principal,
+                    tool: tool.name,
+                    effect: tool.effect,
+                    destinations: &destinations,
+                    args: &guess,
+                },
+            );
+            let (decision, rule) = match &verdict.decision {
+                Decision::Allow { rule } => ("allow", rule.clone()),
+                Decision::Ask { rule, .. } => ("ask", rule.clone()),
+                Decision::Deny { rule, .. } => ("deny", rule.clone()),
+            };
+            infos.push(StepInfo {
+                number: n,
+                text: step.describe(),
+                why: step.why.clone(),
+                decision,
+                rule,
+            });
+        }
+        audit.set(
+            "plan",
+            json!(
+                infos
+                    .iter()
+                    .map(|s| format!("{}. {} [{}: {}]", s.number, s.text, s.decision, s.rule))
+                    .collect::<Vec<_>>()
+            ),
+        );
+        if infos.iter().all(|s| s.decision == "deny") {
+            return Err(GateError::new(
+                ErrorCode::PolicyDenied,
+                Stage::Policy,
+                "policy refuses every step of this plan",
+            )
+            .with_rule(infos[0].rule.clone()));
+        }
+        let tainted = session.label.integrity == Integrity::Untrusted;
+        let reason = if tainted {
+            "the agent proposes a plan; approved steps will pass without asking. Careful: this session has already seen untrusted content, which may have shaped the plan"
+        } else {
+            "the agent proposes a plan; approved steps will pass without asking, even after it reads untrusted content"
+        };
+        let info = PlanInfo {
+            goal: plan.goal.clone(),
+            steps: infos.clone(),
+        };
+        let tool = inner
+            .catalog
+            .get(PLAN_TOOL)
+            .ok_or_else(|| internal(Stage::Resolve, &"the plan tool is missing"))?;
+        let answer = self
+            .approve(req, tool, args, "plan", reason, Some(info), audit)
+            .await?;
+        let chosen: Vec<usize> = match answer {
+            Answer::Steps(s) => s,
+            _ => infos
+                .iter()
+                .filter(|s| s.decision != "deny")
+                .map(|s| s.number)
+                .collect(),
+        };
+        let ttl = plan
+            .ttl_secs
+            .map(Duration::from_secs)
+            .unwrap_or(inner.config.plan_ttl)
+            .min(inner.config.plan_ttl);
+        let expires_ms = now_ms() + ttl.as_millis() as i64;
+        let plan_id = format!("plan_{}", &approvals::new_id()[3..]);
+        let records: Vec<carapace_store::GrantRecord> = chosen
+            .iter()
+            .map(|&n| {
+                let step = &plan.steps[n - 1];
+                carapace_store::GrantRecord {
+                    id: format!("{plan_id}#{n}"),
+                    step: step.to_json(),
+                    remaining: step.max_calls,
+                    expires_ms: Some(expires_ms),
+                    created_ms: now_ms(),
+                }
+            })
+            .collect();
+        inner
+            .store
+            .add_grants(req.session, &records)
+            .map_err(|e| internal(Stage::Execute, &e))?;
+        let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+        audit.set("granted", json!(ids));
+        audit.executed = true;
+        let not_approved: Vec<usize> = infos
+            .iter()
+            .map(|s| s.number)
+            .filter(|n| !chosen.contains(n))
+            .collect();
+        Ok(ToolOutput {
+            content: json!({
+                "plan": plan_id,
+                "approved_steps": chosen,
+                "not_approved_steps": not_approved,
+                "expires_ms": expires_ms,
+                "note": "calls that match an approved step now pass without asking; any other call is decided on its own",
+            }),
+            label: Label::TRUSTED_PUBLIC,
+            source: Source::Owner,
+        })
     }
 
     fn audit_outcome(
@@ -603,6 +1087,163 @@ impl Gate {
             Err(e) => Err(internal(Stage::Audit, &e)),
         }
     }
+}
+
+/// Where a session stands with policy, for `cara session show` and the API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyStatus {
+    /// The exposure score.
+    pub score: u32,
+    /// The friction level it puts the session at.
+    pub level: Level,
+    /// The configured thresholds.
+    pub ask_above: u32,
+    /// The configured thresholds.
+    pub deny_above: u32,
+    /// The session's grants, oldest first.
+    pub grants: Vec<GrantInfo>,
+}
+
+/// A grant as shown to the owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantInfo {
+    /// Its id.
+    pub id: String,
+    /// What it covers, in one line.
+    pub text: String,
+    /// Calls left; `None`: unbounded.
+    pub remaining: Option<u32>,
+    /// When it expires; `None`: with the session.
+    pub expires_ms: Option<i64>,
+    /// Whether it still covers calls.
+    pub live: bool,
+}
+
+const EXPOSURE_KINDS: [&str; 7] = [
+    "untrusted_reads",
+    "private_reads",
+    "writes",
+    "egress",
+    "exec",
+    "secrets",
+    "self_modify",
+];
+
+fn exposure_fields(e: &mut Exposure) -> [&mut u32; 7] {
+    [
+        &mut e.untrusted_reads,
+        &mut e.private_reads,
+        &mut e.writes,
+        &mut e.egress,
+        &mut e.exec,
+        &mut e.secrets,
+        &mut e.self_modify,
+    ]
+}
+
+/// The stored counters as the policy crate's `Exposure` (unknown kinds are ignored).
+fn exposure_from(map: &std::collections::BTreeMap<String, u32>) -> Exposure {
+    let mut e = Exposure::default();
+    for (kind, field) in EXPOSURE_KINDS.iter().zip(exposure_fields(&mut e)) {
+        *field = map.get(*kind).copied().unwrap_or(0);
+    }
+    e
+}
+
+fn exposure_pairs(e: &Exposure) -> Vec<(&'static str, u32)> {
+    let mut e = *e;
+    EXPOSURE_KINDS
+        .iter()
+        .zip(exposure_fields(&mut e))
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| (*k, *n))
+        .collect()
+}
+
+/// The `propose_plan` tool as offered to the model.
+fn plan_tool() -> ToolDef {
+    let exec: catalog::ExecFn = Arc::new(|_, _| {
+        Box::pin(async {
+            Err(catalog::ToolFailure(
+                "propose_plan is run by the Gate".into(),
+            ))
+        })
+    });
+    let constraint = json!({
+        "type": "object",
+        "minProperties": 1,
+        "maxProperties": 1,
+        "properties": {
+            "exact": {},
+            "prefix": { "type": "string", "minLength": 1 },
+            "one_of": { "type": "array", "minItems": 1, "maxItems": 64 }
+        },
+        "additionalProperties": false
+    });
+    ToolDef::new(
+        PLAN_TOOL,
+        "Propose a plan to the owner BEFORE reading untrusted content (web pages, messages, \
+         files you did not write) when the task will then need to write, send or run \
+         something. List each call you will make: the tool, constraints on its arguments \
+         (exact values, prefixes, one_of), and for tools that send data out the hosts they \
+         may reach. The owner approves once; later calls that match an approved step pass \
+         without asking, any other call is decided on its own. Content you read later \
+         cannot add steps.",
+        EffectClass::Read,
+        json!({
+            "type": "object",
+            "properties": {
+                "goal": { "type": "string", "maxLength": 500, "description": "what the plan is for" },
+                "steps": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": carapace_policy::MAX_STEPS,
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "tool": { "type": "string", "minLength": 1, "maxLength": 128 },
+                            "args": {
+                                "type": "object",
+                                "maxProperties": 16,
+                                "additionalProperties": constraint,
+                                "description": "argument name -> {\"exact\": value} | {\"prefix\": \"...\"} | {\"one_of\": [...]}; unconstrained arguments may take any value"
+                            },
+                            "destinations": {
+                                "type": "array", "maxItems": 32,
+                                "items": { "type": "string", "minLength": 1, "maxLength": 300 },
+                                "description": "hosts (like example.com or *.example.com) or path:notes/* the calls may reach"
+                            },
+                            "max_calls": { "type": "integer", "minimum": 1, "maximum": 1000 },
+                            "why": { "type": "string", "maxLength": 500 }
+                        },
+                        "required": ["tool"],
+                        "additionalProperties": false
+                    }
+                },
+                "ttl_minutes": { "type": "integer", "minimum": 1, "maximum": 1440 }
+            },
+            "required": ["goal", "steps"],
+            "additionalProperties": false
+        }),
+        exec,
+    )
+}
+
+/// A plan as the owner sees it in a prompt: numbered steps with what policy says of each.
+fn plan_preview(plan: &PlanInfo) -> String {
+    let mut out = format!("goal: {:?}", plan.goal);
+    for s in &plan.steps {
+        let note = match s.decision {
+            "deny" => format!("REFUSED by policy ({})", s.rule),
+            "ask" => format!("would ask ({})", s.rule),
+            _ => "allowed by policy anyway".to_string(),
+        };
+        out.push_str(&format!("\n{}. {} [{note}]", s.number, s.text));
+        if !s.why.is_empty() {
+            out.push_str(&format!("\n   why: {:?}", s.why));
+        }
+    }
+    out
 }
 
 /// Records a call whose future was dropped before it finished.

@@ -15,7 +15,13 @@ use carapace_egress::{Egress, EgressError, EgressRequest, Injection, Place, Scop
 use carapace_types::{Confidentiality, EffectClass, Integrity, Label, Secret, SessionId, Source};
 use serde_json::{Value, json};
 
-use crate::catalog::{ExecCtx, ExecFn, RawResult, ToolDef, ToolFailure};
+use crate::catalog::{ExecCtx, ExecFn, RawResult, ToolDef, ToolFailure, url_arg};
+
+/// Whatever the network sends is untrusted.
+const WEB: Label = Label {
+    integrity: Integrity::Untrusted,
+    confidentiality: Confidentiality::Public,
+};
 
 /// Gives the Gate a secret's value by name (the vault, behind a trait so tests and other
 /// front ends can supply their own). Called on the blocking pool: it may run a
@@ -197,7 +203,9 @@ pub(crate) fn tools(net: &Arc<Net>) -> Vec<ToolDef> {
                 "additionalProperties": false
             }),
             fetch,
-        ),
+        )
+        .with_destinations(url_arg)
+        .with_result(WEB),
         ToolDef::new(
             "http_request",
             "Send an HTTP request to an allowed host (an API, for example) and return status, \
@@ -229,7 +237,9 @@ pub(crate) fn tools(net: &Arc<Net>) -> Vec<ToolDef> {
                 "additionalProperties": false
             }),
             request,
-        ),
+        )
+        .with_destinations(url_arg)
+        .with_result(WEB),
     ]
 }
 

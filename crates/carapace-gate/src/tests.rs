@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use carapace_policy::SimplePolicy;
+use carapace_policy::Policy;
 use carapace_store::{AuditKey, Store};
 use carapace_types::{
     Confidentiality, ErrorCode, FrontDoor, Integrity, Label, Principal, Secret, SessionId, Source,
@@ -80,7 +80,8 @@ fn fixture_with(config: GateConfig, extra: Vec<ToolDef>) -> Fixture {
             store: store.clone(),
             audit_key: key.clone(),
             workspace_root: root.clone(),
-            policy: Box::new(SimplePolicy),
+            policy: Policy::strict(),
+            judge: None,
             scrubber: SharedScrubber::new(Scrubber::new(&[Secret::new(API_KEY.to_string())])),
             config,
             exec: None,
@@ -247,7 +248,7 @@ async fn denied_write_leaves_no_file() {
         (err.code, err.stage),
         (ErrorCode::ConfirmationDenied, Stage::Approve)
     );
-    assert_eq!(err.rule.as_deref(), Some("default.write-asks"));
+    assert_eq!(err.rule.as_deref(), Some("preset.strict"));
     assert!(!f.root().join("out.txt").exists());
     assert_eq!(
         f.outcomes(),

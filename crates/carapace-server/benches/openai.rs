@@ -4,7 +4,7 @@
 //! 1. `openai/full_request_one_tool_call`: `POST /v1/chat/completions` through the
 //!    router value (in process, no socket): auth, host check, JSON, a new session, two
 //!    model calls over loopback HTTP to `FakeOpenAi`, one `list_dir` through every Gate
-//!    stage (`SimplePolicy`, audit appends), every message persisted in a temp-file
+//!    stage (the strict policy preset, audit appends), every message persisted in a temp-file
 //!    SQLite database in WAL mode, as in production.
 //! 2. `openai/provider_only_two_model_calls`: the same two model calls, with the bodies
 //!    the gateway sent in (1), made directly with the `OpenAiCompat` client.
@@ -23,7 +23,7 @@ use carapace_gate::{Gate, GateConfig, GateDeps, Scrubber, SharedScrubber};
 use carapace_llm::{
     ChatMessage, ChatRequest, OpenAiCompat, OpenAiConfig, Provider, ToolCallRequest, ToolSpec,
 };
-use carapace_policy::SimplePolicy;
+use carapace_policy::Policy;
 use carapace_server::{AppState, ServerDeps, router};
 use carapace_store::{AuditKey, Store};
 use carapace_testkit::{FakeOpenAi, Reply};
@@ -68,7 +68,8 @@ async fn setup() -> Bench {
         store: store.clone(),
         audit_key: audit_key.clone(),
         workspace_root: root,
-        policy: Box::new(SimplePolicy),
+        policy: Policy::strict(),
+        judge: None,
         scrubber: SharedScrubber::new(Scrubber::new(&[Secret::new(
             "sk-bench-0123456789abcdef".to_string(),
         )])),

@@ -6,7 +6,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use carapace_gate::{ApprovalDecisionError, ApprovalInfo};
+use carapace_gate::{Answer, ApprovalDecisionError, ApprovalInfo, PolicyStatus};
 use carapace_store::{AuditEntry, MessageRecord, SessionRecord, StoreError, UsageTotal, utc_day};
 use carapace_types::{Label, SessionId};
 use serde::Deserialize;
@@ -29,6 +29,24 @@ pub(crate) fn session_json(s: &SessionRecord) -> Value {
         "label": label_json(s.label),
         "egress_hosts": s.egress_hosts,
         "model": s.model,
+        "seen": s.seen,
+        "exposure": s.exposure,
+    })
+}
+
+fn policy_json(p: &PolicyStatus) -> Value {
+    json!({
+        "exposure_score": p.score,
+        "friction": p.level.as_str(),
+        "ask_above": p.ask_above,
+        "deny_above": p.deny_above,
+        "grants": p.grants.iter().map(|g| json!({
+            "id": g.id,
+            "covers": g.text,
+            "remaining": g.remaining,
+            "expires_ms": g.expires_ms,
+            "live": g.live,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -55,6 +73,16 @@ pub(crate) fn approval_json(a: &ApprovalInfo) -> Value {
         "rule": a.rule,
         "created_ms": a.created_ms,
         "expires_ms": a.expires_ms,
+        "plan": a.plan.as_ref().map(|p| json!({
+            "goal": p.goal,
+            "steps": p.steps.iter().map(|s| json!({
+                "number": s.number,
+                "covers": s.text,
+                "why": s.why,
+                "decision": s.decision,
+                "rule": s.rule,
+            })).collect::<Vec<_>>(),
+        })),
     })
 }
 
@@ -156,8 +184,29 @@ pub(crate) async fn get_session(
         .store
         .usage_of_session(&s.id)
         .map_err(ApiError::internal)?;
+    let policy = state.gate.policy_status(&s.id).map_err(ApiError::from)?;
+    Ok(Json(json!({
+        "session": session_json(&s),
+        "usage": usage_json(&usage),
+        "policy": policy_json(&policy),
+    })))
+}
+
+/// `POST /api/sessions/{id}/reset`: the owner resets the session's exposure and grants.
+pub(crate) async fn reset_session(
+    State(state): State<Arc<AppState>>,
+    Extension(Authenticated(principal)): Extension<Authenticated>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let Path(id) = id.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let s = find_session(&state, &id)?;
+    state
+        .gate
+        .reset_session(&principal, &s.id)
+        .map_err(ApiError::from)?;
+    let policy = state.gate.policy_status(&s.id).map_err(ApiError::from)?;
     Ok(Json(
-        json!({ "session": session_json(&s), "usage": usage_json(&usage) }),
+        json!({ "session": s.id.as_str(), "policy": policy_json(&policy) }),
     ))
 }
 
@@ -303,13 +352,29 @@ pub(crate) async fn list_approvals(State(state): State<Arc<AppState>>) -> ApiRes
 #[serde(deny_unknown_fields)]
 pub(crate) struct Decide {
     decision: Decision,
+    /// For a plan: the steps approved, like `1-3,5` (with `decision = "approve"`).
+    #[serde(default)]
+    steps: Option<String>,
 }
 
-#[derive(Deserialize, Clone, Copy)]
+/// `approve` (this call, or every step of a plan), `session` (this tool to these
+/// destinations for the rest of the session) or `deny`.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Decision {
     Approve,
+    Session,
     Deny,
+}
+
+impl Decision {
+    fn as_str(self) -> &'static str {
+        match self {
+            Decision::Approve => "approve",
+            Decision::Session => "session",
+            Decision::Deny => "deny",
+        }
+    }
 }
 
 pub(crate) async fn decide_approval(
@@ -320,22 +385,56 @@ pub(crate) async fn decide_approval(
 ) -> ApiResult {
     let Path(id) = id.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let Json(body) = body?;
-    let approve = matches!(body.decision, Decision::Approve);
-    decide(&state, &principal, &id, approve)?;
-    Ok(Json(
-        json!({ "id": id, "decision": if approve { "approve" } else { "deny" } }),
-    ))
+    decide(
+        &state,
+        &principal,
+        &id,
+        body.decision,
+        body.steps.as_deref(),
+    )?;
+    let mut out = json!({ "id": id, "decision": body.decision.as_str() });
+    if let Some(steps) = body.steps {
+        out["steps"] = json!(steps);
+    }
+    Ok(Json(out))
 }
 
 pub(crate) fn decide(
     state: &AppState,
     principal: &carapace_types::Principal,
     id: &str,
-    approve: bool,
+    decision: Decision,
+    steps: Option<&str>,
 ) -> Result<(), ApiError> {
+    let answer = match (decision, steps) {
+        (Decision::Deny, _) => Answer::Deny,
+        (Decision::Session, None) => Answer::Session,
+        (Decision::Approve, None) => Answer::Once,
+        (Decision::Approve, Some(text)) => {
+            let n = state
+                .gate
+                .pending_approvals()
+                .into_iter()
+                .find(|a| a.id == id)
+                .ok_or_else(|| {
+                    ApiError::not_found(
+                        "no pending approval with that id (answered, expired or unknown)",
+                    )
+                })?
+                .plan
+                .map(|p| p.steps.len())
+                .ok_or_else(|| {
+                    ApiError::bad_request("this approval is for one call; steps are for plans")
+                })?;
+            Answer::Steps(carapace_gate::parse_step_ranges(text, n).map_err(ApiError::bad_request)?)
+        }
+        (Decision::Session, Some(_)) => {
+            return Err(ApiError::bad_request("steps go with decision \"approve\""));
+        }
+    };
     state
         .gate
-        .decide_approval(principal, id, approve)
+        .answer_approval(principal, id, answer)
         .map_err(|e| match e {
             ApprovalDecisionError::NotFound => ApiError::not_found(
                 "no pending approval with that id (answered, expired or unknown)",
@@ -343,6 +442,7 @@ pub(crate) fn decide(
             ApprovalDecisionError::NotOwner => {
                 ApiError::new(StatusCode::FORBIDDEN, "FORBIDDEN", e.to_string())
             }
+            ApprovalDecisionError::BadAnswer(why) => ApiError::bad_request(why),
         })
 }
 

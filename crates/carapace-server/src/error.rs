@@ -66,6 +66,16 @@ impl ApiError {
     }
 }
 
+impl From<carapace_types::GateError> for ApiError {
+    fn from(e: carapace_types::GateError) -> ApiError {
+        match e.code {
+            carapace_types::ErrorCode::Unauthorized => ApiError::not_found("no such session"),
+            carapace_types::ErrorCode::Internal => ApiError::internal(&e.message),
+            _ => ApiError::bad_request(e.message),
+        }
+    }
+}
+
 impl ApiError {
     /// The JSON body: `{"error": {"code", "message", "type"}}`.
     pub fn body(&self) -> serde_json::Value {

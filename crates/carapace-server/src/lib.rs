@@ -181,6 +181,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/api/sessions/{id}", get(api::get_session))
         .route("/api/sessions/{id}/model", put(api::set_session_model))
+        .route("/api/sessions/{id}/reset", post(api::reset_session))
         .route(
             "/api/sessions/{id}/messages",
             get(api::list_messages).post(api::post_message),

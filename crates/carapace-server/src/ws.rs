@@ -1,7 +1,7 @@
 //! `GET /ws`: a WebSocket carrying chat turns, their events and approval requests.
 //!
 //! Client messages: `{"type":"chat","text":..,"session":..?}`, `{"type":"cancel"}`,
-//! `{"type":"approval","id":..,"decision":"approve"|"deny"}`.
+//! `{"type":"approval","id":..,"decision":"approve"|"session"|"deny","steps":"1-3"?}`.
 //! Server messages: `session`, `delta`, `tool_call`, `tool_result`, `done`, `error`,
 //! `cancelled`, `approval_request`, `approval_resolved`, each with a `type` field.
 
@@ -55,6 +55,8 @@ enum ClientMessage {
     Approval {
         id: String,
         decision: api::Decision,
+        #[serde(default)]
+        steps: Option<String>,
     },
 }
 
@@ -152,9 +154,12 @@ async fn connection(state: Arc<AppState>, principal: Principal, socket: WebSocke
                     let _ = out_tx.send(json!({ "type": "cancelled" }));
                 }
             }
-            ClientMessage::Approval { id, decision } => {
-                let approve = matches!(decision, api::Decision::Approve);
-                if let Err(e) = api::decide(&state, &principal, &id, approve) {
+            ClientMessage::Approval {
+                id,
+                decision,
+                steps,
+            } => {
+                if let Err(e) = api::decide(&state, &principal, &id, decision, steps.as_deref()) {
                     let _ = out_tx.send(with_type(e.body(), "error"));
                 }
             }

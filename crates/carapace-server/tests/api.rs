@@ -388,7 +388,7 @@ async fn turn_waiting_for_approval(
     let approval = approvals[0].clone();
     assert_eq!(approval["session"], id.as_str());
     assert_eq!(approval["tool"], "write_file");
-    assert_eq!(approval["rule"], "default.write-asks");
+    assert_eq!(approval["rule"], "preset.strict");
     assert!(
         approval["args"].as_str().unwrap().contains(file),
         "{approval}"

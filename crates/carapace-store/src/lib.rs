@@ -13,6 +13,7 @@ mod canonical;
 mod error;
 mod schema;
 mod session;
+mod session_policy;
 mod usage;
 
 use std::fs::{OpenOptions, Permissions};
@@ -27,6 +28,7 @@ pub use audit::{AuditEntry, AuditKey, AuditReport};
 pub use canonical::{MAX_JSON_DEPTH, canonical_json};
 pub use error::StoreError;
 pub use session::{AgentWrite, MessageRecord, NewMessage, Role, SessionRecord};
+pub use session_policy::GrantRecord;
 pub use usage::{UsageRecord, UsageRow, UsageTotal, utc_day};
 
 /// The database. One connection behind a mutex; cheap calls, so callers share one `Store`.

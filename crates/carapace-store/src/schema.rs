@@ -5,7 +5,7 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use crate::StoreError;
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 const V1: &str = "
 CREATE TABLE sessions (
@@ -91,6 +91,34 @@ CREATE INDEX usage_by_session ON usage (session_id);
 /// The model a session was switched to (`/model`); NULL: the configured one.
 const V4: &str = "
 ALTER TABLE sessions ADD COLUMN model TEXT;
+";
+
+/// Policy state of a session: the sources it has seen (JSON array of source names), its
+/// exposure counters (JSON object of counts by kind), the grants the owner approved (an
+/// approved plan step or an "approve for this session" answer; `step` is the step's JSON,
+/// `remaining` NULL means unbounded), and plain-English rules compiled by a model, keyed
+/// by the SHA-256 of their text (`rule` is the structured rule as JSON, or NULL with the
+/// reason in `error` when it did not compile).
+const V5: &str = "
+ALTER TABLE sessions ADD COLUMN seen TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE sessions ADD COLUMN exposure TEXT NOT NULL DEFAULT '{}';
+CREATE TABLE grants (
+    session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    id TEXT NOT NULL,
+    step TEXT NOT NULL,
+    remaining INTEGER,
+    expires_ms INTEGER,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (session_id, id)
+) STRICT;
+CREATE TABLE compiled_rules (
+    sha256 TEXT PRIMARY KEY,
+    text TEXT NOT NULL,
+    rule TEXT,
+    error TEXT,
+    model TEXT NOT NULL,
+    compiled_ms INTEGER NOT NULL
+) STRICT;
 ";
 
 /// Brings the schema up to date. Runs in one IMMEDIATE transaction so that two processes

@@ -1,5 +1,7 @@
 //! Sessions, their messages, and the record of files the agent wrote.
 
+use std::collections::BTreeMap;
+
 use carapace_types::{Confidentiality, Integrity, Label, SessionId, Source};
 use rusqlite::{OptionalExtension as _, Row, TransactionBehavior, params};
 use serde_json::Value;
@@ -27,6 +29,10 @@ pub struct SessionRecord {
     /// The model this session was switched to, `provider/model`; `None`: the configured
     /// one.
     pub model: Option<String>,
+    /// The sources the session has seen (`web`, `tool:exec`, ...), in first-seen order.
+    pub seen: Vec<String>,
+    /// What the session has been granted, counted by kind; only grows until a reset.
+    pub exposure: BTreeMap<String, u32>,
 }
 
 /// Who wrote a message.
@@ -170,6 +176,8 @@ impl Store {
             label,
             egress_hosts: egress_hosts.map(<[String]>::to_vec),
             model: None,
+            seen: Vec::new(),
+            exposure: BTreeMap::new(),
         })
     }
 
@@ -191,7 +199,7 @@ impl Store {
         let inner = self.lock();
         let mut stmt = inner.conn.prepare_cached(
             "SELECT id, title, created_ms, updated_ms, integrity, confidentiality, egress_hosts,
-                 model
+                 model, seen, exposure
              FROM sessions WHERE id = ?1",
         )?;
         let mut rows = stmt.query([id.as_str()])?;
@@ -203,7 +211,7 @@ impl Store {
         let inner = self.lock();
         let mut stmt = inner.conn.prepare_cached(
             "SELECT id, title, created_ms, updated_ms, integrity, confidentiality, egress_hosts,
-                 model
+                 model, seen, exposure
              FROM sessions ORDER BY updated_ms DESC, rowid DESC LIMIT ?1",
         )?;
         let mut rows = stmt.query([sql_limit(limit)])?;
@@ -409,6 +417,8 @@ fn session_from_row(row: &Row<'_>) -> Result<SessionRecord, StoreError> {
         })?),
         None => None,
     };
+    let seen = json_column(&row.get::<_, String>(8)?, "seen list", &id)?;
+    let exposure = json_column(&row.get::<_, String>(9)?, "exposure", &id)?;
     Ok(SessionRecord {
         id: SessionId::new(id),
         title: row.get(1)?,
@@ -417,7 +427,18 @@ fn session_from_row(row: &Row<'_>) -> Result<SessionRecord, StoreError> {
         label: parse_label(&row.get::<_, String>(4)?, &row.get::<_, String>(5)?)?,
         egress_hosts,
         model: row.get(7)?,
+        seen,
+        exposure,
     })
+}
+
+fn json_column<T: serde::de::DeserializeOwned>(
+    text: &str,
+    what: &str,
+    id: &str,
+) -> Result<T, StoreError> {
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::Corrupt(format!("the {what} of session {id} is unreadable: {e}")))
 }
 
 fn message_from_row(row: &Row<'_>) -> Result<MessageRecord, StoreError> {
@@ -447,7 +468,7 @@ fn message_from_row(row: &Row<'_>) -> Result<MessageRecord, StoreError> {
     })
 }
 
-fn parse_label(integrity: &str, confidentiality: &str) -> Result<Label, StoreError> {
+pub(crate) fn parse_label(integrity: &str, confidentiality: &str) -> Result<Label, StoreError> {
     let corrupt =
         |what: &str, value: &str| StoreError::Corrupt(format!("unknown {what} {value:?}"));
     Ok(Label {

@@ -364,7 +364,8 @@ fn a_session_keeps_its_own_host_list_and_a_version_1_file_is_upgraded() {
     let raw = Connection::open(&path).unwrap();
     raw.execute_batch(
         "DROP TABLE usage; ALTER TABLE sessions DROP COLUMN egress_hosts;
-         ALTER TABLE sessions DROP COLUMN model;
+         ALTER TABLE sessions DROP COLUMN model; ALTER TABLE sessions DROP COLUMN seen;
+         ALTER TABLE sessions DROP COLUMN exposure; DROP TABLE grants; DROP TABLE compiled_rules;
          PRAGMA user_version = 1;",
     )
     .unwrap();
@@ -443,7 +444,7 @@ fn a_newer_schema_is_refused() {
     let version: i64 = raw
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     // Reopening does not migrate twice.
     drop(Store::open(&path).unwrap());
     raw.execute_batch("PRAGMA user_version = 99").unwrap();
@@ -453,7 +454,7 @@ fn a_newer_schema_is_refused() {
             err,
             StoreError::SchemaTooNew {
                 found: 99,
-                supported: 4
+                supported: 5
             }
         ),
         "{err:?}"

@@ -15,6 +15,10 @@ pub enum Source {
     Web,
     /// Output of a named tool.
     Tool(String),
+    /// A named contact on a messaging channel (not the owner).
+    Contact(String),
+    /// A named plugin.
+    Plugin(String),
 }
 
 impl Source {
@@ -27,6 +31,8 @@ impl Source {
             Source::AgentFile => "agent_file".into(),
             Source::Web => "web".into(),
             Source::Tool(name) => format!("tool:{name}"),
+            Source::Contact(name) => format!("contact:{name}"),
+            Source::Plugin(name) => format!("plugin:{name}"),
         }
     }
 
@@ -38,7 +44,15 @@ impl Source {
             "user_file" => Source::UserFile,
             "agent_file" => Source::AgentFile,
             "web" => Source::Web,
-            _ => Source::Tool(s.strip_prefix("tool:")?.to_string()),
+            _ => {
+                if let Some(name) = s.strip_prefix("contact:") {
+                    Source::Contact(name.to_string())
+                } else if let Some(name) = s.strip_prefix("plugin:") {
+                    Source::Plugin(name.to_string())
+                } else {
+                    Source::Tool(s.strip_prefix("tool:")?.to_string())
+                }
+            }
         })
     }
 }
@@ -173,6 +187,8 @@ mod tests {
             Source::Web,
             Source::AgentFile,
             Source::Tool("list_dir".into()),
+            Source::Contact("+14155550100".into()),
+            Source::Plugin("weather".into()),
         ] {
             assert_eq!(Source::parse(&s.as_string()), Some(s));
         }

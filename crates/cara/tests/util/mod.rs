@@ -68,6 +68,15 @@ impl TestDir {
         TestDir { tmp }
     }
 
+    /// A test directory whose config asks before every consequential call
+    /// (`[policy] preset = "strict"`), for tests about approvals in a clean session.
+    pub fn strict() -> TestDir {
+        let dir = TestDir::new();
+        std::fs::create_dir_all(dir.data()).expect("create the data directory");
+        std::fs::write(dir.config(), "[policy]\npreset = \"strict\"\n").expect("write config.toml");
+        dir
+    }
+
     /// The temporary directory itself (outside the data directory).
     pub fn root(&self) -> &Path {
         self.tmp.path()

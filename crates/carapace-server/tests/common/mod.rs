@@ -1,4 +1,4 @@
-//! The server built as a value over real parts: a Gate with `SimplePolicy` over an
+//! The server built as a value over real parts: a Gate with the strict policy preset over an
 //! in-memory store and a temporary workspace, and an agent whose model is a
 //! `FakeOpenAi` on 127.0.0.1 reached through the production `OpenAiCompat` client.
 //! Requests go through `tower::ServiceExt::oneshot`, no socket.
@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, Request, StatusCode, header};
 use carapace_agent::{Agent, AgentConfig};
 use carapace_gate::{Gate, GateConfig, GateDeps, Scrubber, SharedScrubber};
 use carapace_llm::{OpenAiCompat, OpenAiConfig};
-use carapace_policy::SimplePolicy;
+use carapace_policy::Policy;
 use carapace_server::{AppState, ServerDeps, router};
 use carapace_store::{AuditKey, Store};
 use carapace_testkit::{FakeOpenAi, Reply};
@@ -77,7 +77,8 @@ pub async fn harness_with(options: Options) -> Harness {
         store: store.clone(),
         audit_key: audit_key.clone(),
         workspace_root: root,
-        policy: Box::new(SimplePolicy),
+        policy: Policy::strict(),
+        judge: None,
         scrubber: SharedScrubber::new(Scrubber::new(&[Secret::new(TOKEN.to_string())])),
         config: options.gate,
         exec: None,
