@@ -22,10 +22,38 @@ commands:
   /session         show the current session id and its label
   /model [NAME]    show this session's model, or switch it (provider/model or an alias;
                    `/model default` goes back to the configured one)
-  /approve [ID]    approve a pending tool call (this session's newest when no id)
-  /deny [ID]       refuse a pending tool call (this session's newest when no id)
+  /approve [ID] [session|STEPS]
+                   approve a pending tool call (this session's newest when no id);
+                   `session`: also later calls of that tool to the same places;
+                   for a plan, STEPS approves some steps only, like 1-3,5
+  /deny [ID]       refuse a pending tool call or plan (this session's newest when no id)
+  /reset           reset this session's friction: exposure back to zero, grants gone
   /exit            leave the chat (the gateway keeps running; `cara status`)
 anything else is sent to the agent. Ctrl-C cancels a running turn.";
+
+/// The WebSocket answer to an inline approval prompt; anything not understood denies.
+fn approval_reply(id: &Value, plan: bool, answer: &str) -> Value {
+    let answer = answer.trim().to_ascii_lowercase();
+    let decision = match answer.as_str() {
+        "y" | "yes" | "a" | "all" => json!({ "decision": "approve" }),
+        "s" | "session" if !plan => json!({ "decision": "session" }),
+        steps
+            if plan
+                && !steps.is_empty()
+                && steps
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || ", -".contains(c)) =>
+        {
+            json!({ "decision": "approve", "steps": steps })
+        }
+        _ => json!({ "decision": "deny" }),
+    };
+    let mut reply = json!({ "type": "approval", "id": id });
+    if let (Some(r), Value::Object(d)) = (reply.as_object_mut(), decision) {
+        r.extend(d);
+    }
+    reply
+}
 
 pub async fn chat(
     dd: &DataDir,
@@ -135,6 +163,15 @@ pub async fn chat(
                             l["integrity"].as_str().unwrap_or("?"),
                             l["confidentiality"].as_str().unwrap_or("?")
                         );
+                        let p = &s["policy"];
+                        println!(
+                            "friction {} · exposure {} (asks above {}, refuses above {}) · {} grant(s)",
+                            p["friction"].as_str().unwrap_or("?"),
+                            p["exposure_score"],
+                            p["ask_above"],
+                            p["deny_above"],
+                            p["grants"].as_array().map_or(0, |g| g.len())
+                        );
                         if let Some(hosts) = s["session"]["egress_hosts"].as_array() {
                             let hosts: Vec<&str> = hosts.iter().filter_map(Value::as_str).collect();
                             println!("network tools reach only: {}", hosts.join(", "));
@@ -188,8 +225,30 @@ pub async fn chat(
                         Err(e) => println!("error: {e:#}"),
                     }
                 }
+                "reset" => match &session {
+                    Some(id) => match daemon
+                        .post(&format!("/api/sessions/{id}/reset"), &json!({}))
+                        .await
+                    {
+                        Ok(v) => println!(
+                            "(session reset: friction {}, its label stays what it has seen)",
+                            v["policy"]["friction"].as_str().unwrap_or("?")
+                        ),
+                        Err(e) => println!("error: {e:#}"),
+                    },
+                    None => println!("(no session yet: it starts with your first message)"),
+                },
                 "approve" | "deny" => {
-                    let id = match arg {
+                    let mut id_arg = None;
+                    let mut how = None;
+                    for token in arg.unwrap_or_default().split_whitespace() {
+                        if token.starts_with("ap_") {
+                            id_arg = Some(token);
+                        } else {
+                            how = Some(token);
+                        }
+                    }
+                    let id = match id_arg {
                         Some(id) => id.to_string(),
                         // Without an id: the newest request of this chat's session only.
                         None => match daemon.get("/api/approvals").await?["approvals"]
@@ -208,15 +267,17 @@ pub async fn chat(
                             }
                         },
                     };
-                    let decision = if name == "approve" { "approve" } else { "deny" };
-                    match daemon
-                        .post(
-                            &format!("/api/approvals/{id}"),
-                            &json!({ "decision": decision }),
-                        )
-                        .await
-                    {
-                        Ok(_) => println!("({decision}d {id})"),
+                    let body = match (name, how) {
+                        ("deny", _) => json!({ "decision": "deny" }),
+                        (_, None) => json!({ "decision": "approve" }),
+                        (_, Some("session")) => json!({ "decision": "session" }),
+                        (_, Some(steps)) => json!({ "decision": "approve", "steps": steps }),
+                    };
+                    match daemon.post(&format!("/api/approvals/{id}"), &body).await {
+                        Ok(_) => println!(
+                            "({}d {id})",
+                            if name == "deny" { "denie" } else { "approve" }
+                        ),
                         Err(e) => println!("error: {e:#}"),
                     }
                 }
@@ -333,16 +394,17 @@ pub async fn chat(
                         printable(v["reason"].as_str().unwrap_or("")),
                         printable(v["rule"].as_str().unwrap_or(""))
                     );
-                    print!("    approve? [y/N] ");
+                    let plan = !v["plan"].is_null();
+                    if plan {
+                        print!("    approve? [a]ll / steps like 1-3,5 / [N]o ");
+                    } else {
+                        print!(
+                            "    approve? [y]es once / [s]ession: this tool to these places / [N]o "
+                        );
+                    }
                     std::io::stdout().flush().ok();
                     let answer = lines.recv().await.unwrap_or_default();
-                    let approve =
-                        matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes");
-                    let reply = json!({
-                        "type": "approval",
-                        "id": v["id"],
-                        "decision": if approve { "approve" } else { "deny" },
-                    });
+                    let reply = approval_reply(&v["id"], plan, &answer);
                     ws_tx
                         .send(Message::Text(reply.to_string().into()))
                         .await
@@ -435,5 +497,27 @@ mod tests {
             shown,
             "ok\\u{1b}]52;c;aGk=\\u{7} \\u{1b}[8mhidden\\u{9b}2J\nnext\tline"
         );
+    }
+
+    #[test]
+    fn inline_answers_map_to_decisions_and_anything_else_denies() {
+        use serde_json::json;
+        let id = json!("ap_1");
+        let d = |plan, a: &str| super::approval_reply(&id, plan, a);
+        assert_eq!(
+            d(false, "Y"),
+            json!({"type": "approval", "id": "ap_1", "decision": "approve"})
+        );
+        assert_eq!(d(false, "s")["decision"], "session");
+        assert_eq!(
+            d(true, "s")["decision"],
+            "deny",
+            "a plan has no session answer"
+        );
+        assert_eq!(d(true, "all")["decision"], "approve");
+        assert_eq!(d(true, "1-2, 4")["steps"], "1-2, 4");
+        assert_eq!(d(false, "1-2")["decision"], "deny", "steps are for plans");
+        assert_eq!(d(false, "")["decision"], "deny");
+        assert_eq!(d(true, "sure")["decision"], "deny");
     }
 }

@@ -358,6 +358,16 @@ pub async fn approvals_list(dd: &DataDir) -> anyhow::Result<ExitCode> {
         println!("nothing waits for approval");
     }
     for a in items {
+        if !a["plan"].is_null() {
+            println!(
+                "{}  plan for session {} [answer: cara approvals approve ID [--steps 1-3] | deny ID]\n    {}\n    {}",
+                a["id"].as_str().unwrap_or("?"),
+                a["session"].as_str().unwrap_or("?"),
+                crate::chat::printable(a["reason"].as_str().unwrap_or("")),
+                crate::chat::printable(a["args"].as_str().unwrap_or("")).replace('\n', "\n    ")
+            );
+            continue;
+        }
         println!(
             "{}  {} {}\n    session {} · {} [rule {}]",
             a["id"].as_str().unwrap_or("?"),
@@ -371,16 +381,16 @@ pub async fn approvals_list(dd: &DataDir) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn approvals_decide(dd: &DataDir, id: &str, approve: bool) -> anyhow::Result<ExitCode> {
+pub async fn approvals_decide(dd: &DataDir, id: &str, body: Value) -> anyhow::Result<ExitCode> {
     let daemon = Daemon::require(dd).await?;
-    let decision = if approve { "approve" } else { "deny" };
-    let _: Value = daemon
-        .post(
-            &format!("/api/approvals/{id}"),
-            &json!({ "decision": decision }),
-        )
-        .await?;
-    println!("{decision}d {id}");
+    let _: Value = daemon.post(&format!("/api/approvals/{id}"), &body).await?;
+    let said = match (body["decision"].as_str(), body["steps"].as_str()) {
+        (Some("deny"), _) => "denied".to_string(),
+        (Some("session"), _) => "approved for this session".to_string(),
+        (_, Some(steps)) => format!("approved steps {steps} of"),
+        _ => "approved".to_string(),
+    };
+    println!("{said} {id}");
     Ok(ExitCode::SUCCESS)
 }
 

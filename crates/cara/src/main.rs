@@ -10,6 +10,7 @@ mod datadir;
 mod doctor;
 mod sandbox_cmd;
 mod serve;
+mod session_cmd;
 mod setup;
 mod vault_cmd;
 
@@ -114,6 +115,10 @@ enum Command {
     /// List and answer tool calls waiting for your approval.
     #[command(subcommand)]
     Approvals(ApprovalsCommand),
+    /// List sessions, show one (labels, what it has seen, friction, grants, messages with
+    /// their labels), or reset its friction.
+    #[command(subcommand)]
+    Session(SessionCommand),
     /// Store, list and remove secrets; no command prints a value.
     #[command(subcommand)]
     Vault(VaultCommand),
@@ -242,13 +247,45 @@ enum AuditCommand {
 }
 
 #[derive(Subcommand)]
+enum SessionCommand {
+    /// The most recent sessions with their labels and friction.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// One session: label, sources seen, exposure and friction level, grants, and every
+    /// message with its source and label.
+    Show {
+        /// Session id (s_...).
+        id: String,
+        /// Print the gateway's JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reset a session's friction: exposure back to zero and its grants removed (its
+    /// label stays: what it has seen does not change).
+    Reset {
+        /// Session id (s_...).
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum ApprovalsCommand {
     /// List pending approvals.
     List,
-    /// Let a pending call go ahead.
+    /// Let a pending call (or a proposed plan) go ahead.
     Approve {
         /// Approval id (ap_...).
         id: String,
+        /// Also let later calls of this tool to the same places pass, for the rest of
+        /// the session.
+        #[arg(long, conflicts_with = "steps")]
+        session: bool,
+        /// For a plan: approve only these steps, like 1-3,5.
+        #[arg(long, value_name = "STEPS")]
+        steps: Option<String>,
     },
     /// Refuse a pending call.
     Deny {
@@ -339,13 +376,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 runtime(1)?.block_on(commands::audit_tail(&dd, n, json))
             }
         },
+        Command::Session(c) => runtime(1)?.block_on(async {
+            match c {
+                SessionCommand::List { limit } => session_cmd::list(&dd, limit).await,
+                SessionCommand::Show { id, json } => session_cmd::show(&dd, &id, json).await,
+                SessionCommand::Reset { id } => session_cmd::reset(&dd, &id).await,
+            }
+        }),
         Command::Approvals(c) => runtime(1)?.block_on(async {
             match c {
                 ApprovalsCommand::List => commands::approvals_list(&dd).await,
-                ApprovalsCommand::Approve { id } => {
-                    commands::approvals_decide(&dd, &id, true).await
+                ApprovalsCommand::Approve { id, session, steps } => {
+                    let body = match (session, steps) {
+                        (true, _) => serde_json::json!({ "decision": "session" }),
+                        (false, Some(steps)) => {
+                            serde_json::json!({ "decision": "approve", "steps": steps })
+                        }
+                        (false, None) => serde_json::json!({ "decision": "approve" }),
+                    };
+                    commands::approvals_decide(&dd, &id, body).await
                 }
-                ApprovalsCommand::Deny { id } => commands::approvals_decide(&dd, &id, false).await,
+                ApprovalsCommand::Deny { id } => {
+                    let body = serde_json::json!({ "decision": "deny" });
+                    commands::approvals_decide(&dd, &id, body).await
+                }
             }
         }),
         Command::Vault(c) => match c {

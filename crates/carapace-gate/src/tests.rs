@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::*;
 use crate::catalog::{Catalog, RawResult, ToolDef, ToolFailure, schema_is_closed};
 
-struct Fixture {
+pub(crate) struct Fixture {
     gate: Gate,
     store: Arc<Store>,
     key: Arc<AuditKey>,
@@ -62,6 +62,15 @@ impl Fixture {
 const API_KEY: &str = "sk-test-0123456789abcdefghijklmnop";
 
 fn fixture_with(config: GateConfig, extra: Vec<ToolDef>) -> Fixture {
+    fixture_policy(Policy::strict(), None, config, extra)
+}
+
+fn fixture_policy(
+    policy: Policy,
+    judge: Option<Arc<dyn RuleJudge>>,
+    config: GateConfig,
+    extra: Vec<ToolDef>,
+) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("workspace");
     std::fs::create_dir(&root).unwrap();
@@ -80,8 +89,8 @@ fn fixture_with(config: GateConfig, extra: Vec<ToolDef>) -> Fixture {
             store: store.clone(),
             audit_key: key.clone(),
             workspace_root: root.clone(),
-            policy: Policy::strict(),
-            judge: None,
+            policy,
+            judge,
             scrubber: SharedScrubber::new(Scrubber::new(&[Secret::new(API_KEY.to_string())])),
             config,
             exec: None,
@@ -689,3 +698,5 @@ async fn arguments_nested_too_deeply_are_refused_and_still_audited() {
     assert_eq!(f.outcomes(), ["read_file denied VALIDATION_FAILED"]);
     f.store.verify_audit(&f.key).unwrap();
 }
+
+mod policy;

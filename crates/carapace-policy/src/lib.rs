@@ -308,7 +308,7 @@ fn untrusted_sources(seen: &[String]) -> String {
     if names.is_empty() {
         "untrusted data".into()
     } else {
-        format!("from {}", names.join(", "))
+        format!("sources seen: {}", names.join(", "))
     }
 }
 
