@@ -417,6 +417,15 @@ pub async fn chat(
                     } else {
                         println!();
                     }
+                    match v["friction"].as_str() {
+                        Some("ask") => println!(
+                            "  (friction: this session has been granted a lot; every consequential call asks now. /reset resets it)"
+                        ),
+                        Some("locked") => println!(
+                            "  (friction: consequential calls are refused in this session until you /reset it)"
+                        ),
+                        _ => {}
+                    }
                     break;
                 }
                 "error" => {

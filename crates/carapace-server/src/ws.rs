@@ -243,13 +243,24 @@ async fn run_chat(
         .await;
     let _ = forward.await;
     match result {
-        Ok(outcome) => json!({
-            "type": "done",
-            "session": session.as_str(),
-            "text": outcome.text,
-            "steps": outcome.steps,
-            "tool_calls": outcome.tool_calls,
-        }),
+        Ok(outcome) => {
+            let mut done = json!({
+                "type": "done",
+                "session": session.as_str(),
+                "text": outcome.text,
+                "steps": outcome.steps,
+                "tool_calls": outcome.tool_calls,
+            });
+            // Where the session stands now, so a front end can show it after every turn.
+            if let Ok(Some(s)) = state.store.session(&session) {
+                done["label"] = api::label_json(s.label);
+            }
+            if let Ok(p) = state.gate.policy_status(&session) {
+                done["friction"] = json!(p.level.as_str());
+                done["exposure_score"] = json!(p.score);
+            }
+            done
+        }
         Err(e) => with_type(e.body(), "error"),
     }
 }
