@@ -103,6 +103,28 @@ pub async fn doctor(dd: &DataDir) -> anyhow::Result<ExitCode> {
             None
         }
     };
+    if let Some(s) = &settings {
+        let f = &s.policy.friction;
+        let note = if s.policy.rules.iter().any(|r| r.name == "preset.strict") {
+            "preset strict: every call but a read asks"
+        } else {
+            "preset default: consequential calls ask once a session holds untrusted content"
+        };
+        r.line(
+            Level::Ok,
+            "policy",
+            &format!(
+                "{note}; {} rule(s) of yours; friction asks above {} and refuses above {}",
+                s.policy
+                    .rules
+                    .iter()
+                    .filter(|r| r.name.starts_with("rules."))
+                    .count(),
+                f.ask_above,
+                f.deny_above
+            ),
+        );
+    }
 
     // The running gateway, if any: its environment may differ from this shell's.
     let daemon = Daemon::find(dd).await;

@@ -549,7 +549,7 @@ impl Gate {
             destinations: &destinations,
             args: &args,
         };
-        let (decision, by_grant) = loop {
+        let decision = loop {
             let state = SessionState {
                 label: session.label,
                 seen: &session.seen,
@@ -573,7 +573,7 @@ impl Gate {
                         }
                         decision = carapace_policy::escalate(decision, &asks);
                     }
-                    break (decision, false);
+                    break decision;
                 }
                 Some(i) => {
                     // Another call may have taken the grant's last use; then decide again
@@ -584,25 +584,19 @@ impl Gate {
                         .map_err(|e| internal(Stage::Policy, &e))?
                     {
                         audit.set("grant", json!(grants[i].id));
-                        break (verdict.decision, true);
+                        break verdict.decision;
                     }
                     grants.remove(i);
                 }
             }
         };
         // Secrets the call would carry; a first use in the session needs the owner, so an
-        // allow becomes an ask (never the other way round). An approved plan step that
-        // covers the call counts as that approval.
-        let mut secret_plan = match &inner.net {
+        // allow becomes an ask (never the other way round), also under a grant: the plan
+        // the owner approved did not show which credential a call would carry.
+        let secret_plan = match &inner.net {
             Some(net) if tool.effect == EffectClass::Egress => net.plan(req.session, &args),
             _ => net::SecretPlan::default(),
         };
-        if by_grant && !secret_plan.needs_approval.is_empty() {
-            if let Some(net) = &inner.net {
-                net.approved(req.session, &secret_plan.needs_approval);
-            }
-            secret_plan.needs_approval.clear();
-        }
         let decision = match decision {
             Decision::Allow { .. } if !secret_plan.needs_approval.is_empty() => Decision::Ask {
                 rule: "secret_first_use".into(),
