@@ -1165,6 +1165,84 @@ base_url = "https://llm-proxy.example.com/anthropic"
     }
 
     #[test]
+    fn bad_policy_settings_name_file_line_and_key() {
+        for (text, expected) in [
+            (
+                "[policy]\npreset = \"lax\"\n",
+                "config.toml:2:10: key `policy.preset`: `lax` is not a preset (default, strict)",
+            ),
+            (
+                "[[policy.rules]]\neffect = \"exec\"\nthen = \"maybe\"\n",
+                "config.toml:1:1: key `policy.rules[1].then`: `maybe` is not one of allow, ask, deny",
+            ),
+            (
+                "[[policy.rules]]\nthen = \"ask\"\n[[policy.rules]]\nwhen = { session_seen = \"web\" }\nthen = \"allow\"\n",
+                "config.toml:3:1: key `policy.rules[2].when.session_seen`: an allow rule cannot depend on what the session has seen",
+            ),
+            (
+                "[[policy.rules]]\nthen = \"ask\"\ncolour = \"red\"\n",
+                "unknown field `colour`",
+            ),
+            (
+                "[[policy.rules]]\nname = \"x\"\nthen = \"ask\"\n[[policy.rules]]\nname = \"x\"\nthen = \"deny\"\n",
+                "key `policy.rules[2].name`: another rule is already named `rules.x`",
+            ),
+            (
+                "[policy.allow_destinations]\nnet = [\"a.com\"]\n",
+                "config.toml:2:7: key `policy.allow_destinations.net`: `net` is not an effect class",
+            ),
+            (
+                "[policy.friction]\nask_above = 10\ndeny_above = 10\n",
+                "config.toml:3:14: key `policy.friction.deny_above`: 10 must be above policy.friction.ask_above (10)",
+            ),
+            (
+                "[policy]\nplan_ttl_minutes = 0\n",
+                "key `policy.plan_ttl_minutes`: 0 is out of range 1..=1440",
+            ),
+            (
+                "[tools.lsit_dir]\nresult = \"untrusted\"\n",
+                "key `tools.lsit_dir`: unknown tool `lsit_dir`",
+            ),
+            (
+                "[tools.list_dir]\nresult = \"dirty\"\n",
+                "config.toml:2:10: key `tools.list_dir.result`: `dirty` is not a label",
+            ),
+            (
+                "[tools.exec]\neffect = \"run\"\n",
+                "config.toml:2:10: key `tools.exec.effect`: `run` is not an effect class",
+            ),
+            (
+                "[[rules]]\ntext = \"  \"\n",
+                "config.toml:2:8: key `rules[1].text`: a rule is 1 to 1000 characters of plain English",
+            ),
+        ] {
+            let err = parse(Path::new("config.toml"), text)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{text}\n{err}");
+            assert!(err.starts_with("config.toml:"), "{err}");
+        }
+        let c = parse(
+            Path::new("config.toml"),
+            "[policy]\npreset = \"strict\"\n[policy.allow_destinations]\negress = [\"*.example.com\"]\n[[policy.rules]]\nname = \"no-paste\"\ndestination = \"*.pastebin.com\"\nthen = \"deny\"\n[tools.list_dir]\nresult = \"untrusted/private\"\n",
+        )
+        .unwrap();
+        let at = Locator {
+            path: Path::new("config.toml"),
+            text: "",
+        };
+        let policy = c.policy.build(&at).unwrap();
+        let names: Vec<&str> = policy.rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["preset.strict", "rules.no-paste"]);
+        assert_eq!(policy.allow_destinations.len(), 1);
+        let o = policy::tool_overrides(&at, &c.tools).unwrap();
+        assert_eq!(
+            o["list_dir"].result.unwrap().to_string(),
+            "untrusted/private"
+        );
+    }
+
+    #[test]
     fn bad_usage_settings_name_the_key() {
         for (text, expected) in [
             (
