@@ -36,7 +36,7 @@ async fn the_repl_asks_inline_and_obeys_the_answer() {
         "approval needed (ap_",
         "write_file",
         "from-repl.txt",
-        "approve? [y/N]",
+        "approve? [y]es once / [s]ession",
         "    ok\n",
         "cara> I wrote the file.",
     ] {
@@ -69,6 +69,96 @@ async fn the_repl_asks_inline_and_obeys_the_answer() {
             "asked", "approved", "allowed", "executed", "asked", "denied"
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_repl_approves_some_steps_of_a_plan_and_shows_where_the_session_stands() {
+    let fake = FakeOpenAi::start(vec![
+        Reply::ToolCalls(vec![(
+            "propose_plan".into(),
+            json!({
+                "goal": "tidy up",
+                "steps": [
+                    { "tool": "write_file", "args": { "path": { "exact": "a.txt" } } },
+                    { "tool": "write_file", "args": { "path": { "exact": "b.txt" } } }
+                ]
+            }),
+        )]),
+        Reply::ToolCalls(vec![("list_dir".into(), json!({}))]),
+        write_call("a.txt", "not approved"),
+        write_call("b.txt", "approved in the plan"),
+        Reply::Text("Done what I was allowed.".into()),
+    ])
+    .await;
+    let dir = TestDir::new();
+    std::fs::create_dir_all(dir.data()).unwrap();
+    // The listing counts as untrusted here, so the session is tainted after it.
+    std::fs::write(dir.config(), "[tools.list_dir]\nresult = \"untrusted\"\n").unwrap();
+    let _daemon = Daemon::start(&dir, &fake).await;
+
+    let out = cara(&dir)
+        .args(["chat"])
+        .stdin("tidy up\n2\nn\n/session\n/reset\n/session\n/exit\n")
+        .run()
+        .await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    for expected in [
+        "approve? [a]ll / steps like 1-3,5 / [N]o",
+        "1. write_file path = \"a.txt\"",
+        "2. write_file path = \"b.txt\"",
+        "[allowed by policy anyway]",
+        "this session has seen untrusted content (sources seen: tool:list_dir)",
+        "default.untrusted-asks",
+        "cara> Done what I was allowed.",
+        "label untrusted/private",
+        "1 grant(s)",
+        "session reset",
+        "0 grant(s)",
+    ] {
+        assert!(out.stdout.contains(expected), "{expected:?} in {out:#?}");
+    }
+    assert!(!dir.workspace().join("a.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(dir.workspace().join("b.txt")).unwrap(),
+        "approved in the plan"
+    );
+    let records = tool_call_records(&dir, "write_file").await;
+    let rules: Vec<&str> = records
+        .iter()
+        .map(|r| r["rule"].as_str().unwrap_or("-"))
+        .collect();
+    assert_eq!(
+        rules[..2],
+        ["default.untrusted-asks", "default.untrusted-asks"]
+    );
+    assert!(
+        rules[2].starts_with("grant.plan_") && rules[2].ends_with("#2"),
+        "{rules:?}"
+    );
+
+    let id = out
+        .stdout
+        .split("you> session ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let shown = cara(&dir).args(["session", "show", &id]).run().await;
+    assert_eq!(shown.code, Some(0), "{shown:#?}");
+    for expected in [
+        "label untrusted/private",
+        "seen: ",
+        "tool:list_dir",
+        "friction quiet",
+        "tool:list_dir    untrusted/private",
+        // What the model writes after reading untrusted content carries its label.
+        "assistant model            untrusted/private Done what I was allowed.",
+    ] {
+        assert!(
+            shown.stdout.contains(expected),
+            "{expected:?} in {shown:#?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -431,7 +431,7 @@ impl Agent {
                     None,
                     None,
                     Source::Model,
-                    Label::TRUSTED_PUBLIC,
+                    self.model_label(session)?,
                 )?;
                 outcome.text = text;
                 return Ok(outcome);
@@ -455,7 +455,7 @@ impl Agent {
                 Some(calls_json),
                 None,
                 Source::Model,
-                Label::TRUSTED_PUBLIC,
+                self.model_label(session)?,
             )?;
 
             for call in &calls {
@@ -506,6 +506,14 @@ impl Agent {
             }
         }
         Err(AgentError::TooManySteps(self.config.max_steps))
+    }
+
+    /// What the model writes is as trusted as what it has read: the session's label.
+    fn model_label(&self, session: &SessionId) -> Result<Label, AgentError> {
+        Ok(self
+            .store
+            .session(session)?
+            .map_or(Label::TRUSTED_PUBLIC, |s| s.label))
     }
 
     #[allow(clippy::too_many_arguments)]
