@@ -285,7 +285,7 @@ async fn two_tool_calls_in_one_response_then_an_answer() {
         assistant model trusted/public calls=[call_1:read_file,call_2:list_dir]
         tool user_file trusted/private answers=call_1 | {"content":"buy milk\n","path":"notes.txt","total_bytes":9,"
         tool tool:list_dir trusted/private answers=call_2 | {"entries":[{"kind":"file","name":"notes.txt","size":9}],"pa
-        assistant model trusted/public | You need to buy milk.
+        assistant model trusted/private | You need to buy milk.
     "#]]
     .assert_eq(&render_records(&f.history()));
 
