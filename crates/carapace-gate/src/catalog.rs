@@ -288,5 +288,12 @@ mod dest_tests {
         assert_eq!(u("http://[::1]:80/"), "host:::1");
         assert_eq!(u("http://0x7f.1/"), "host:127.0.0.1");
         assert!(u("not a url").starts_with("host:unparsable url"));
+        // The host is the one the egress client will connect to, not a look-alike.
+        assert_eq!(u("https://example.com@evil.net/"), "host:evil.net");
+        assert_eq!(u("https://evil.net#@example.com"), "host:evil.net");
+        assert_eq!(u("https://evil.net\\@example.com/"), "host:evil.net");
+        assert_eq!(u("https://example.com.evil.net/"), "host:example.com.evil.net");
+        assert_eq!(u("https://xn--exmple-cua.com/"), "host:xn--exmple-cua.com");
+        assert_eq!(u("https://exämple.com/"), "host:xn--exmple-cua.com");
     }
 }
