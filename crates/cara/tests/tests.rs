@@ -12,6 +12,7 @@ mod auth;
 mod bad_input;
 mod cli;
 mod durability;
+mod injection;
 mod openai_api;
 mod openai_python;
 mod path_escapes;

@@ -995,6 +995,7 @@ impl Gate {
             .catalog
             .get(PLAN_TOOL)
             .ok_or_else(|| internal(Stage::Resolve, &"the plan tool is missing"))?;
+        audit.set("rule", json!("plan"));
         let answer = self
             .approve(req, tool, args, "plan", reason, Some(info), audit)
             .await?;
