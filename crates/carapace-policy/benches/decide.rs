@@ -30,7 +30,9 @@ fn rule(v: Value) -> RuleSpec {
 
 /// 50 rules, as an owner who configured a lot might write them.
 fn policy() -> Policy {
-    let mut specs = vec![rule(json!({"name": "no-shell", "tool": "exec", "then": "deny"}))];
+    let mut specs = vec![rule(
+        json!({"name": "no-shell", "tool": "exec", "then": "deny"}),
+    )];
     for i in 0..9 {
         specs.push(rule(json!({
             "name": format!("no-leak-{i}"),
@@ -83,7 +85,10 @@ fn policy() -> Policy {
     let rules = specs
         .iter()
         .enumerate()
-        .map(|(i, s)| s.build(&format!("rules.{i}")).expect("a bench rule is valid"))
+        .map(|(i, s)| {
+            s.build(&format!("rules.{i}"))
+                .expect("a bench rule is valid")
+        })
         .collect();
     let list = |prefix: &str| {
         (0..20)
@@ -147,9 +152,13 @@ impl Fixture {
                 .to_vec(),
             grants: grants(),
             owner: Principal::owner(FrontDoor::Api),
-            destinations: ["host:api.unlisted.net", "host:cdn.unlisted.net", "host:x.evil.net"]
-                .map(Destination::parse)
-                .to_vec(),
+            destinations: [
+                "host:api.unlisted.net",
+                "host:cdn.unlisted.net",
+                "host:x.evil.net",
+            ]
+            .map(Destination::parse)
+            .to_vec(),
             args: json!({"url": "https://api.unlisted.net/upload", "body": {"to": "eve"}}),
         }
     }
@@ -200,7 +209,11 @@ fn decide_bench(c: &mut Criterion) {
     let f = Fixture::new();
     let state = f.state();
     let cases = [
-        ("falls_to_defaults", f.falls_to_defaults(), "default.untrusted-asks"),
+        (
+            "falls_to_defaults",
+            f.falls_to_defaults(),
+            "default.untrusted-asks",
+        ),
         ("early_deny", f.early_deny(), "no-shell"),
     ];
     for (_, req, rule) in &cases {
@@ -220,7 +233,11 @@ fn decide_bench(c: &mut Criterion) {
         let mut samples: Vec<Duration> = Vec::with_capacity(200_000);
         for _ in 0..200_000 {
             let t = Instant::now();
-            black_box(decide(black_box(&f.policy), black_box(&state), black_box(req)));
+            black_box(decide(
+                black_box(&f.policy),
+                black_box(&state),
+                black_box(req),
+            ));
             samples.push(t.elapsed());
         }
         samples.sort();

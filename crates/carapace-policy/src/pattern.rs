@@ -91,6 +91,8 @@ impl fmt::Display for Destination {
 pub struct Pattern {
     kind: Option<DestKind>,
     glob: String,
+    /// The glob lowercased, for hosts and contacts.
+    folded: String,
     text: String,
 }
 
@@ -113,6 +115,7 @@ impl Pattern {
         Ok(Pattern {
             kind,
             glob: glob.to_string(),
+            folded: glob.to_ascii_lowercase(),
             text: trimmed.to_string(),
         })
     }
@@ -138,10 +141,7 @@ impl Pattern {
         if dest.kind == DestKind::Path {
             glob_match(self.glob.as_bytes(), dest.value.as_bytes())
         } else {
-            glob_match(
-                self.glob.to_ascii_lowercase().as_bytes(),
-                dest.value.as_bytes(),
-            )
+            glob_match(self.folded.as_bytes(), dest.value.as_bytes())
         }
     }
 }
@@ -154,6 +154,30 @@ impl fmt::Display for Pattern {
 
 /// Iterative glob match with `*` only; linear in practice, no recursion to blow the stack.
 fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    // The literal tail after the last `*`, then the literal head before the first, must
+    // end and begin the text; comparing them byte by byte first refuses most
+    // non-matches at the first byte.
+    let (mut pe, mut te) = (pattern.len(), text.len());
+    while pe > 0 && pattern[pe - 1] != b'*' {
+        if te == 0 || pattern[pe - 1] != text[te - 1] {
+            return false;
+        }
+        pe -= 1;
+        te -= 1;
+    }
+    if pe == 0 {
+        return te == 0;
+    }
+    let (mut ps, mut ts) = (0, 0);
+    while pattern[ps] != b'*' {
+        if ts == te || pattern[ps] != text[ts] {
+            return false;
+        }
+        ps += 1;
+        ts += 1;
+    }
+    // What is left of the pattern starts and ends with `*`.
+    let (pattern, text) = (&pattern[ps..pe], &text[ts..te]);
     let (mut p, mut t) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {

@@ -51,8 +51,8 @@ pub struct Step {
     /// Constraints by argument name (a top-level key, or a JSON pointer starting `/`).
     /// Arguments without a constraint may take any value.
     pub args: BTreeMap<String, Constraint>,
-    /// Where the calls may reach; when not empty every destination of a call must match
-    /// one of these.
+    /// Where the calls may reach; when not empty a call must name at least one
+    /// destination and every one must match one of these.
     pub destinations: Vec<Pattern>,
     /// How many calls the step covers; `None`: any number while the grant lasts.
     pub max_calls: Option<u32>,
@@ -74,11 +74,13 @@ impl Step {
             };
             c.allows(v)
         });
+        // A step that names places covers only calls that name places, all of them its.
         args_ok
             && (self.destinations.is_empty()
-                || destinations
-                    .iter()
-                    .all(|d| self.destinations.iter().any(|p| p.matches(d))))
+                || (!destinations.is_empty()
+                    && destinations
+                        .iter()
+                        .all(|d| self.destinations.iter().any(|p| p.matches(d)))))
     }
 
     /// Reads a step in the plan language (one element of `propose_plan`'s `steps`).

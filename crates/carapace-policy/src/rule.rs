@@ -63,8 +63,8 @@ pub struct Rule {
     /// Destination patterns. An ask or deny rule matches when some destination matches
     /// one; an allow rule only when every destination (at least one) matches one.
     pub destinations: Vec<Pattern>,
-    /// Matches when some destination matches none of these (a destination allowlist
-    /// whose breach asks or denies). Not for allow rules.
+    /// Matches when some destination matches none of these, or the call names none (a
+    /// destination allowlist whose breach asks or denies). Not for allow rules.
     pub destination_not_in: Vec<Pattern>,
     /// Session conditions.
     pub when: When,
@@ -103,7 +103,10 @@ impl Rule {
                 return false;
             }
         }
+        // A call that names no destination counts as going somewhere off the list, as
+        // it does for the allowlists.
         if !self.destination_not_in.is_empty()
+            && !f.destinations.is_empty()
             && !f
                 .destinations
                 .iter()
