@@ -8,6 +8,7 @@ mod commands;
 mod config;
 mod datadir;
 mod doctor;
+mod rules;
 mod sandbox_cmd;
 mod serve;
 mod session_cmd;
@@ -125,6 +126,25 @@ enum Command {
     /// Run a command in the Carapace sandbox, or check what the kernel offers.
     #[command(subcommand)]
     Sandbox(SandboxCommand),
+    /// Show and compile the plain-English rules of config.toml ([[rules]] text = "...").
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Show each rule: its text, name, and the structured rule it compiled to, or why not.
+    Show {
+        /// Print the rules as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compile the rules not compiled yet with the configured model, and show each result.
+    Compile {
+        /// Compile every rule again, compiled or not.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -429,6 +449,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 command,
             },
         )),
+        Command::Rules(RulesCommand::Show { json }) => runtime(1)?.block_on(rules::show(&dd, json)),
+        Command::Rules(RulesCommand::Compile { force }) => {
+            runtime(1)?.block_on(rules::compile_command(&dd, force))
+        }
     }
 }
 

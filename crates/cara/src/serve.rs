@@ -110,12 +110,28 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
             Vec::new(),
         ),
     };
+    // Plain-English rules: compiled ones join the policy, the rest go to the judge. A
+    // model that cannot be reached now leaves them to the judge; it never stops the start.
+    let mut policy = settings.policy.clone();
+    let english = crate::rules::from_config(&file);
+    let judge = if english.is_empty() {
+        None
+    } else {
+        let model = match &settings.provider {
+            ProviderSetup::Ready(p) => crate::rules::Model::of(p)
+                .inspect_err(|e| tracing::warn!("plain-English rules: {e:#}"))
+                .ok(),
+            ProviderSetup::Missing(_) => None,
+        };
+        let timeout = std::time::Duration::from_secs(*file.policy.judge_timeout_secs.get_ref());
+        crate::rules::prepare(&store, &english, model, &mut policy, timeout).await?
+    };
     let gate = Gate::new(GateDeps {
         store: store.clone(),
         audit_key: audit_key.clone(),
         workspace_root: dd.workspace(),
-        policy: settings.policy.clone(),
-        judge: None,
+        policy,
+        judge,
         scrubber,
         config: settings.gate.clone(),
         exec: Some(exec),

@@ -17,6 +17,7 @@ mod openai_api;
 mod openai_python;
 mod path_escapes;
 mod providers;
+mod rules;
 mod sandbox;
 mod secrets;
 mod websocket;

@@ -1,5 +1,6 @@
 //! SQLite persistence for Carapace: sessions and their messages, the labels of files the
-//! agent wrote, the token usage of model calls, and the append-only audit log (hash-chained, with an HMAC-signed head).
+//! agent wrote, the token usage of model calls, plain-English rules as the model compiled
+//! them, and the append-only audit log (hash-chained, with an HMAC-signed head).
 //! This is the only crate that speaks SQL; no other crate opens the database.
 //!
 //! The store keeps facts and never makes a policy decision: it does not decide whether
@@ -10,6 +11,7 @@
 
 mod audit;
 mod canonical;
+mod compiled_rules;
 mod error;
 mod schema;
 mod session;
@@ -26,6 +28,7 @@ use rusqlite::Connection;
 
 pub use audit::{AuditEntry, AuditKey, AuditReport};
 pub use canonical::{MAX_JSON_DEPTH, canonical_json};
+pub use compiled_rules::{Compilation, CompiledRule};
 pub use error::StoreError;
 pub use session::{AgentWrite, MessageRecord, NewMessage, Role, SessionRecord};
 pub use session_policy::GrantRecord;

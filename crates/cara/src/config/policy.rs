@@ -22,6 +22,9 @@ pub struct PolicySection {
     pub preset: Spanned<String>,
     /// How long approved plan steps last, at most.
     pub plan_ttl_minutes: Spanned<u64>,
+    /// How long the model may take to judge a plain-English rule that did not compile;
+    /// after that the call asks.
+    pub judge_timeout_secs: Spanned<u64>,
     /// Destinations on the allowlist, per effect class.
     pub allow_destinations: BTreeMap<String, Spanned<Vec<String>>>,
     pub friction: FrictionSection,
@@ -33,6 +36,7 @@ impl Default for PolicySection {
         PolicySection {
             preset: Spanned::new(0..0, "default".into()),
             plan_ttl_minutes: Spanned::new(0..0, 60),
+            judge_timeout_secs: Spanned::new(0..0, 10),
             allow_destinations: BTreeMap::new(),
             friction: FrictionSection::default(),
             rules: Vec::new(),
@@ -200,6 +204,14 @@ impl PolicySection {
                 self.plan_ttl_minutes.span(),
                 "policy.plan_ttl_minutes",
                 format!("{minutes} is out of range 1..=1440"),
+            ));
+        }
+        let secs = *self.judge_timeout_secs.get_ref();
+        if !(1..=300).contains(&secs) {
+            return Err(at.span(
+                self.judge_timeout_secs.span(),
+                "policy.judge_timeout_secs",
+                format!("{secs} is out of range 1..=300"),
             ));
         }
         Ok(policy)
