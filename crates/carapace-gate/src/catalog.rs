@@ -255,7 +255,8 @@ pub(crate) fn path_arg(args: &Value) -> Vec<Destination> {
 }
 
 /// The destinations of a tool whose `url` argument names a host. A URL that does not
-/// parse names a place no allowlist holds, so it cannot slip past as "nowhere".
+/// parse names a place no allowlist pattern matches (hosts have no parentheses), so it
+/// cannot slip past as "nowhere".
 pub(crate) fn url_arg(args: &Value) -> Vec<Destination> {
     let raw = args.get("url").and_then(Value::as_str).unwrap_or_default();
     match url::Url::parse(raw)
@@ -265,7 +266,9 @@ pub(crate) fn url_arg(args: &Value) -> Vec<Destination> {
         Some(host) => vec![Destination::host(
             host.trim_end_matches('.').trim_matches(['[', ']']),
         )],
-        None => vec![Destination::host(format!("unparsable url {raw:?}"))],
+        // Not the raw text: destinations reach the audit log's summary and a model judging
+        // plain-English rules, which must never see argument text.
+        None => vec![Destination::host("(unparsable url)")],
     }
 }
 
@@ -287,12 +290,15 @@ mod dest_tests {
         assert_eq!(u("https://user:pw@example.com:8443/"), "host:example.com");
         assert_eq!(u("http://[::1]:80/"), "host:::1");
         assert_eq!(u("http://0x7f.1/"), "host:127.0.0.1");
-        assert!(u("not a url").starts_with("host:unparsable url"));
+        assert_eq!(u("not a url"), "host:(unparsable url)");
         // The host is the one the egress client will connect to, not a look-alike.
         assert_eq!(u("https://example.com@evil.net/"), "host:evil.net");
         assert_eq!(u("https://evil.net#@example.com"), "host:evil.net");
         assert_eq!(u("https://evil.net\\@example.com/"), "host:evil.net");
-        assert_eq!(u("https://example.com.evil.net/"), "host:example.com.evil.net");
+        assert_eq!(
+            u("https://example.com.evil.net/"),
+            "host:example.com.evil.net"
+        );
         assert_eq!(u("https://xn--exmple-cua.com/"), "host:xn--exmple-cua.com");
         assert_eq!(u("https://exämple.com/"), "host:xn--exmple-cua.com");
     }

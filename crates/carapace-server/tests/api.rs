@@ -254,7 +254,8 @@ async fn a_posted_message_runs_a_turn_whose_messages_can_be_listed() {
         ("user", "owner", "public"),
         ("assistant", "model", "public"),
         ("tool", "user_file", "private"),
-        ("assistant", "model", "public"),
+        // The model's answer is as confidential as what it read.
+        ("assistant", "model", "private"),
     ];
     assert_eq!(
         summary,
