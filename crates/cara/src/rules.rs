@@ -597,102 +597,118 @@ async fn open_store(dd: &DataDir) -> anyhow::Result<Store> {
     Store::open(&dd.db()).with_context(|| format!("cannot open {}", dd.db().display()))
 }
 
-/// `cara rules show`.
-pub async fn show(dd: &DataDir, as_json: bool) -> anyhow::Result<ExitCode> {
-    let file = config::load(&dd.config())?;
-    let rules = from_config(&file);
-    if rules.is_empty() {
-        if as_json {
-            println!("[]");
-        } else {
-            println!("no plain-English rules: add [[rules]] text = \"...\" to config.toml");
+/// One rule as `cara rules show --json` and `GET /api/rules` give it.
+pub fn entry_json(rule: &English, status: &Status) -> Value {
+    let mut v = json!({ "name": rule.name, "sha256": rule.sha256, "text": rule.text });
+    match status {
+        Status::Compiled { json, stored, .. } => {
+            v["status"] = json!("compiled");
+            v["rule"] = json.clone();
+            v["model"] = json!(stored.model);
+            v["compiled_ms"] = json!(stored.compiled_ms);
         }
-        return Ok(ExitCode::SUCCESS);
+        Status::Failed { error, stored } => {
+            v["status"] = json!("uncompiled");
+            v["error"] = json!(error);
+            v["model"] = json!(stored.model);
+            v["compiled_ms"] = json!(stored.compiled_ms);
+        }
+        Status::Pending => v["status"] = json!("pending"),
     }
-    let store = if dd.db().exists() {
-        Some(open_store(dd).await?)
-    } else {
-        None
+    v
+}
+
+/// Every configured rule with its status, as the daemon serves it at `GET /api/rules`.
+pub fn report(store: &Store, rules: &[English]) -> anyhow::Result<Value> {
+    let mut list = Vec::new();
+    for rule in rules {
+        list.push(entry_json(rule, &status(store, rule)?));
+    }
+    Ok(Value::Array(list))
+}
+
+/// `cara rules show`: from the running gateway (what it loaded at start) or, when none
+/// runs, from config.toml and the database.
+pub async fn show(dd: &DataDir, as_json: bool) -> anyhow::Result<ExitCode> {
+    let list = match crate::client::Daemon::find(dd).await? {
+        Some(daemon) => daemon.get("/api/rules").await?["rules"].clone(),
+        None => {
+            let file = config::load(&dd.config())?;
+            let rules = from_config(&file);
+            let store = if dd.db().exists() && !rules.is_empty() {
+                Some(open_store(dd).await?)
+            } else {
+                None
+            };
+            let mut list = Vec::new();
+            for rule in &rules {
+                let status = match &store {
+                    Some(s) => status(s, rule)?,
+                    None => Status::Pending,
+                };
+                list.push(entry_json(rule, &status));
+            }
+            Value::Array(list)
+        }
     };
-    let mut entries = Vec::new();
-    for rule in &rules {
-        let status = match &store {
-            Some(s) => status(s, rule)?,
-            None => Status::Pending,
-        };
-        entries.push((rule, status));
-    }
     if as_json {
-        let list: Vec<Value> = entries
-            .iter()
-            .map(|(rule, status)| {
-                let mut v = json!({ "name": rule.name, "sha256": rule.sha256, "text": rule.text });
-                match status {
-                    Status::Compiled { json, stored, .. } => {
-                        v["status"] = json!("compiled");
-                        v["rule"] = json.clone();
-                        v["model"] = json!(stored.model);
-                        v["compiled_ms"] = json!(stored.compiled_ms);
-                    }
-                    Status::Failed { error, stored } => {
-                        v["status"] = json!("uncompiled");
-                        v["error"] = json!(error);
-                        v["model"] = json!(stored.model);
-                        v["compiled_ms"] = json!(stored.compiled_ms);
-                    }
-                    Status::Pending => v["status"] = json!("pending"),
-                }
-                v
-            })
-            .collect();
-        println!("{}", Value::Array(list));
+        println!("{list}");
         return Ok(ExitCode::SUCCESS);
     }
-    for (i, (rule, status)) in entries.iter().enumerate() {
+    let entries = list.as_array().cloned().unwrap_or_default();
+    if entries.is_empty() {
+        println!("no plain-English rules: add [[rules]] text = \"...\" to config.toml");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (i, entry) in entries.iter().enumerate() {
         if i > 0 {
             println!();
         }
-        print_status(rule, status);
+        print!("{}", render_entry(entry));
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_status(rule: &English, status: &Status) {
-    println!("{}  \"{}\"", rule.name, rule.text);
-    match status {
-        Status::Compiled { json, stored, .. } => {
-            println!(
-                "  compiled by {} at {} UTC; evaluated deterministically as:",
-                stored.model,
-                crate::commands::format_ts(stored.compiled_ms)
-            );
-            for line in as_toml(json).lines() {
+/// The text of one rule in `cara rules show`.
+fn render_entry(v: &Value) -> String {
+    let p = crate::chat::printable;
+    let mut out = format!(
+        "{}  \"{}\"\n",
+        p(v["name"].as_str().unwrap_or("?")),
+        p(v["text"].as_str().unwrap_or(""))
+    );
+    let model = p(v["model"].as_str().unwrap_or("?"));
+    let when = crate::commands::format_ts(v["compiled_ms"].as_i64().unwrap_or(0));
+    match v["status"].as_str() {
+        Some("compiled") => {
+            out.push_str(&format!(
+                "  compiled by {model} at {when} UTC; evaluated deterministically as:\n"
+            ));
+            for line in as_toml(&v["rule"]).lines() {
                 if line.is_empty() {
-                    println!();
+                    out.push('\n');
                 } else {
-                    println!("    {line}");
+                    out.push_str(&format!("    {}\n", p(line)));
                 }
             }
         }
-        Status::Failed { error, stored } => {
-            println!(
-                "  uncompiled ({} at {} UTC): {error}",
-                stored.model,
-                crate::commands::format_ts(stored.compiled_ms)
-            );
-            println!(
-                "  judged per call by the model from metadata only; it can only ask (`cara rules compile --force` tries again)"
-            );
+        Some("uncompiled") => {
+            out.push_str(&format!(
+                "  uncompiled ({model} at {when} UTC): {}\n",
+                p(v["error"].as_str().unwrap_or(""))
+            ));
+            out.push_str("  judged per call by the model from metadata only; it can only ask (`cara rules compile --force` tries again)\n");
         }
-        Status::Pending => {
-            println!(
-                "  pending: not compiled yet (`cara rules compile`, or the gateway's next start)"
+        _ => {
+            out.push_str(
+                "  pending: not compiled yet (`cara rules compile`, or the gateway's next start)\n",
             );
-            println!(
-                "  until then judged per call by the model from metadata only; it can only ask"
+            out.push_str(
+                "  until then judged per call by the model from metadata only; it can only ask\n",
             );
         }
     }
+    out
 }
 
 /// `cara rules compile [--force]`.
@@ -724,7 +740,10 @@ pub async fn compile_command(dd: &DataDir, force: bool) -> anyhow::Result<ExitCo
         }
         eprintln!("compiling {} with {} ...", rule.name, model.name);
         match compile_and_store(&store, &model, rule, COMPILE_TIMEOUT).await? {
-            Ok(_) => print_status(rule, &status(&store, rule)?),
+            Ok(_) => print!(
+                "{}",
+                render_entry(&entry_json(rule, &status(&store, rule)?))
+            ),
             Err(why) => {
                 unreached += 1;
                 println!("{}  \"{}\"", rule.name, rule.text);

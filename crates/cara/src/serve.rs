@@ -126,6 +126,7 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
         let timeout = std::time::Duration::from_secs(*file.policy.judge_timeout_secs.get_ref());
         crate::rules::prepare(&store, &english, model, &mut policy, timeout).await?
     };
+    let rules_report = crate::rules::report(&store, &english)?;
     let gate = Gate::new(GateDeps {
         store: store.clone(),
         audit_key: audit_key.clone(),
@@ -193,6 +194,7 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
         token,
         audit_key,
         max_body_bytes: settings.max_body_bytes,
+        rules: rules_report,
     });
 
     let listener = tokio::net::TcpListener::bind(settings.bind).await.map_err(|e| {

@@ -106,6 +106,11 @@ async fn a_compiled_rule_is_shown_and_enforced_without_the_model() {
     let daemon = Daemon::start(&dir, &fake).await;
     daemon.assert_healthy().await;
     assert_eq!(fake.requests().len(), 1, "the daemon compiled again");
+    // While it runs, `cara rules show` asks it what it loaded.
+    let out = cara(&dir).args(["rules", "show", "--json"]).run().await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let shown: Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(shown[0]["status"], "compiled", "{shown}");
     let turn = tokio::spawn(
         daemon
             .authed(Method::POST, "/v1/chat/completions")
@@ -191,10 +196,15 @@ async fn an_uncompiled_rule_is_judged_from_metadata_and_asks() {
         "an argument reached the judge: {sent}"
     );
 
-    // `cara rules show` names it uncompiled, with the model's reason.
+    // `cara rules show` names it uncompiled, with the model's reason: from the running
+    // gateway, and from the database once it is stopped.
+    let check_show = || async {
+        let out = cara(&dir).args(["rules", "show"]).run().await;
+        assert_eq!(out.code, Some(0), "{out:?}");
+        assert!(out.stdout.contains("uncompiled"), "{out:?}");
+        assert!(out.stdout.contains("not in the metadata"), "{out:?}");
+    };
+    check_show().await;
     daemon.stop().await;
-    let out = cara(&dir).args(["rules", "show"]).run().await;
-    assert_eq!(out.code, Some(0), "{out:?}");
-    assert!(out.stdout.contains("uncompiled"), "{out:?}");
-    assert!(out.stdout.contains("not in the metadata"), "{out:?}");
+    check_show().await;
 }

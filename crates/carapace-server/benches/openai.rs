@@ -103,6 +103,7 @@ async fn setup() -> Bench {
         token: Secret::new(TOKEN.to_string()),
         audit_key,
         max_body_bytes: 1024 * 1024,
+        rules: serde_json::json!([]),
     });
     Bench {
         app: router(state),

@@ -341,6 +341,11 @@ pub(crate) async fn post_message(
     })))
 }
 
+/// `GET /api/rules`: the plain-English rules as loaded at start.
+pub(crate) async fn rules(State(state): State<Arc<AppState>>) -> ApiResult {
+    Ok(Json(json!({ "rules": state.rules })))
+}
+
 pub(crate) async fn list_approvals(State(state): State<Arc<AppState>>) -> ApiResult {
     let pending = state.gate.pending_approvals();
     Ok(Json(

@@ -48,6 +48,9 @@ pub struct ServerDeps {
     pub audit_key: Arc<AuditKey>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// The plain-English rules as the daemon loaded them (text, name, compiled rule or
+    /// why not), for `GET /api/rules`.
+    pub rules: serde_json::Value,
 }
 
 /// Shared state of all handlers.
@@ -61,6 +64,7 @@ pub struct AppState {
     token_key: Vec<u8>,
     audit_key: Arc<AuditKey>,
     max_body_bytes: usize,
+    rules: serde_json::Value,
     turn_locks: Mutex<HashMap<SessionId, Arc<tokio::sync::Mutex<()>>>>,
     auth_failures: Mutex<AuthFailures>,
 }
@@ -91,6 +95,7 @@ impl AppState {
             token_key: deps.token.expose().as_bytes().to_vec(),
             audit_key: deps.audit_key,
             max_body_bytes: deps.max_body_bytes,
+            rules: deps.rules,
             turn_locks: Mutex::new(HashMap::new()),
             auth_failures: Mutex::new(AuthFailures::default()),
         })
@@ -186,6 +191,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/sessions/{id}/messages",
             get(api::list_messages).post(api::post_message),
         )
+        .route("/api/rules", get(api::rules))
         .route("/api/approvals", get(api::list_approvals))
         .route("/api/approvals/{id}", post(api::decide_approval))
         .route("/api/audit", get(api::audit_tail))

@@ -115,6 +115,7 @@ pub async fn harness_with(options: Options) -> Harness {
         token: Secret::new(TOKEN.to_string()),
         audit_key,
         max_body_bytes: options.max_body_bytes,
+        rules: serde_json::json!([]),
     });
     Harness {
         app: router(state),
