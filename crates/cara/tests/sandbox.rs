@@ -73,7 +73,7 @@ async fn exec_runs_in_the_sandbox_with_the_workspace_and_nothing_else() {
     if !enabled() {
         return;
     }
-    let dir = TestDir::new();
+    let dir = TestDir::strict();
     let command = "echo made-inside > made.txt; id -u; hostname; env; \
                    ls /home 2>/dev/null | wc -l; \
                    cat ../data/server.token 2>&1 || echo no-token; \
@@ -119,7 +119,7 @@ async fn exec_output_is_scrubbed_then_capped() {
     if !enabled() {
         return;
     }
-    let dir = TestDir::new();
+    let dir = TestDir::strict();
     std::fs::create_dir_all(dir.workspace()).unwrap();
     std::fs::write(dir.workspace().join("creds.txt"), PROVIDER_KEY).unwrap();
     // The key raw, in base64 and in hex, then 2 MB of filler past the 1 MiB cap.
