@@ -175,3 +175,74 @@ async fn the_cli_lists_and_answers_approvals() {
     assert_eq!(out.code, Some(1), "an answered approval is gone: {out:#?}");
     assert!(out.stderr.contains("NOT_FOUND"), "{out:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_shows_a_plan_and_approves_some_of_its_steps() {
+    let plan = json!({
+        "goal": "two notes",
+        "steps": [
+            { "tool": "write_file", "args": { "path": { "exact": "one.txt" } }, "why": "first" },
+            { "tool": "write_file", "args": { "path": { "exact": "two.txt" } }, "why": "second" }
+        ]
+    });
+    let fake = FakeOpenAi::start(vec![
+        Reply::ToolCalls(vec![("propose_plan".into(), plan)]),
+        write_call("two.txt", "under the plan"),
+        Reply::Text("Done.".into()),
+    ])
+    .await;
+    // Strict: without the grant the write would ask.
+    let dir = TestDir::strict();
+    let daemon = Daemon::start(&dir, &fake).await;
+    let turn = tokio::spawn(
+        daemon
+            .authed(Method::POST, "/v1/chat/completions")
+            .json(&json!({ "messages": [{ "role": "user", "content": "two notes" }] }))
+            .send(),
+    );
+    let approval = daemon.pending_approval().await;
+    assert_eq!(
+        approval["plan"]["steps"][1]["covers"],
+        "write_file path = \"two.txt\""
+    );
+    let id = approval["id"].as_str().unwrap().to_string();
+    let out = cara(&dir).args(["approvals", "list"]).run().await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    for expected in [
+        "plan for session",
+        "1. write_file path = \"one.txt\" [would ask (preset.strict)]",
+        "2. write_file path = \"two.txt\"",
+        "why: \"second\"",
+    ] {
+        assert!(out.stdout.contains(expected), "{expected:?} in {out:#?}");
+    }
+    // A step number the plan does not have is refused and changes nothing.
+    let out = cara(&dir)
+        .args(["approvals", "approve", &id, "--steps", "3"])
+        .run()
+        .await;
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert!(
+        out.stderr.contains("not a step between 1 and 2"),
+        "{out:#?}"
+    );
+    let out = cara(&dir)
+        .args(["approvals", "approve", &id, "--steps", "2"])
+        .run()
+        .await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert!(out.stdout.contains("approved steps 2 of"), "{out:#?}");
+    let (status, body) = json_response(turn.await.unwrap().unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        std::fs::read_to_string(dir.workspace().join("two.txt")).unwrap(),
+        "under the plan"
+    );
+    let records = tool_call_records(&dir, "propose_plan").await;
+    let approved = records
+        .iter()
+        .find(|r| r["outcome"] == "approved")
+        .expect("the plan's approval is recorded");
+    assert_eq!(approved["answer"], "steps 2");
+    assert_eq!(approved["answered_by"], "owner@api");
+}
