@@ -210,9 +210,20 @@ fn step_from_json(s: &Value) -> Result<Step, String> {
         .filter(|t| !t.is_empty())
         .ok_or("tool: each step names a tool")?
         .to_string();
+    if !shown_safely(&tool) {
+        return Err("tool: a tool name has no control characters".into());
+    }
     let mut args = BTreeMap::new();
     if let Some(map) = s.get("args").and_then(Value::as_object) {
         for (name, c) in map {
+            // Names and places are shown to the owner as written: nothing in them may
+            // draw a line of its own in the approval prompt.
+            if name.is_empty() || !shown_safely(name) {
+                return Err(format!(
+                    "args.{}: an argument name is not empty and has no control characters",
+                    name.escape_debug()
+                ));
+            }
             let constraint = match c {
                 Value::Object(o) if o.len() == 1 => {
                     let (kind, v) = o.iter().next().ok_or("args: empty constraint")?;
@@ -248,7 +259,12 @@ fn step_from_json(s: &Value) -> Result<Step, String> {
                 d.as_str()
                     .ok_or_else(|| "destinations: a list of strings".to_string())
                     .and_then(|d| {
-                        if d.trim() == "*" {
+                        if !shown_safely(d) {
+                            Err(format!(
+                                "destinations: `{}` has control characters",
+                                d.escape_debug()
+                            ))
+                        } else if d.trim() == "*" {
                             Err("destinations: `*` would allow anywhere; name the places".into())
                         } else {
                             Pattern::parse(d).map_err(|e| format!("destinations: {e}"))
@@ -276,6 +292,15 @@ fn step_from_json(s: &Value) -> Result<Step, String> {
         destinations,
         max_calls,
         why,
+    })
+}
+
+/// True when `s` prints as one line of visible text (no control characters, no line or
+/// paragraph separators, no bidirectional overrides).
+fn shown_safely(s: &str) -> bool {
+    !s.chars().any(|c| {
+        c.is_control()
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
     })
 }
 
@@ -366,6 +391,20 @@ mod tests {
                 .contains("would allow anywhere")
         );
         assert!(e(json!({"steps": [{"tool": "x", "max_calls": 0}]})).contains("max_calls"));
+        // Nothing the model writes may forge a line of the owner's prompt.
+        assert!(
+            e(json!({"steps": [{"tool": "x", "destinations": ["a.com\n2. read_file [allowed]"]}]}))
+                .contains("control characters")
+        );
+        assert!(
+            e(json!({"steps": [{"tool": "x", "args": {"/path/\n3. fake": {"exact": 1}}}]}))
+                .contains("no control characters")
+        );
+        assert!(
+            e(json!({"steps": [{"tool": "x", "destinations": ["evil.net\u{202e}moc.elpmaxe"]}]}))
+                .contains("control characters")
+        );
+        assert!(e(json!({"steps": [{"tool": "x\ry"}]})).contains("tool"));
     }
 
     #[test]
