@@ -467,7 +467,13 @@ async fn new_session(daemon: &Daemon, allow_hosts: &[String]) -> anyhow::Result<
 pub(crate) fn printable(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if c.is_control() && c != '\n' && c != '\t' {
+        // Control characters, and the invisible ones that reorder or hide text (bidi
+        // overrides and isolates, zero-width marks, line separators): escaped.
+        let hidden = matches!(
+            c,
+            '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}'
+        );
+        if (c.is_control() && c != '\n' && c != '\t') || hidden {
             out.push_str(&format!("\\u{{{:x}}}", c as u32));
         } else {
             out.push(c);
@@ -506,6 +512,15 @@ mod tests {
             shown,
             "ok\\u{1b}]52;c;aGk=\\u{7} \\u{1b}[8mhidden\\u{9b}2J\nnext\tline"
         );
+    }
+
+    #[test]
+    fn text_that_reorders_or_hides_itself_is_escaped() {
+        assert_eq!(
+            super::printable("evil.net\u{202e}moc.elpmaxe\u{200b}"),
+            "evil.net\\u{202e}moc.elpmaxe\\u{200b}"
+        );
+        assert_eq!(super::printable("café ✓"), "café ✓");
     }
 
     #[test]
