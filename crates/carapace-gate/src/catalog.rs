@@ -61,10 +61,11 @@ pub(crate) struct ToolFailure(pub String);
 pub(crate) type ExecFuture = Pin<Box<dyn Future<Output = Result<RawResult, ToolFailure>> + Send>>;
 pub(crate) type ExecFn = Arc<dyn Fn(ExecCtx, Value) -> ExecFuture + Send + Sync>;
 
-/// Extracts where a call reaches from its validated arguments.
-pub(crate) type DestFn = fn(&Value) -> Vec<Destination>;
+/// Extracts where a call reaches from its validated arguments; paths are resolved by the
+/// same check the file tools use.
+pub(crate) type DestFn = fn(&Value, &Workspace) -> Vec<Destination>;
 
-fn nowhere(_: &Value) -> Vec<Destination> {
+fn nowhere(_: &Value, _: &Workspace) -> Vec<Destination> {
     Vec::new()
 }
 
@@ -220,44 +221,31 @@ impl Catalog {
     }
 }
 
-/// A workspace path as a destination: lexically normalised (`.` and empty parts dropped,
-/// `..` applied), so `notes/../private.md` is `private.md` and cannot pass for a path
-/// under `notes/`. A path that climbs above the root keeps a leading `../`, which no
-/// workspace pattern matches.
-pub(crate) fn path_destination(raw: &str) -> Destination {
-    let mut parts: Vec<&str> = Vec::new();
-    let mut above = 0usize;
-    for part in raw.split(['/', '\\']) {
-        match part {
-            "" | "." => {}
-            ".." => {
-                if parts.pop().is_none() {
-                    above += 1;
-                }
-            }
-            p => parts.push(p),
-        }
+/// A workspace path as a destination: the path the file tools will use, from the same
+/// check (`Workspace::check`: made relative, `.` and empty parts dropped, absolute paths
+/// under the root made relative), so policy sees exactly what the executor touches. A
+/// path the check refuses (`..`, outside the root) names a place no pattern of yours
+/// is likely to hold; the executor refuses it anyway.
+pub(crate) fn path_destination(raw: &str, workspace: &Workspace) -> Destination {
+    match workspace.check(raw) {
+        Ok(p) => Destination::path(p.as_str()),
+        Err(_) => Destination::path("(refused path)"),
     }
-    let mut text = "../".repeat(above);
-    if parts.is_empty() && above == 0 {
-        text.push('.');
-    }
-    text.push_str(&parts.join("/"));
-    Destination::path(text)
 }
 
 /// The destinations of a tool whose `path` argument names a workspace path (the root
 /// when absent).
-pub(crate) fn path_arg(args: &Value) -> Vec<Destination> {
+pub(crate) fn path_arg(args: &Value, workspace: &Workspace) -> Vec<Destination> {
     vec![path_destination(
         args.get("path").and_then(Value::as_str).unwrap_or("."),
+        workspace,
     )]
 }
 
 /// The destinations of a tool whose `url` argument names a host. A URL that does not
 /// parse names a place no allowlist pattern matches (hosts have no parentheses), so it
 /// cannot slip past as "nowhere".
-pub(crate) fn url_arg(args: &Value) -> Vec<Destination> {
+pub(crate) fn url_arg(args: &Value, _: &Workspace) -> Vec<Destination> {
     let raw = args.get("url").and_then(Value::as_str).unwrap_or_default();
     match url::Url::parse(raw)
         .ok()
@@ -279,13 +267,19 @@ mod dest_tests {
 
     #[test]
     fn destinations_are_normalised_before_policy_sees_them() {
-        let p = |s: &str| path_destination(s).to_string();
-        assert_eq!(p("notes/../private.md"), "path:private.md");
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::open(dir.path()).unwrap();
+        let p = |s: &str| path_destination(s, &ws).to_string();
         assert_eq!(p("./notes//a.md"), "path:notes/a.md");
-        assert_eq!(p("../../etc/passwd"), "path:../../etc/passwd");
-        assert_eq!(p("notes/../../x"), "path:../x");
         assert_eq!(p(""), "path:.");
-        let u = |s: &str| url_arg(&json!({ "url": s }))[0].to_string();
+        // What the file tools would use, so a deny on private/* cannot be walked around.
+        let abs = format!("{}/private/diary.md", dir.path().display());
+        assert_eq!(p(&abs), "path:private/diary.md");
+        assert_eq!(p("private/a\\..\\..\\x.md"), "path:private/a\\..\\..\\x.md");
+        assert_eq!(p("notes/../private.md"), "path:(refused path)");
+        assert_eq!(p("../../etc/passwd"), "path:(refused path)");
+        assert_eq!(p("/etc/passwd"), "path:(refused path)");
+        let u = |s: &str| url_arg(&json!({ "url": s }), &ws)[0].to_string();
         assert_eq!(u("https://API.Example.com./x?y"), "host:api.example.com");
         assert_eq!(u("https://user:pw@example.com:8443/"), "host:example.com");
         assert_eq!(u("http://[::1]:80/"), "host:::1");

@@ -534,7 +534,7 @@ impl Gate {
         }
 
         // policy: destinations come from the tool's definition, state from the store.
-        let destinations = (tool.destinations)(&args);
+        let destinations = (tool.destinations)(&args, &inner.workspace);
         if !destinations.is_empty() {
             let names: Vec<String> = destinations.iter().map(|d| d.to_string()).collect();
             audit.set("destinations", json!(names));
@@ -933,7 +933,7 @@ impl Gate {
             }
             let guess = Value::Object(guess);
             let destinations: Vec<Destination> = if step.destinations.is_empty() {
-                (tool.destinations)(&guess)
+                (tool.destinations)(&guess, &inner.workspace)
             } else {
                 step.destinations
                     .iter()

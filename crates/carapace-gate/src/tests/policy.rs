@@ -272,12 +272,21 @@ async fn approving_some_steps_grants_only_those_and_refused_steps_cannot_be_appr
     f.call("fake_web", json!({})).await.unwrap();
     std::fs::create_dir(f.root().join("notes")).unwrap();
     f.call("write_file", write("notes/a.md")).await.unwrap();
-    // A deny rule holds even against a grant, and `..` does not walk out of notes/.
+    // `..` does not walk out of notes/ (the file tools refuse it whatever the grant)...
     let err = f
         .call("write_file", write("notes/../run.sh"))
         .await
         .unwrap_err();
-    assert_eq!(err.code, ErrorCode::PolicyDenied);
+    assert_eq!(err.code, ErrorCode::ToolError);
+    assert!(!f.root().join("run.sh").exists());
+    // ...and a deny rule sees the path the file tools would use, however it is written.
+    let abs = format!("{}/run.sh", f.root().display());
+    let err = f.call("write_file", write(&abs)).await.unwrap_err();
+    assert_eq!(
+        (err.code, err.rule.as_deref()),
+        (ErrorCode::PolicyDenied, Some("no-scripts"))
+    );
+    assert!(!f.root().join("run.sh").exists());
 }
 
 #[tokio::test]
