@@ -757,11 +757,12 @@ impl Gate {
         audit: &mut AuditDraft,
     ) -> Result<Answer, GateError> {
         let inner = &*self.inner;
-        let mut preview = match &plan {
+        // Each shown value is scrubbed on its own, so a credential-shaped run in one value
+        // (a PEM header matches to the end of its text) cannot swallow the rest.
+        let preview = match &plan {
             Some(p) => plan_preview(p),
-            None => approval_preview(args),
+            None => approval_preview(args, &inner.scrubber.current()),
         };
-        inner.scrubber.current().scrub_string(&mut preview);
         let now = now_ms();
         let info = ApprovalInfo {
             id: approvals::new_id(),
@@ -877,6 +878,7 @@ impl Gate {
             GateError::new(ErrorCode::ValidationFailed, Stage::Validate, msg).with_field(field)
         };
         let plan = Plan::from_args(args).map_err(invalid)?;
+        let scrubber = inner.scrubber.current();
         let now = now_ms();
         let exposure = exposure_from(&session.exposure);
         let state = SessionState {
@@ -958,8 +960,8 @@ impl Gate {
             };
             infos.push(StepInfo {
                 number: n,
-                text: step.describe(),
-                why: step.why.clone(),
+                text: shown(&step.describe(), &scrubber),
+                why: shown(&step.why, &scrubber),
                 decision,
                 rule,
             });
@@ -988,7 +990,7 @@ impl Gate {
             "the agent proposes a plan; approved steps will pass without asking, even after it reads untrusted content"
         };
         let info = PlanInfo {
-            goal: plan.goal.clone(),
+            goal: shown(&plan.goal, &scrubber),
             steps: infos.clone(),
         };
         let tool = inner
@@ -1225,8 +1227,28 @@ fn plan_tool() -> ToolDef {
 }
 
 /// A plan as the owner sees it in a prompt: numbered steps with what policy says of each.
+/// Model-written text as the owner sees it in a prompt: scrubbed on its own, and cut
+/// after 400 characters saying how much is missing.
+fn shown(text: &str, scrubber: &Scrubber) -> String {
+    const MAX_CHARS: usize = 400;
+    let mut text = text.to_string();
+    scrubber.scrub_string(&mut text);
+    let total = text.chars().count();
+    if total <= MAX_CHARS {
+        return text;
+    }
+    let head: String = text.chars().take(MAX_CHARS).collect();
+    format!("{head}… (+{} more characters)", total - MAX_CHARS)
+}
+
+/// Its parts were scrubbed and cut one by one (`shown`) when the plan was read.
 fn plan_preview(plan: &PlanInfo) -> String {
-    let mut out = format!("goal: {:?}", plan.goal);
+    let mut out = format!(
+        "a plan of {} step{}; goal: {:?}",
+        plan.steps.len(),
+        if plan.steps.len() == 1 { "" } else { "s" },
+        plan.goal
+    );
     for s in &plan.steps {
         let note = match s.decision {
             "deny" => format!("REFUSED by policy ({})", s.rule),
@@ -1319,19 +1341,18 @@ fn depth(v: &Value) -> usize {
 /// The arguments as the owner sees them when asked: `path` first, then the other fields
 /// by name, one per line; a long value is cut and says how much is missing and its
 /// digest, so nothing can hide past the end of the preview.
-fn approval_preview(args: &Value) -> String {
+fn approval_preview(args: &Value, scrubber: &Scrubber) -> String {
     const MAX_VALUE_CHARS: usize = 400;
     let show = |v: &Value| -> String {
-        let text = match v {
+        let quoted = v.is_string();
+        let mut text = match v {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
+        scrubber.scrub_string(&mut text);
         let total = text.chars().count();
         if total <= MAX_VALUE_CHARS {
-            return match v {
-                Value::String(s) => format!("{s:?}"),
-                other => other.to_string(),
-            };
+            return if quoted { format!("{text:?}") } else { text };
         }
         let head: String = text.chars().take(MAX_VALUE_CHARS).collect();
         format!(

@@ -517,3 +517,45 @@ async fn a_model_judged_rule_can_only_ask_and_sees_metadata_only() {
     );
     assert!(!shown.iter().any(|v| v.to_string().contains("secret plan")));
 }
+
+#[tokio::test]
+async fn a_credential_shape_in_one_field_cannot_hide_the_rest_of_a_prompt() {
+    let f = default_fixture();
+    let asked = answer_all(&f.gate, Answer::Deny);
+    let _ = f
+        .call(
+            PLAN_TOOL,
+            plan(json!([
+                { "tool": "list_dir", "why": "see what is there -----BEGIN PRIVATE KEY-----" },
+                { "tool": "write_file" }
+            ])),
+        )
+        .await;
+    let info = asked.lock().unwrap()[0].clone();
+    let preview = &info.args_preview;
+    assert!(preview.starts_with("a plan of 2 steps;"), "{preview}");
+    assert!(
+        preview.contains("2. write_file with any arguments"),
+        "{preview}"
+    );
+    assert!(!preview.contains("BEGIN PRIVATE KEY"), "{preview}");
+    // The same for a single call: the redaction stays inside its value.
+    f.call("fake_web", json!({})).await.unwrap();
+    let _ = f
+        .call(
+            "write_file",
+            json!({ "content": "-----BEGIN PRIVATE KEY-----", "create_dirs": true, "path": "z.txt" }),
+        )
+        .await;
+    let info = asked.lock().unwrap()[1].clone();
+    assert!(
+        info.args_preview.contains("create_dirs = true"),
+        "{}",
+        info.args_preview
+    );
+    assert!(
+        !info.args_preview.contains("BEGIN PRIVATE KEY"),
+        "{}",
+        info.args_preview
+    );
+}
