@@ -32,18 +32,14 @@ commands:
 anything else is sent to the agent. Ctrl-C cancels a running turn.";
 
 /// The WebSocket answer to an inline approval prompt; anything not understood denies.
-fn approval_reply(id: &Value, plan: bool, answer: &str) -> Value {
+/// `plan_steps` is the number of steps of a plan (`None`: a single call); `session` says
+/// whether the call offers "approve for this session".
+fn approval_reply(id: &Value, plan_steps: Option<usize>, session: bool, answer: &str) -> Value {
     let answer = answer.trim().to_ascii_lowercase();
-    let decision = match answer.as_str() {
-        "y" | "yes" | "a" | "all" => json!({ "decision": "approve" }),
-        "s" | "session" if !plan => json!({ "decision": "session" }),
-        steps
-            if plan
-                && !steps.is_empty()
-                && steps
-                    .chars()
-                    .all(|c| c.is_ascii_digit() || ", -".contains(c)) =>
-        {
+    let decision = match (answer.as_str(), plan_steps) {
+        ("y" | "yes" | "a" | "all", _) => json!({ "decision": "approve" }),
+        ("s" | "session", None) if session => json!({ "decision": "session" }),
+        (steps, Some(n)) if carapace_gate::parse_step_ranges(steps, n).is_ok() => {
             json!({ "decision": "approve", "steps": steps })
         }
         _ => json!({ "decision": "deny" }),
@@ -394,17 +390,19 @@ pub async fn chat(
                         printable(v["reason"].as_str().unwrap_or("")),
                         printable(v["rule"].as_str().unwrap_or(""))
                     );
-                    let plan = !v["plan"].is_null();
-                    if plan {
-                        print!("    approve? [a]ll / steps like 1-3,5 / [N]o ");
-                    } else {
-                        print!(
-                            "    approve? [y]es once / [s]ession: this tool to these places / [N]o "
-                        );
+                    let plan_steps = v["plan"]["steps"].as_array().map(Vec::len);
+                    let session_scope = v["session_scope"].as_str().map(printable);
+                    match (plan_steps, &session_scope) {
+                        (Some(_), _) => print!("    approve? [a]ll / steps like 1-3,5 / [N]o "),
+                        (None, Some(scope)) => print!(
+                            "    approve? [y]es once / [s]ession: {scope} for the rest of this session / [N]o "
+                        ),
+                        (None, None) => print!("    approve? [y]es once / [N]o "),
                     }
                     std::io::stdout().flush().ok();
                     let answer = lines.recv().await.unwrap_or_default();
-                    let reply = approval_reply(&v["id"], plan, &answer);
+                    let reply =
+                        approval_reply(&v["id"], plan_steps, session_scope.is_some(), &answer);
                     ws_tx
                         .send(Message::Text(reply.to_string().into()))
                         .await
@@ -527,21 +525,32 @@ mod tests {
     fn inline_answers_map_to_decisions_and_anything_else_denies() {
         use serde_json::json;
         let id = json!("ap_1");
-        let d = |plan, a: &str| super::approval_reply(&id, plan, a);
+        let d = |plan, session, a: &str| super::approval_reply(&id, plan, session, a);
         assert_eq!(
-            d(false, "Y"),
+            d(None, true, "Y"),
             json!({"type": "approval", "id": "ap_1", "decision": "approve"})
         );
-        assert_eq!(d(false, "s")["decision"], "session");
+        assert_eq!(d(None, true, "s")["decision"], "session");
         assert_eq!(
-            d(true, "s")["decision"],
+            d(None, false, "s")["decision"],
+            "deny",
+            "no places: no session grant"
+        );
+        assert_eq!(
+            d(Some(2), true, "s")["decision"],
             "deny",
             "a plan has no session answer"
         );
-        assert_eq!(d(true, "all")["decision"], "approve");
-        assert_eq!(d(true, "1-2, 4")["steps"], "1-2, 4");
-        assert_eq!(d(false, "1-2")["decision"], "deny", "steps are for plans");
-        assert_eq!(d(false, "")["decision"], "deny");
-        assert_eq!(d(true, "sure")["decision"], "deny");
+        assert_eq!(d(Some(2), false, "all")["decision"], "approve");
+        assert_eq!(d(Some(4), false, "1-2, 4")["steps"], "1-2, 4");
+        assert_eq!(d(Some(2), false, "3")["decision"], "deny", "no step 3");
+        assert_eq!(d(Some(2), false, "-")["decision"], "deny");
+        assert_eq!(
+            d(None, true, "1-2")["decision"],
+            "deny",
+            "steps are for plans"
+        );
+        assert_eq!(d(None, true, "")["decision"], "deny");
+        assert_eq!(d(Some(2), false, "sure")["decision"], "deny");
     }
 }

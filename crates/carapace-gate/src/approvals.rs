@@ -28,6 +28,10 @@ pub struct ApprovalInfo {
     pub expires_ms: i64,
     /// For a proposed plan: its goal and steps, each pre-evaluated by policy.
     pub plan: Option<PlanInfo>,
+    /// What "approve for this session" would let through, like `write_file to
+    /// path:notes.md`; `None` when the call names no places (a session answer would then
+    /// cover every call of the tool, so it is not offered).
+    pub session_scope: Option<String>,
 }
 
 /// A proposed plan as shown to the owner.
@@ -225,6 +229,10 @@ fn check_answer(info: &ApprovalInfo, answer: &Answer) -> Result<(), ApprovalDeci
         (None, Answer::Steps(_)) => {
             bad("this approval is for one call; answer approve, session or deny".into())
         }
+        (None, Answer::Session) if info.session_scope.is_none() => bad(format!(
+            "{} names no places, so \"session\" would let every call of it through; approve it once",
+            info.tool
+        )),
         (Some(plan), Answer::Steps(steps)) => {
             if steps.is_empty() {
                 return bad("no steps named".into());

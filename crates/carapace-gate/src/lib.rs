@@ -412,20 +412,22 @@ impl Gate {
             .store
             .grants(session)
             .map_err(|e| internal(Stage::Policy, &e))?;
-        records
+        // A grant that does not read back covers nothing; it must not stop every call.
+        Ok(records
             .into_iter()
-            .map(|r| {
-                let step = Step::from_json(&r.step).map_err(|e| {
-                    internal(Stage::Policy, &format!("grant {} is unreadable: {e}", r.id))
-                })?;
-                Ok(Grant {
+            .filter_map(|r| match Step::from_json(&r.step) {
+                Ok(step) => Some(Grant {
                     id: r.id,
                     step,
                     remaining: r.remaining,
                     expires_ms: r.expires_ms,
-                })
+                }),
+                Err(e) => {
+                    tracing::error!(grant = %r.id, error = %e, "a stored grant is unreadable; it covers nothing");
+                    None
+                }
             })
-            .collect()
+            .collect())
     }
 
     /// Appends an event that is not a tool call (a failed login, a session created) to
@@ -633,8 +635,9 @@ impl Gate {
                 );
             }
             Decision::Ask { rule, reason } => {
+                let scope = session_scope(tool.name, &destinations);
                 let answer = self
-                    .approve(req, tool, &args, &rule, &reason, None, audit)
+                    .approve(req, tool, &args, &rule, &reason, None, scope, audit)
                     .await?;
                 if let Some(net) = &inner.net {
                     net.approved(req.session, &secret_plan.needs_approval);
@@ -754,6 +757,7 @@ impl Gate {
         rule: &str,
         reason: &str,
         plan: Option<PlanInfo>,
+        session_scope: Option<String>,
         audit: &mut AuditDraft,
     ) -> Result<Answer, GateError> {
         let inner = &*self.inner;
@@ -774,6 +778,7 @@ impl Gate {
             created_ms: now,
             expires_ms: now + inner.config.approval_timeout.as_millis() as i64,
             plan,
+            session_scope,
         };
         let pending = inner.approvals.open(info.clone());
         audit.set("approval_id", json!(info.id));
@@ -828,12 +833,12 @@ impl Gate {
         destinations: &[Destination],
         audit: &mut AuditDraft,
     ) -> Result<(), GateError> {
+        // The broker refuses a session answer without a scope; this is the second lock.
+        if session_scope(tool, destinations).is_none() {
+            return Ok(());
+        }
         let mut patterns = Vec::new();
         for d in destinations {
-            // A literal `*` in a destination would widen into a glob: no session grant.
-            if d.value.contains('*') {
-                return Ok(());
-            }
             patterns.push(
                 carapace_policy::Pattern::parse(&d.to_string())
                     .map_err(|e| internal(Stage::Approve, &e))?,
@@ -999,7 +1004,7 @@ impl Gate {
             .ok_or_else(|| internal(Stage::Resolve, &"the plan tool is missing"))?;
         audit.set("rule", json!("plan"));
         let answer = self
-            .approve(req, tool, args, "plan", reason, Some(info), audit)
+            .approve(req, tool, args, "plan", reason, Some(info), None, audit)
             .await?;
         let chosen: Vec<usize> = match answer {
             Answer::Steps(s) => s,
@@ -1155,6 +1160,24 @@ fn exposure_pairs(e: &Exposure) -> Vec<(&'static str, u32)> {
         .filter(|(_, n)| **n > 0)
         .map(|(k, n)| (*k, *n))
         .collect()
+}
+
+/// What "approve for this session" would cover: this tool to exactly these places. `None`
+/// when the call names no places, or a place that would not read back as itself (a `*`
+/// would widen into a glob; control characters are not shown safely).
+fn session_scope(tool: &str, destinations: &[Destination]) -> Option<String> {
+    let plain = |v: &str| {
+        !v.is_empty()
+            && !v.contains('*')
+            && !v
+                .chars()
+                .any(|c| c.is_control() || (c.is_whitespace() && c != ' '))
+    };
+    if destinations.is_empty() || !destinations.iter().all(|d| plain(&d.value)) {
+        return None;
+    }
+    let places: Vec<String> = destinations.iter().map(|d| d.to_string()).collect();
+    Some(format!("{tool} to {}", places.join(", ")))
 }
 
 /// The `propose_plan` tool as offered to the model.

@@ -73,6 +73,7 @@ pub(crate) fn approval_json(a: &ApprovalInfo) -> Value {
         "rule": a.rule,
         "created_ms": a.created_ms,
         "expires_ms": a.expires_ms,
+        "session_scope": a.session_scope,
         "plan": a.plan.as_ref().map(|p| json!({
             "goal": p.goal,
             "steps": p.steps.iter().map(|s| json!({

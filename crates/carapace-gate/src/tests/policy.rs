@@ -559,3 +559,68 @@ async fn a_credential_shape_in_one_field_cannot_hide_the_rest_of_a_prompt() {
         info.args_preview
     );
 }
+
+#[tokio::test]
+async fn a_session_answer_needs_places_and_says_what_it_covers() {
+    let exec_like = ToolDef::new(
+        "fake_exec",
+        "runs anything",
+        EffectClass::Exec,
+        json!({ "type": "object", "properties": { "command": { "type": "string" } },
+                "additionalProperties": false }),
+        Arc::new(|_ctx, _args| {
+            Box::pin(async {
+                Ok(RawResult {
+                    content: json!({ "ran": true }),
+                    label: Label::TRUSTED_PUBLIC,
+                    source: Source::Tool("fake_exec".into()),
+                    redactions: Vec::new(),
+                })
+            })
+        }),
+    );
+    let f = fixture_policy(
+        Policy::strict(),
+        None,
+        GateConfig::default(),
+        vec![exec_like],
+    );
+    let gate = f.gate.clone();
+    let mut events = gate.subscribe();
+    let answered = tokio::spawn(async move {
+        let owner = Principal::owner(FrontDoor::Api);
+        let GateEvent::ApprovalRequested(info) = events.recv().await.unwrap() else {
+            panic!()
+        };
+        let refused = gate.answer_approval(&owner, &info.id, Answer::Session);
+        gate.answer_approval(&owner, &info.id, Answer::Once)
+            .unwrap();
+        let GateEvent::ApprovalResolved { .. } = events.recv().await.unwrap() else {
+            panic!()
+        };
+        let GateEvent::ApprovalRequested(write) = events.recv().await.unwrap() else {
+            panic!()
+        };
+        gate.answer_approval(&owner, &write.id, Answer::Session)
+            .unwrap();
+        (info, refused, write)
+    });
+    f.call("fake_exec", json!({ "command": "ls" }))
+        .await
+        .unwrap();
+    f.call("write_file", write("log.md")).await.unwrap();
+    let (info, refused, write) = answered.await.unwrap();
+    assert_eq!(info.session_scope, None);
+    assert!(
+        matches!(refused, Err(ApprovalDecisionError::BadAnswer(m)) if m.contains("names no places")),
+        "a session answer for a call without places would allow every command"
+    );
+    assert_eq!(
+        write.session_scope.as_deref(),
+        Some("write_file to path:log.md")
+    );
+    // Only the write got a session grant; the next command asks again.
+    let grants = f.store.grants(&f.session).unwrap();
+    assert_eq!(grants.len(), 1);
+    assert_eq!(grants[0].step["destinations"], json!(["path:log.md"]));
+}
