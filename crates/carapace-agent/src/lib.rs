@@ -479,10 +479,12 @@ impl Agent {
                     .await;
                 let (content, source, label, code) = match result {
                     Ok(out) => (out.content.to_string(), out.source, out.label, None),
+                    // An error can carry what the call reached (a redirect's host, a
+                    // server's message): it is as trusted as the session is by now.
                     Err(err) => (
                         json!({ "error": err.to_json() }).to_string(),
                         Source::Tool(call.name.clone()),
-                        Label::TRUSTED_PUBLIC,
+                        self.model_label(session)?,
                         Some(err.code.as_str().to_string()),
                     ),
                 };

@@ -78,6 +78,9 @@ pub(crate) struct ToolDef {
     pub result_floor: Label,
     /// Where a call reaches (hosts, paths, contacts), read from its arguments.
     pub destinations: DestFn,
+    /// Where its results come from when that is known before the call (`web` for the
+    /// network tools); recorded as seen as soon as the call starts.
+    pub floor_source: Option<Source>,
     pub exec: ExecFn,
     /// The executor's deadline when it is not the Gate's `tool_timeout` (a tool that
     /// enforces its own, longer deadline).
@@ -108,6 +111,7 @@ impl ToolDef {
             effect,
             result_floor: Label::TRUSTED_PUBLIC,
             destinations: nowhere,
+            floor_source: None,
             exec,
             timeout: None,
             validator,
@@ -120,9 +124,11 @@ impl ToolDef {
         self
     }
 
-    /// Declares the least label of the tool's results.
-    pub fn with_result(mut self, floor: Label) -> ToolDef {
+    /// Declares the least label of the tool's results and, when it is known before the
+    /// call, where they come from.
+    pub fn with_result(mut self, floor: Label, source: Option<Source>) -> ToolDef {
         self.result_floor = floor;
+        self.floor_source = source;
         self
     }
 

@@ -654,6 +654,26 @@ impl Gate {
             self.audit_outcome(audit, "allowed", None)?;
         }
         audit.executed = true;
+        // What the call was granted counts now, and the session takes the least label of
+        // its result now: a call that fails, times out or is cancelled after it started
+        // may have had its effect, and its error text may carry what it reached.
+        let mut granted = Exposure::default();
+        granted.record(
+            tool.effect,
+            Label::TRUSTED_PUBLIC,
+            !secret_plan.rules.is_empty(),
+        );
+        let floor_source = tool.floor_source.as_ref().map(Source::as_string);
+        inner
+            .store
+            .absorb_result(
+                req.session,
+                tool.result_floor,
+                floor_source.as_deref().unwrap_or_default(),
+                &exposure_pairs(&granted),
+                now_ms(),
+            )
+            .map_err(|e| internal(Stage::Execute, &e))?;
 
         // execute: secrets are released for this call only, after every check.
         let injections = match &inner.net {
@@ -730,8 +750,9 @@ impl Gate {
                 .collect();
             audit.set("redactions", Value::Array(places));
         }
+        // The effect was counted when the call was allowed; now what came back.
         let mut exposure = Exposure::default();
-        exposure.record(tool.effect, label, !secret_plan.rules.is_empty());
+        exposure.record(EffectClass::Read, label, false);
         if let Err(e) = inner.store.absorb_result(
             req.session,
             label,

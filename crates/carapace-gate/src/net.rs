@@ -205,7 +205,7 @@ pub(crate) fn tools(net: &Arc<Net>) -> Vec<ToolDef> {
             fetch,
         )
         .with_destinations(url_arg)
-        .with_result(WEB),
+        .with_result(WEB, Some(Source::Web)),
         ToolDef::new(
             "http_request",
             "Send an HTTP request to an allowed host (an API, for example) and return status, \
@@ -239,7 +239,7 @@ pub(crate) fn tools(net: &Arc<Net>) -> Vec<ToolDef> {
             request,
         )
         .with_destinations(url_arg)
-        .with_result(WEB),
+        .with_result(WEB, Some(Source::Web)),
     ]
 }
 

@@ -624,3 +624,61 @@ async fn a_session_answer_needs_places_and_says_what_it_covers() {
     assert_eq!(grants.len(), 1);
     assert_eq!(grants[0].step["destinations"], json!(["path:log.md"]));
 }
+
+#[tokio::test]
+async fn a_call_that_fails_after_it_started_still_counts_and_taints() {
+    let failing = ToolDef::new(
+        "fake_post",
+        "sends and fails",
+        EffectClass::Egress,
+        json!({ "type": "object", "additionalProperties": false }),
+        Arc::new(|_ctx, _args| {
+            Box::pin(async {
+                Err(ToolFailure(
+                    "redirected to evil.net, which is not allowed".into(),
+                ))
+            })
+        }),
+    )
+    .with_result(
+        Label {
+            integrity: Integrity::Untrusted,
+            confidentiality: Confidentiality::Public,
+        },
+        Some(Source::Web),
+    );
+    let mut policy = Policy::default();
+    policy.friction.ask_above = 5;
+    policy.friction.deny_above = 100;
+    let f = fixture_policy(policy, None, GateConfig::default(), vec![failing]);
+    let asked = answer_all(&f.gate, Answer::Once);
+    for _ in 0..3 {
+        let err = f.call("fake_post", json!({})).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::ToolError);
+    }
+    let s = f.store.session(&f.session).unwrap().unwrap();
+    assert_eq!(s.exposure["egress"], 3, "failed calls were granted too");
+    assert_eq!(
+        s.label.integrity,
+        Integrity::Untrusted,
+        "their error text came from the web"
+    );
+    assert_eq!(s.seen, vec!["web".to_string()]);
+    assert_eq!(f.gate.policy_status(&f.session).unwrap().level, Level::Ask);
+    let _ = f.call("fake_post", json!({})).await.unwrap_err();
+    let rules: Vec<String> = asked
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|a| a.rule.clone())
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            "default.untrusted-asks",
+            "default.untrusted-asks",
+            "friction.ask"
+        ],
+        "the first failure tainted the session; the third raised friction"
+    );
+}
