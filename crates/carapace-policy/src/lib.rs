@@ -354,10 +354,36 @@ impl CallMetadata {
             "effect": self.effect.as_str(),
             "session_integrity": self.session_label.integrity.as_str(),
             "session_confidentiality": self.session_label.confidentiality.as_str(),
-            "session_seen": self.seen,
-            "destinations": self.destinations.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+            "session_seen": self.seen.iter().map(|s| inert(s)).collect::<Vec<_>>(),
+            "destinations": self
+                .destinations
+                .iter()
+                .map(|d| format!("{}:{}", d.kind.as_str(), inert(&d.value)))
+                .collect::<Vec<_>>(),
         })
     }
+}
+
+/// A name the model chose (a path, a host, a contact) as the judging model may see it:
+/// only characters names are made of, at most 64 of them, so it reads as a name and
+/// cannot carry a sentence addressed to the judge.
+fn inert(name: &str) -> String {
+    const MAX: usize = 64;
+    let mut out: String = name
+        .chars()
+        .take(MAX)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._/@+:-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.chars().count() > MAX {
+        out.push('…');
+    }
+    out
 }
 
 /// A model's verdict on an uncompiled plain-English rule: it can ask, and that is all.
