@@ -423,6 +423,14 @@ impl Egress {
                     headers.remove(h);
                 }
             }
+            // A body re-sent elsewhere (307, 308) would reach a host the caller's checks
+            // (policy decides on the first host) never saw: refused.
+            if body.is_some() && next.host_str() != checked.url.host_str() {
+                return Err(EgressError::Protocol(format!(
+                    "a redirect would re-send the request body to another host ({}); send it there yourself if that is intended",
+                    next.host_str().unwrap_or("?")
+                )));
+            }
             if next.origin() != checked.url.origin() {
                 headers.remove(header::AUTHORIZATION);
                 headers.remove(header::COOKIE);

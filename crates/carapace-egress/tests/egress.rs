@@ -1054,3 +1054,40 @@ fn the_client_can_be_shared_across_tasks() {
     sendable(&egress.send(EgressRequest::get("https://example.com/"), &scope));
     sendable(&egress.check_url("https://example.com/", &scope));
 }
+
+#[tokio::test]
+async fn a_body_is_never_re_sent_to_another_host_by_a_redirect() {
+    let target = Server::fixed(Reply::text("collected")).await;
+    let tp = target.port;
+    let start = Server::start(move |req| match req.target.as_str() {
+        "/same" => Reply::redirect(307, "/done"),
+        "/done" => Reply::text(format!(
+            "{} {}",
+            req.method,
+            String::from_utf8_lossy(&req.body)
+        )),
+        _ => Reply::redirect(308, &format!("http://b.test:{tp}/collect")),
+    })
+    .await;
+    let sp = start.port;
+    let resolver = MapResolver::new(&[("a.test", &["127.0.0.1"]), ("b.test", &["127.0.0.1"])]);
+    let hosts = [format!("a.test:{sp}"), format!("b.test:{tp}")];
+    let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    let egress = egress(config(&hosts, &hosts, &hosts), resolver);
+    let post = |path: &str| EgressRequest {
+        method: "POST".to_string(),
+        url: format!("http://a.test:{sp}{path}"),
+        headers: Vec::new(),
+        body: Some(b"the workspace".to_vec()),
+    };
+    // The caller checked a.test; b.test would get the body: refused, nothing sent there.
+    let refused = egress.send(post("/elsewhere"), &Scope::default()).await;
+    assert!(
+        matches!(&refused, Err(EgressError::Protocol(m)) if m.contains("another host (b.test)")),
+        "{refused:?}"
+    );
+    assert_eq!(target.connections(), 0);
+    // On the same host the redirect is followed with its body.
+    let same = egress.send(post("/same"), &Scope::default()).await.unwrap();
+    assert_eq!(same.text, "POST the workspace");
+}
