@@ -165,7 +165,7 @@ impl std::error::Error for GateSetupError {}
 #[derive(Clone, Debug)]
 pub enum GateEvent {
     /// A call waits for the owner's approval.
-    ApprovalRequested(ApprovalInfo),
+    ApprovalRequested(Box<ApprovalInfo>),
     /// An approval was answered or expired.
     ApprovalResolved {
         /// The approval id.
@@ -560,10 +560,9 @@ impl Gate {
                 now_ms: now,
             };
             let verdict = carapace_policy::decide(&inner.policy, &state, &preq);
+            audit.set("friction", json!(inner.policy.level(&state).as_str()));
             match verdict.grant {
                 None => {
-                    let level = inner.policy.level(&state);
-                    audit.set("friction", json!(level.as_str()));
                     let mut decision = verdict.decision;
                     // Uncompiled plain-English rules may turn an allow into an ask.
                     if let (Decision::Allow { .. }, Some(judge)) = (&decision, &inner.judge) {
@@ -582,7 +581,7 @@ impl Gate {
                     // without it.
                     if inner
                         .store
-                        .use_grant(req.session, &grants[i].id)
+                        .use_grant(req.session, &grants[i].id, now)
                         .map_err(|e| internal(Stage::Policy, &e))?
                     {
                         audit.set("grant", json!(grants[i].id));
@@ -806,7 +805,7 @@ impl Gate {
         self.audit_outcome(audit, "asked", None)?;
         let _ = inner
             .events
-            .send(GateEvent::ApprovalRequested(info.clone()));
+            .send(GateEvent::ApprovalRequested(Box::new(info.clone())));
 
         let answer = tokio::time::timeout(inner.config.approval_timeout, pending.wait()).await;
         match answer {

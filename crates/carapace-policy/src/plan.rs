@@ -264,8 +264,10 @@ fn step_from_json(s: &Value) -> Result<Step, String> {
                                 "destinations: `{}` has control characters",
                                 d.escape_debug()
                             ))
-                        } else if d.trim() == "*" {
-                            Err("destinations: `*` would allow anywhere; name the places".into())
+                        } else if anywhere(d) {
+                            Err(format!(
+                                "destinations: `{d}` would allow anywhere; name the places"
+                            ))
                         } else {
                             Pattern::parse(d).map_err(|e| format!("destinations: {e}"))
                         }
@@ -293,6 +295,17 @@ fn step_from_json(s: &Value) -> Result<Step, String> {
         max_calls,
         why,
     })
+}
+
+/// True for a destination pattern that names no place at all: only `*` and `.` after an
+/// optional kind (`*`, `**`, `*.*`, `host:*`, `path:*`).
+fn anywhere(pattern: &str) -> bool {
+    let glob = pattern
+        .trim()
+        .split_once(':')
+        .filter(|(kind, _)| matches!(*kind, "host" | "path" | "contact"))
+        .map_or(pattern.trim(), |(_, rest)| rest);
+    glob.chars().all(|c| c == '*' || c == '.')
 }
 
 /// True when `s` prints as one line of visible text (no control characters, no line or

@@ -162,17 +162,23 @@ impl Store {
         Ok(out)
     }
 
-    /// Uses one call of a grant. False when it has none left (another call took the
-    /// last one): then the caller must decide again without it.
-    pub fn use_grant(&self, session: &SessionId, id: &str) -> Result<bool, StoreError> {
+    /// Uses one call of a grant at `now_ms`. False when it has none left (another call
+    /// took the last one) or it has expired: then the caller must decide again without it.
+    pub fn use_grant(
+        &self,
+        session: &SessionId,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
         let inner = self.lock();
         let changed = inner
             .conn
             .prepare_cached(
                 "UPDATE grants SET remaining = remaining - 1
-                 WHERE session_id = ?1 AND id = ?2 AND (remaining IS NULL OR remaining > 0)",
+                 WHERE session_id = ?1 AND id = ?2 AND (remaining IS NULL OR remaining > 0)
+                   AND (expires_ms IS NULL OR expires_ms > ?3)",
             )?
-            .execute(params![session.as_str(), id])?;
+            .execute(params![session.as_str(), id, now_ms])?;
         Ok(changed == 1)
     }
 }
@@ -232,12 +238,21 @@ mod tests {
             created_ms: 5,
         };
         store.add_grants(&id, std::slice::from_ref(&g)).unwrap();
-        assert_eq!(store.grants(&id).unwrap(), vec![g]);
-        assert!(store.use_grant(&id, "plan_1#1").unwrap());
-        assert!(store.use_grant(&id, "plan_1#1").unwrap());
-        assert!(!store.use_grant(&id, "plan_1#1").unwrap());
-        assert!(!store.use_grant(&id, "nope").unwrap());
+        assert_eq!(store.grants(&id).unwrap(), vec![g.clone()]);
+        assert!(store.use_grant(&id, "plan_1#1", 6).unwrap());
+        assert!(store.use_grant(&id, "plan_1#1", 6).unwrap());
+        assert!(!store.use_grant(&id, "plan_1#1", 6).unwrap());
+        assert!(!store.use_grant(&id, "nope", 6).unwrap());
         assert_eq!(store.grants(&id).unwrap()[0].remaining, Some(0));
+        let timed = GrantRecord {
+            id: "plan_2#1".into(),
+            remaining: None,
+            expires_ms: Some(100),
+            ..g
+        };
+        store.add_grants(&id, std::slice::from_ref(&timed)).unwrap();
+        assert!(store.use_grant(&id, "plan_2#1", 99).unwrap());
+        assert!(!store.use_grant(&id, "plan_2#1", 100).unwrap(), "expired");
         store.reset_session_policy(&id, 6).unwrap();
         assert!(store.grants(&id).unwrap().is_empty());
     }

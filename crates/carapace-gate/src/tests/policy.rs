@@ -47,7 +47,7 @@ fn answer_all(gate: &Gate, answer: Answer) -> Arc<std::sync::Mutex<Vec<ApprovalI
     tokio::spawn(async move {
         while let Ok(event) = events.recv().await {
             if let GateEvent::ApprovalRequested(info) = event {
-                log.lock().unwrap().push(info.clone());
+                log.lock().unwrap().push((*info).clone());
                 gate.answer_approval(&Principal::owner(FrontDoor::Api), &info.id, answer.clone())
                     .unwrap();
             }
