@@ -137,6 +137,31 @@ pub async fn doctor(dd: &DataDir) -> anyhow::Result<ExitCode> {
         _ => None,
     };
 
+    // Plain-English rules: what the running gateway loaded (a stopped one is asked by
+    // `cara rules show`).
+    if let Ok(Some(d)) = &daemon
+        && let Ok(v) = d.get("/api/rules").await
+        && let Some(list) = v["rules"].as_array().filter(|l| !l.is_empty())
+    {
+        let count = |status: &str| list.iter().filter(|r| r["status"] == status).count();
+        let (compiled, other) = (count("compiled"), list.len() - count("compiled"));
+        if other == 0 {
+            r.line(
+                Level::Ok,
+                "plain-English rules",
+                &format!("{compiled} compiled, evaluated deterministically"),
+            );
+        } else {
+            r.line(
+                Level::Warn,
+                "plain-English rules",
+                &format!(
+                    "{compiled} compiled, {other} not: those are judged per call by the model (it can only ask); `cara rules show` says why"
+                ),
+            );
+        }
+    }
+
     // Provider.
     if let Some(s) = settings {
         match s.provider {

@@ -205,6 +205,13 @@ async fn an_uncompiled_rule_is_judged_from_metadata_and_asks() {
         assert!(out.stdout.contains("not in the metadata"), "{out:?}");
     };
     check_show().await;
+    let doctor = cara(&dir).args(["doctor"]).run().await;
+    assert!(
+        doctor
+            .stdout
+            .contains("plain-English rules: 0 compiled, 1 not"),
+        "{doctor:?}"
+    );
     daemon.stop().await;
     check_show().await;
 }
