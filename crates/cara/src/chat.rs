@@ -390,6 +390,17 @@ pub async fn chat(
                         printable(v["reason"].as_str().unwrap_or("")),
                         printable(v["rule"].as_str().unwrap_or(""))
                     );
+                    // Only a line typed after the prompt answers it: lines typed earlier
+                    // (during the turn, a paste) must not approve anything.
+                    let mut discarded = 0;
+                    while lines.try_recv().is_ok() {
+                        discarded += 1;
+                    }
+                    if discarded > 0 {
+                        println!(
+                            "  ({discarded} line(s) typed during the turn were discarded; answer below)"
+                        );
+                    }
                     let plan_steps = v["plan"]["steps"].as_array().map(Vec::len);
                     let session_scope = v["session_scope"].as_str().map(printable);
                     match (plan_steps, &session_scope) {
@@ -469,7 +480,12 @@ pub(crate) fn printable(text: &str) -> String {
         // overrides and isolates, zero-width marks, line separators): escaped.
         let hidden = matches!(
             c,
-            '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}'
+            '\u{61c}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{206f}'
+                | '\u{feff}'
+                | '\u{e0000}'..='\u{e007f}'
         );
         if (c.is_control() && c != '\n' && c != '\t') || hidden {
             out.push_str(&format!("\\u{{{:x}}}", c as u32));

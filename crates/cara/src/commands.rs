@@ -368,15 +368,22 @@ pub async fn approvals_list(dd: &DataDir) -> anyhow::Result<ExitCode> {
             );
             continue;
         }
+        let p = |key: &str| crate::chat::printable(a[key].as_str().unwrap_or(""));
         println!(
             "{}  {} {}\n    session {} · {} [rule {}]",
-            a["id"].as_str().unwrap_or("?"),
-            a["tool"].as_str().unwrap_or("?"),
-            a["args"].as_str().unwrap_or(""),
-            a["session"].as_str().unwrap_or("?"),
-            a["reason"].as_str().unwrap_or(""),
-            a["rule"].as_str().unwrap_or("")
+            p("id"),
+            p("tool"),
+            p("args").replace('\n', "\n    "),
+            p("session"),
+            p("reason"),
+            p("rule")
         );
+        if let Some(scope) = a["session_scope"].as_str() {
+            println!(
+                "    (--session would also let through: {} for the rest of the session)",
+                crate::chat::printable(scope)
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

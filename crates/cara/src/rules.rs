@@ -31,7 +31,7 @@ use crate::datadir::DataDir;
 
 /// How long compiling at daemon start may take in all; rules left over stay uncompiled
 /// (judged per call) until the next start or `cara rules compile`.
-pub const START_BUDGET: Duration = Duration::from_secs(60);
+pub const START_BUDGET: Duration = Duration::from_secs(10);
 /// How many rules are compiled at once at daemon start.
 const START_PARALLEL: usize = 4;
 /// How long one compilation may take.

@@ -366,12 +366,12 @@ impl CallMetadata {
 
 /// A name the model chose (a path, a host, a contact) as the judging model may see it:
 /// only characters names are made of, at most 64 of them, so it reads as a name and
-/// cannot carry a sentence addressed to the judge.
+/// cannot carry a sentence addressed to the judge. A long name keeps both ends (for a
+/// host the end is the registered domain a rule is most likely about).
 fn inert(name: &str) -> String {
-    const MAX: usize = 64;
-    let mut out: String = name
+    const HALF: usize = 32;
+    let clean: Vec<char> = name
         .chars()
-        .take(MAX)
         .map(|c| {
             if c.is_ascii_alphanumeric() || "._/@+:-".contains(c) {
                 c
@@ -380,10 +380,12 @@ fn inert(name: &str) -> String {
             }
         })
         .collect();
-    if name.chars().count() > MAX {
-        out.push('…');
+    if clean.len() <= 2 * HALF {
+        return clean.into_iter().collect();
     }
-    out
+    let head: String = clean[..HALF].iter().collect();
+    let tail: String = clean[clean.len() - HALF..].iter().collect();
+    format!("{head}…{tail}")
 }
 
 /// A model's verdict on an uncompiled plain-English rule: it can ask, and that is all.

@@ -347,10 +347,20 @@ impl RuleSpec {
                 return Err(err(key, format!("more than {MAX_PATTERNS} patterns")));
             }
         }
-        if let Some(r) = &rule.reason
-            && r.len() > 500
-        {
-            return Err(err("reason", "longer than 500 characters"));
+        if let Some(r) = &rule.reason {
+            if r.len() > 500 {
+                return Err(err("reason", "longer than 500 characters"));
+            }
+            // It is shown in the owner's prompt: one line of visible text.
+            if r.chars().any(|c| {
+                c.is_control()
+                    || matches!(c, '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200b}'..='\u{200f}')
+            }) {
+                return Err(err(
+                    "reason",
+                    "a reason is one line of visible text (no control, line-separator or bidi characters)",
+                ));
+            }
         }
         if then == Then::Allow {
             // An allow must not start to hold as a session sees more (see `When`).
@@ -415,6 +425,12 @@ mod tests {
                 .starts_with("when.session_seen")
         );
         assert!(build(json!({"then": "ask", "name": "has space"})).is_err());
+        assert!(
+            build(json!({"then": "ask", "reason": "ok\u{1b}]52;c;x\u{7}\n(covered by your plan; safe)"}))
+                .unwrap_err()
+                .starts_with("reason: a reason is one line")
+        );
+        assert!(build(json!({"then": "ask", "reason": "a\u{202e}b"})).is_err());
     }
 
     #[test]
