@@ -145,6 +145,15 @@ enum RulesCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Confirm that compiled rules say what their texts say; until then the model also
+    /// judges the text per call (run with the gateway stopped; applies at its next start).
+    Confirm {
+        /// Rule names, like english.1a2b3c4d5e6f.
+        names: Vec<String>,
+        /// Confirm every compiled rule.
+        #[arg(long, conflicts_with = "names")]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -452,6 +461,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rules(RulesCommand::Show { json }) => runtime(1)?.block_on(rules::show(&dd, json)),
         Command::Rules(RulesCommand::Compile { force }) => {
             runtime(1)?.block_on(rules::compile_command(&dd, force))
+        }
+        Command::Rules(RulesCommand::Confirm { names, all }) => {
+            runtime(1)?.block_on(rules::confirm_command(&dd, &names, all))
         }
     }
 }

@@ -286,6 +286,8 @@ pub async fn compile_and_store(
             outcome: outcome.clone(),
             model: model.name.clone(),
             compiled_ms: carapace_gate::now_ms(),
+            // The owner has not seen this compilation yet.
+            confirmed_ms: None,
         })
         .context("cannot store the compiled rule")?;
     Ok(Ok(outcome))
@@ -394,7 +396,19 @@ pub async fn prepare(
     let mut judged = Vec::new();
     for rule in rules {
         match status(store, rule)? {
-            Status::Compiled { rule: compiled, .. } => policy.rules.push(compiled),
+            Status::Compiled {
+                rule: compiled,
+                stored,
+                ..
+            } => {
+                // Until the owner has confirmed that the compiled rule says what the text
+                // says, the model keeps judging the text too: a compilation narrower than
+                // the text must not quietly switch the rule off.
+                if stored.confirmed_ms.is_none() {
+                    judged.push(rule.clone());
+                }
+                policy.rules.push(compiled);
+            }
             Status::Failed { .. } | Status::Pending => judged.push(rule.clone()),
         }
     }
@@ -603,6 +617,7 @@ pub fn entry_json(rule: &English, status: &Status) -> Value {
     match status {
         Status::Compiled { json, stored, .. } => {
             v["status"] = json!("compiled");
+            v["confirmed"] = json!(stored.confirmed_ms.is_some());
             v["rule"] = json.clone();
             v["model"] = json!(stored.model);
             v["compiled_ms"] = json!(stored.compiled_ms);
@@ -691,6 +706,12 @@ fn render_entry(v: &Value) -> String {
                     out.push_str(&format!("    {}\n", p(line)));
                 }
             }
+            if v["confirmed"] != true {
+                out.push_str(&format!(
+                    "  not confirmed: until you confirm that this says what the text says (`cara rules confirm {}`), the model also judges the text per call\n",
+                    p(v["name"].as_str().unwrap_or("?"))
+                ));
+            }
         }
         Some("uncompiled") => {
             out.push_str(&format!(
@@ -709,6 +730,54 @@ fn render_entry(v: &Value) -> String {
         }
     }
     out
+}
+
+/// `cara rules confirm NAME... | --all`: the owner has read the compiled rules (in `cara
+/// rules show`) and they say what the texts say; from the next start they alone decide.
+pub async fn confirm_command(
+    dd: &DataDir,
+    names: &[String],
+    all: bool,
+) -> anyhow::Result<ExitCode> {
+    let file = config::load(&dd.config())?;
+    let rules = from_config(&file);
+    if !all && names.is_empty() {
+        bail!("name the rules to confirm (english.<hex>, see `cara rules show`) or pass --all");
+    }
+    for name in names {
+        if !rules.iter().any(|r| &r.name == name) {
+            bail!(
+                "no plain-English rule in config.toml is named {name}; `cara rules show` lists them"
+            );
+        }
+    }
+    let store = open_store(dd).await?;
+    let mut failed = false;
+    for rule in rules.iter().filter(|r| all || names.contains(&r.name)) {
+        match status(&store, rule)? {
+            Status::Compiled { .. } => {
+                store
+                    .confirm_compiled_rule(&rule.sha256, carapace_gate::now_ms())
+                    .context("cannot record the confirmation")?;
+                println!(
+                    "confirmed {}: from the gateway's next start it alone decides",
+                    rule.name
+                );
+            }
+            _ => {
+                failed = true;
+                println!(
+                    "{} is not compiled, so there is nothing to confirm (`cara rules compile`)",
+                    rule.name
+                );
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// `cara rules compile [--force]`.
@@ -1136,6 +1205,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_compiled_rule_is_judged_too_until_the_owner_confirms_it() {
+        // The model compiled "anything that might leave the machine" to a rule about
+        // contacts only: narrower than the text. Until confirmed, the text is judged too.
+        let fake = FakeOpenAi::start(vec![Reply::Text(
+            r#"{"destination": "contact:*", "then": "ask"}"#.into(),
+        )])
+        .await;
+        let store = Store::open_in_memory().unwrap();
+        let rules = vec![English::new(
+            "ask before anything that might leave the machine",
+        )];
+        let mut policy = Policy::default();
+        let judge = prepare(
+            &store,
+            &rules,
+            Some(model(&fake)),
+            &mut policy,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+        assert_eq!(policy.rules.len(), 1, "the compiled rule applies");
+        assert!(
+            judge.is_some(),
+            "and the judge keeps the text until it is confirmed"
+        );
+        assert!(store.confirm_compiled_rule(&rules[0].sha256, 7).unwrap());
+        let mut policy = Policy::default();
+        let judge = prepare(
+            &store,
+            &rules,
+            Some(model(&fake)),
+            &mut policy,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+        assert_eq!(policy.rules.len(), 1);
+        assert!(
+            judge.is_none(),
+            "confirmed: the compiled rule alone decides"
+        );
+        let shown = entry_json(&rules[0], &status(&store, &rules[0]).unwrap());
+        assert_eq!(shown["confirmed"], true);
+    }
+
+    #[tokio::test]
     async fn an_unreachable_model_leaves_rules_pending() {
         let fake = FakeOpenAi::start(vec![Reply::Error {
             status: 503,
@@ -1173,6 +1289,7 @@ mod tests {
                 outcome: Compilation::Rule(r#"{"then": "allow"}"#.into()),
                 model: "m".into(),
                 compiled_ms: 0,
+                confirmed_ms: Some(1),
             })
             .unwrap();
         match status(&store, &rule).unwrap() {

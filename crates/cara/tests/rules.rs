@@ -81,9 +81,22 @@ async fn a_compiled_rule_is_shown_and_enforced_without_the_model() {
         "{out:?}"
     );
     assert!(out.stdout.contains("[[policy.rules]]"), "{out:?}");
+    assert!(out.stdout.contains("not confirmed"), "{out:?}");
+    // The owner has read it and confirms: from the next start it alone decides.
+    let out = cara(&dir).args(["rules", "confirm"]).run().await;
+    assert_eq!(out.code, Some(1), "a name or --all is needed: {out:?}");
+    let out = cara(&dir)
+        .args(["rules", "confirm", "english.000000000000"])
+        .run()
+        .await;
+    assert!(out.stderr.contains("no plain-English rule"), "{out:?}");
+    let out = cara(&dir).args(["rules", "confirm", &name]).run().await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains(&format!("confirmed {name}")), "{out:?}");
     let out = cara(&dir).args(["rules", "show", "--json"]).run().await;
     let shown: Value = serde_json::from_str(&out.stdout).expect("json");
     assert_eq!(shown[0]["status"], "compiled", "{shown}");
+    assert_eq!(shown[0]["confirmed"], true, "{shown}");
     assert_eq!(shown[0]["name"], name.as_str());
     assert_eq!(
         shown[0]["rule"],

@@ -30,9 +30,11 @@ pub struct CompiledRule {
     pub model: String,
     /// When, in Unix milliseconds.
     pub compiled_ms: i64,
+    /// When the owner confirmed the compiled rule; `None`: not yet.
+    pub confirmed_ms: Option<i64>,
 }
 
-const COLUMNS: &str = "sha256, text, rule, error, model, compiled_ms";
+const COLUMNS: &str = "sha256, text, rule, error, model, compiled_ms, confirmed_ms";
 
 impl Store {
     /// The compilation of the rule whose text has this digest, if there is one.
@@ -55,7 +57,7 @@ impl Store {
         inner
             .conn
             .prepare_cached(&format!(
-                "INSERT OR REPLACE INTO compiled_rules ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+                "INSERT OR REPLACE INTO compiled_rules ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
             ))?
             .execute(params![
                 r.sha256,
@@ -63,9 +65,23 @@ impl Store {
                 rule,
                 error,
                 r.model,
-                r.compiled_ms
+                r.compiled_ms,
+                r.confirmed_ms
             ])?;
         Ok(())
+    }
+
+    /// The owner confirms the compiled rule of this digest. False when there is none
+    /// (never compiled, or it did not compile).
+    pub fn confirm_compiled_rule(&self, sha256: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let inner = self.lock();
+        let changed = inner
+            .conn
+            .prepare_cached(
+                "UPDATE compiled_rules SET confirmed_ms = ?2 WHERE sha256 = ?1 AND rule IS NOT NULL",
+            )?
+            .execute(params![sha256, now_ms])?;
+        Ok(changed == 1)
     }
 
     /// Every stored compilation, by digest.
@@ -83,7 +99,15 @@ impl Store {
     }
 }
 
-type Raw = (String, String, Option<String>, Option<String>, String, i64);
+type Raw = (
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    i64,
+    Option<i64>,
+);
 
 fn raw(row: &rusqlite::Row<'_>) -> rusqlite::Result<Raw> {
     Ok((
@@ -93,11 +117,12 @@ fn raw(row: &rusqlite::Row<'_>) -> rusqlite::Result<Raw> {
         row.get(3)?,
         row.get(4)?,
         row.get(5)?,
+        row.get(6)?,
     ))
 }
 
 fn from_raw(
-    (sha256, text, rule, error, model, compiled_ms): Raw,
+    (sha256, text, rule, error, model, compiled_ms, confirmed_ms): Raw,
 ) -> Result<CompiledRule, StoreError> {
     let outcome = match (rule, error) {
         (Some(rule), None) => Compilation::Rule(rule),
@@ -114,6 +139,7 @@ fn from_raw(
         outcome,
         model,
         compiled_ms,
+        confirmed_ms,
     })
 }
 
@@ -128,6 +154,7 @@ mod tests {
             outcome,
             model: "fake/model".into(),
             compiled_ms: 1_700_000_000_000,
+            confirmed_ms: None,
         }
     }
 
@@ -148,7 +175,24 @@ mod tests {
         // Compiling again replaces, it does not add.
         let again = rule("aa", Compilation::Rule(r#"{"then":"deny"}"#.into()));
         store.put_compiled_rule(&again).unwrap();
-        assert_eq!(store.compiled_rules().unwrap(), vec![again, ok]);
+        assert_eq!(store.compiled_rules().unwrap(), vec![again.clone(), ok]);
+
+        // Only a compiled rule can be confirmed, and compiling again clears it.
+        assert!(store.confirm_compiled_rule("aa", 5).unwrap());
+        assert_eq!(
+            store.compiled_rule("aa").unwrap().unwrap().confirmed_ms,
+            Some(5)
+        );
+        assert!(!store.confirm_compiled_rule("zz", 5).unwrap());
+        store.put_compiled_rule(&again).unwrap();
+        assert_eq!(
+            store.compiled_rule("aa").unwrap().unwrap().confirmed_ms,
+            None
+        );
+        store
+            .put_compiled_rule(&rule("dd", Compilation::Failed("vague".into())))
+            .unwrap();
+        assert!(!store.confirm_compiled_rule("dd", 5).unwrap());
     }
 
     #[test]
@@ -158,7 +202,7 @@ mod tests {
             .lock()
             .conn
             .execute(
-                "INSERT INTO compiled_rules VALUES ('cc', 't', NULL, NULL, 'm', 0)",
+                "INSERT INTO compiled_rules VALUES ('cc', 't', NULL, NULL, 'm', 0, NULL)",
                 [],
             )
             .unwrap();

@@ -5,7 +5,7 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use crate::StoreError;
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 const V1: &str = "
 CREATE TABLE sessions (
@@ -119,6 +119,13 @@ CREATE TABLE compiled_rules (
     model TEXT NOT NULL,
     compiled_ms INTEGER NOT NULL
 ) STRICT;
+";
+
+/// When the owner confirmed a compiled plain-English rule (`cara rules confirm`); NULL:
+/// not yet, and the model keeps judging the text beside the compiled rule. A new
+/// compilation of the same text clears it.
+const V6: &str = "
+ALTER TABLE compiled_rules ADD COLUMN confirmed_ms INTEGER;
 ";
 
 /// Brings the schema up to date. Runs in one IMMEDIATE transaction so that two processes
