@@ -740,12 +740,24 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     if key.is_empty() || key.starts_with('[') || line.find('=').is_none() {
         return None;
     }
-    let table = text[..line_start]
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('[') && !l.starts_with("[["))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    let before: Vec<&str> = text[..line_start].lines().map(str::trim).collect();
+    let table = before.iter().rposition(|l| l.starts_with('[')).map(|at| {
+        let header = before[at];
+        let name = header.trim_matches(|c| c == '[' || c == ']').trim();
+        if header.starts_with("[[") {
+            // An array of tables: name the entry, counting from 1, like
+            // `policy.rules[2]`.
+            let n = before[..=at]
+                .iter()
+                .filter(|l| {
+                    l.starts_with("[[") && l.trim_matches(|c| c == '[' || c == ']').trim() == name
+                })
+                .count();
+            format!("{name}[{n}]")
+        } else {
+            name.to_string()
+        }
+    });
     Some(match table {
         Some(t) if !t.is_empty() => format!("{t}.{key}"),
         _ => key.to_string(),
@@ -1167,6 +1179,14 @@ base_url = "https://llm-proxy.example.com/anthropic"
     #[test]
     fn bad_policy_settings_name_file_line_and_key() {
         for (text, expected) in [
+            (
+                "[policy]\npreset = \"default\"\n[[policy.rules]]\nthen = \"ask\"\n[[policy.rules]]\nthen = 5\n",
+                "config.toml:6:8: key `policy.rules[2].then`: invalid type: integer `5`, expected a string",
+            ),
+            (
+                "[[rules]]\ntext = 5\n",
+                "config.toml:2:8: key `rules[1].text`: invalid type: integer `5`",
+            ),
             (
                 "[policy]\npreset = \"lax\"\n",
                 "config.toml:2:10: key `policy.preset`: `lax` is not a preset (default, strict)",

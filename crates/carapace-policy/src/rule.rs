@@ -197,8 +197,7 @@ pub struct WhenSpec {
 }
 
 /// A string or a list of strings.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(untagged)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub enum OneOrMany {
     /// Not given.
     #[default]
@@ -207,6 +206,32 @@ pub enum OneOrMany {
     One(String),
     /// Several values.
     Many(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<OneOrMany, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany::One(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<OneOrMany, A::Error> {
+                let mut out = Vec::new();
+                while let Some(v) = seq.next_element::<String>()? {
+                    out.push(v);
+                }
+                Ok(OneOrMany::Many(out))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 impl OneOrMany {
@@ -431,6 +456,11 @@ mod tests {
                 .starts_with("reason: a reason is one line")
         );
         assert!(build(json!({"then": "ask", "reason": "a\u{202e}b"})).is_err());
+        assert!(
+            build(json!({"then": "ask", "when": {"session_seen": 5}}))
+                .unwrap_err()
+                .contains("expected a string or a list of strings")
+        );
     }
 
     #[test]
