@@ -437,6 +437,13 @@ pub async fn chat(
                     }
                     break;
                 }
+                "approval_error" => {
+                    println!(
+                        "  (your answer to {} was not taken: {}; `cara approvals list` shows what waits)",
+                        printable(v["id"].as_str().unwrap_or("?")),
+                        printable(v["error"]["message"].as_str().unwrap_or(""))
+                    );
+                }
                 "error" => {
                     if !at_line_start {
                         println!();

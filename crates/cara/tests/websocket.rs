@@ -160,3 +160,28 @@ async fn a_message_sent_the_moment_a_turn_is_done_is_never_busy() {
         session = events[0]["session"].as_str().map(String::from);
     }
 }
+
+/// An answer the gateway refuses (expired, answered elsewhere, not understood) is an
+/// `approval_error` naming the approval, not an `error` that would end the client's turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_answer_is_an_approval_error_and_the_connection_goes_on() {
+    let fake = FakeOpenAi::start(Vec::new())
+        .await
+        .repeating(Reply::Text("ok".into()));
+    let dir = TestDir::new();
+    let daemon = Daemon::start(&dir, &fake).await;
+    let mut ws = daemon.websocket(Some(daemon.token())).await.unwrap();
+    send(
+        &mut ws,
+        json!({ "type": "approval", "id": "ap_0000000000000000", "decision": "approve" }),
+    )
+    .await;
+    let events = events_until(&mut ws, "approval_error").await;
+    let last = events.last().unwrap();
+    assert_eq!(last["id"], "ap_0000000000000000", "{last}");
+    assert_eq!(last["error"]["code"], "NOT_FOUND", "{last}");
+    // The connection still carries a turn.
+    send(&mut ws, json!({ "type": "chat", "text": "hi" })).await;
+    let events = events_until(&mut ws, "done").await;
+    assert_eq!(events.last().unwrap()["text"], "ok");
+}

@@ -3,6 +3,7 @@
 //! Client messages: `{"type":"chat","text":..,"session":..?}`, `{"type":"cancel"}`,
 //! `{"type":"approval","id":..,"decision":"approve"|"session"|"deny","steps":"1-3"?}`.
 //! Server messages: `session`, `delta`, `tool_call`, `tool_result`, `done`, `error`,
+//! `approval_error` (an answer that was refused; the turn goes on),
 //! `cancelled`, `approval_request`, `approval_resolved`, each with a `type` field.
 
 use std::sync::Arc;
@@ -159,8 +160,12 @@ async fn connection(state: Arc<AppState>, principal: Principal, socket: WebSocke
                 decision,
                 steps,
             } => {
+                // Not `error`: the turn goes on; only this answer was refused (answered
+                // elsewhere, expired, or not understood).
                 if let Err(e) = api::decide(&state, &principal, &id, decision, steps.as_deref()) {
-                    let _ = out_tx.send(with_type(e.body(), "error"));
+                    let mut body = with_type(e.body(), "approval_error");
+                    body["id"] = json!(id);
+                    let _ = out_tx.send(body);
                 }
             }
         }
