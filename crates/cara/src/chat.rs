@@ -390,11 +390,14 @@ pub async fn chat(
                         printable(v["reason"].as_str().unwrap_or("")),
                         printable(v["rule"].as_str().unwrap_or(""))
                     );
-                    // Only a line typed after the prompt answers it: lines typed earlier
-                    // (during the turn, a paste) must not approve anything.
+                    // At a terminal only a line typed after the prompt answers it: lines
+                    // typed earlier (during the turn, a paste) must not approve anything.
+                    // Piped input is a script whose answers are meant in order.
                     let mut discarded = 0;
-                    while lines.try_recv().is_ok() {
-                        discarded += 1;
+                    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                        while lines.try_recv().is_ok() {
+                            discarded += 1;
+                        }
                     }
                     if discarded > 0 {
                         println!(
