@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use carapace_types::{Confidentiality, Integrity, Label, SessionId, Source};
-use rusqlite::{OptionalExtension as _, Row, TransactionBehavior, params};
+use rusqlite::{Row, TransactionBehavior, params};
 use serde_json::Value;
 
 use crate::canonical::{MAX_JSON_DEPTH, canonical_json, too_deep};
@@ -223,43 +223,15 @@ impl Store {
     }
 
     /// Joins `label` into the session's label and returns the new label; a label never
-    /// goes down.
+    /// goes down. (`absorb_result` does this together with the sources seen and the
+    /// exposure counters.)
     pub fn raise_session_label(
         &self,
         id: &SessionId,
         label: Label,
         now_ms: i64,
     ) -> Result<Label, StoreError> {
-        let mut inner = self.lock();
-        // IMMEDIATE: another process raising the same label at once must not be lost.
-        let tx = inner
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let current = tx
-            .prepare_cached("SELECT integrity, confidentiality FROM sessions WHERE id = ?1")?
-            .query_row([id.as_str()], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-            })
-            .optional()?;
-        let Some((integrity, confidentiality)) = current else {
-            return Err(StoreError::UnknownSession(id.clone()));
-        };
-        let current = parse_label(&integrity, &confidentiality)?;
-        let raised = current.join(label);
-        if raised != current {
-            tx.prepare_cached(
-                "UPDATE sessions SET integrity = ?2, confidentiality = ?3,
-                 updated_ms = max(updated_ms, ?4) WHERE id = ?1",
-            )?
-            .execute(params![
-                id.as_str(),
-                raised.integrity.as_str(),
-                raised.confidentiality.as_str(),
-                now_ms
-            ])?;
-        }
-        tx.commit()?;
-        Ok(raised)
+        self.absorb_result(id, label, "", &[], now_ms)
     }
 
     /// Renames a session.

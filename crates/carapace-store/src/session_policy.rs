@@ -57,11 +57,18 @@ impl Store {
         let Some((integrity, confidentiality, seen, counters)) = row else {
             return Err(StoreError::UnknownSession(id.clone()));
         };
-        let raised = parse_label(&integrity, &confidentiality)?.join(label);
+        let current = parse_label(&integrity, &confidentiality)?;
+        let raised = current.join(label);
         let mut seen: Vec<String> = serde_json::from_str(&seen).map_err(|e| {
             StoreError::Corrupt(format!("the seen list of session {id} is unreadable: {e}"))
         })?;
-        if !source.is_empty() && !seen.iter().any(|s| s == source) {
+        let new_source = !source.is_empty() && !seen.iter().any(|s| s == source);
+        let counts = exposure.iter().any(|(_, n)| *n > 0);
+        // Nothing rises: nothing is written, not even the update time.
+        if raised == current && !new_source && !counts {
+            return Ok(raised);
+        }
+        if new_source {
             seen.push(source.to_string());
         }
         let mut counters: BTreeMap<String, u32> = serde_json::from_str(&counters).map_err(|e| {
