@@ -663,16 +663,13 @@ impl Gate {
             !secret_plan.rules.is_empty(),
         );
         let floor_source = tool.floor_source.as_ref().map(Source::as_string);
-        inner
-            .store
-            .absorb_result(
-                req.session,
-                tool.result_floor,
-                floor_source.as_deref().unwrap_or_default(),
-                &exposure_pairs(&granted),
-                now_ms(),
-            )
-            .map_err(|e| internal(Stage::Execute, &e))?;
+        self.absorb(
+            &session,
+            tool.result_floor,
+            floor_source.as_deref().unwrap_or_default(),
+            &granted,
+        )
+        .map_err(|e| internal(Stage::Execute, &e))?;
 
         // execute: secrets are released for this call only, after every check.
         let injections = match &inner.net {
@@ -752,13 +749,7 @@ impl Gate {
         // The effect was counted when the call was allowed; now what came back.
         let mut exposure = Exposure::default();
         exposure.record(EffectClass::Read, label, false);
-        if let Err(e) = inner.store.absorb_result(
-            req.session,
-            label,
-            &raw.source.as_string(),
-            &exposure_pairs(&exposure),
-            now_ms(),
-        ) {
+        if let Err(e) = self.absorb(&session, label, &raw.source.as_string(), &exposure) {
             return Err(internal(Stage::Sanitize, &e));
         }
         Ok(ToolOutput {
@@ -766,6 +757,27 @@ impl Gate {
             label,
             source: raw.source,
         })
+    }
+
+    /// Takes `label`, `source` and `exposure` into the session, skipping the write when
+    /// the session as read at the start of the call already holds them all (labels and
+    /// sources only rise, so what it held then it holds now).
+    fn absorb(
+        &self,
+        session: &carapace_store::SessionRecord,
+        label: Label,
+        source: &str,
+        exposure: &Exposure,
+    ) -> Result<(), carapace_store::StoreError> {
+        let pairs = exposure_pairs(exposure);
+        let known_source = source.is_empty() || session.seen.iter().any(|s| s == source);
+        if session.label.dominates(label) && known_source && pairs.is_empty() {
+            return Ok(());
+        }
+        self.inner
+            .store
+            .absorb_result(&session.id, label, source, &pairs, now_ms())
+            .map(|_| ())
     }
 
     #[allow(clippy::too_many_arguments)]
