@@ -20,6 +20,8 @@ mod cgroup;
 mod init;
 mod landlock_rules;
 mod mounts;
+#[allow(unsafe_code)]
+mod peer;
 mod probe;
 #[allow(unsafe_code)]
 mod run;
@@ -36,6 +38,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 pub use init::init_main;
+pub use peer::{NsId, Peer, PidNamespace, peer};
+pub use run::Stdio3;
 pub use spec::{Bind, Limits, Network, SandboxSpec};
 
 /// The argument after which the init program calls [`init_main`].

@@ -11,7 +11,7 @@ use tokio::process::{Child, Command};
 
 use crate::cgroup::RunCgroup;
 use crate::wire::{CHANNEL_ARG, Reports, parse_reports};
-use crate::{Exit, Feature, Outcome, Sandbox, SandboxError, SandboxSpec, spec, sys};
+use crate::{Exit, Feature, Outcome, PidNamespace, Sandbox, SandboxError, SandboxSpec, spec, sys};
 
 /// How long output pipes may stay open after the init process ended (only a process
 /// that handed its descriptors out of the sandbox can hold them).
@@ -51,16 +51,28 @@ struct Finished {
 }
 
 /// Where the command's standard streams go.
-#[derive(Clone, Copy, PartialEq, Eq)]
 enum Streams {
     Capture,
     Inherit,
+    Given(Stdio3),
+}
+
+/// Standard streams handed to a run, such as a terminal another process passed over a
+/// socket.
+#[derive(Debug)]
+pub struct Stdio3 {
+    /// The command's standard input.
+    pub stdin: OwnedFd,
+    /// The command's standard output.
+    pub stdout: OwnedFd,
+    /// The command's standard error.
+    pub stderr: OwnedFd,
 }
 
 impl Sandbox {
     /// Runs to completion with captured output; dropping the future kills the sandbox.
     pub async fn run(&self, spec: &SandboxSpec) -> Result<Outcome, SandboxError> {
-        let f = self.execute(spec, Streams::Capture).await?;
+        let f = self.execute(spec, Streams::Capture, None).await?;
         Ok(Outcome {
             exit: f.exit,
             stdout: f.stdout.bytes,
@@ -76,21 +88,30 @@ impl Sandbox {
     /// returns the exit status as a shell would report it (code, or 128+signal; a run
     /// killed at its deadline reports 128+SIGKILL).
     pub async fn run_inherit(&self, spec: &SandboxSpec) -> Result<i32, SandboxError> {
-        let f = self.execute(spec, Streams::Inherit).await?;
-        for feature in &f.degraded {
-            tracing::warn!(%feature, "sandbox ran without a feature");
-        }
-        Ok(match f.exit {
-            Exit::Code(c) => c,
-            Exit::Signal(s) => 128 + s,
-            Exit::Deadline => 128 + libc::SIGKILL,
-        })
+        let f = self.execute(spec, Streams::Inherit, None).await?;
+        Ok(shell_status(f))
+    }
+
+    /// Runs with the given standard streams; `started` receives the sandbox's pid
+    /// namespace, held open, once the command is about to start (it is dropped unanswered
+    /// when setup fails). Returns the exit status as [`Sandbox::run_inherit`] does.
+    pub async fn run_attached(
+        &self,
+        spec: &SandboxSpec,
+        stdio: Stdio3,
+        started: tokio::sync::oneshot::Sender<PidNamespace>,
+    ) -> Result<i32, SandboxError> {
+        let f = self
+            .execute(spec, Streams::Given(stdio), Some(started))
+            .await?;
+        Ok(shell_status(f))
     }
 
     async fn execute(
         &self,
         spec: &SandboxSpec,
         streams: Streams,
+        mut on_started: Option<tokio::sync::oneshot::Sender<PidNamespace>>,
     ) -> Result<Finished, SandboxError> {
         let mut wire = spec::validate(spec)?;
         let mut degraded = Vec::new();
@@ -125,16 +146,23 @@ impl Sandbox {
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped());
             }
-            Streams::Inherit => {
+            Streams::Inherit | Streams::Given(_) => {
                 // Above descriptor 3, so moving it there cannot clobber anything.
                 let fd = sys::dup_at_least(theirs.as_raw_fd(), 10).map_err(SandboxError::Io)?;
                 drop(theirs);
                 let raw = fd.as_raw_fd();
                 high = Some(fd);
-                cmd.arg(format!("{CHANNEL_ARG}3"))
-                    .stdin(Stdio::inherit())
-                    .stdout(Stdio::inherit())
-                    .stderr(Stdio::inherit());
+                cmd.arg(format!("{CHANNEL_ARG}3"));
+                match streams {
+                    Streams::Given(io) => cmd
+                        .stdin(Stdio::from(io.stdin))
+                        .stdout(Stdio::from(io.stdout))
+                        .stderr(Stdio::from(io.stderr)),
+                    _ => cmd
+                        .stdin(Stdio::inherit())
+                        .stdout(Stdio::inherit())
+                        .stderr(Stdio::inherit()),
+                };
                 // SAFETY: the closure runs in the forked child before exec and calls only
                 // dup2, which is async-signal-safe; it touches no memory shared with other
                 // threads.
@@ -149,6 +177,8 @@ impl Sandbox {
         drop(cmd);
         drop(high);
         let mut child = spawned.map_err(SandboxError::Spawn)?;
+        // Not reaped before this function returns, so the pid stays this child's.
+        let init_pid = child.id();
         ours.set_nonblocking(true).map_err(SandboxError::Io)?;
         let mut channel = tokio::net::UnixStream::from_std(ours).map_err(SandboxError::Io)?;
 
@@ -170,7 +200,10 @@ impl Sandbox {
                 if channel.write_all(&json).await.is_ok() {
                     let _ = channel.shutdown().await;
                 }
-                drain(Some(&mut channel), 64 * 1024, &mut report_bytes).await;
+                match on_started.take() {
+                    None => drain(Some(&mut channel), 64 * 1024, &mut report_bytes).await,
+                    Some(tx) => watch_start(&mut channel, &mut report_bytes, init_pid, tx).await,
+                }
             };
             let all = async {
                 tokio::join!(
@@ -226,6 +259,55 @@ impl Sandbox {
             duration,
             degraded,
         })
+    }
+}
+
+/// Reads the report channel like `drain`; once the command is about to start, opens the
+/// sandbox's pid namespace through the init process (the caller's unreaped child, whose
+/// `pid_for_children` is the namespace it made) and hands it to `tx`.
+async fn watch_start(
+    channel: &mut tokio::net::UnixStream,
+    out: &mut Capture,
+    init_pid: Option<u32>,
+    tx: tokio::sync::oneshot::Sender<PidNamespace>,
+) {
+    let mut tx = Some(tx);
+    let mut buf = vec![0u8; 4096];
+    loop {
+        match channel.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let room = (64 * 1024usize).saturating_sub(out.bytes.len());
+                out.bytes.extend_from_slice(&buf[..n.min(room)]);
+                if tx.is_some()
+                    && parse_reports(&out.bytes).started
+                    && let Some(pid) = init_pid
+                {
+                    let path = format!("/proc/{pid}/ns/pid_for_children");
+                    match PidNamespace::open(&path) {
+                        Ok(ns) => {
+                            let _ = tx.take().map(|tx| tx.send(ns));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot open the sandbox's pid namespace");
+                            tx = None;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The exit status as a shell would report it.
+fn shell_status(f: Finished) -> i32 {
+    for feature in &f.degraded {
+        tracing::warn!(%feature, "sandbox ran without a feature");
+    }
+    match f.exit {
+        Exit::Code(c) => c,
+        Exit::Signal(s) => 128 + s,
+        Exit::Deadline => 128 + libc::SIGKILL,
     }
 }
 
