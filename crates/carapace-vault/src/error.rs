@@ -132,6 +132,12 @@ pub enum VaultError {
         /// The entry.
         name: String,
     },
+    /// Sealed data did not open: changed, moved to another record (its associated data
+    /// differs), or sealed under another key.
+    #[error(
+        "sealed data failed authentication (tampered with, moved, or sealed under another key)"
+    )]
+    SealBroken,
     /// The vault file was written by a newer version of this program.
     #[error("the vault file {} has version {version}, which this build does not read", path.display())]
     UnsupportedVersion {

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize as _, Zeroizing};
 
 use crate::backend::check_name;
-use crate::{Backend, BackendKind, VaultError};
+use crate::{Backend, BackendKind, SealKey, VaultError};
 
 const FILE_NAME: &str = "vault.json";
 const LOCK_NAME: &str = "vault.lock";
@@ -323,6 +323,13 @@ impl FileVault {
     /// The vault file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A key for sealing data at rest for one `purpose` (like `dead-letters`), derived
+    /// from this vault's key with HKDF-SHA256; see [`crate::SealKey`]. It opens no vault
+    /// entry and no other purpose's data.
+    pub fn subkey(&self, purpose: &str) -> SealKey {
+        SealKey::derive(&self.key, purpose)
     }
 
     /// Reads and parses the file and checks that this vault's key opens it.

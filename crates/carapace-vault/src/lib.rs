@@ -1,6 +1,7 @@
 //! Secret backends (an encrypted file, password managers, the OS keyring, the
-//! environment) and the scrubber that removes secret values from everything that goes
-//! back to a model or into the audit log.
+//! environment), the scrubber that removes secret values from everything that goes back
+//! to a model or into the audit log, and the keys that seal data at rest (the dead-letter
+//! queue).
 //!
 //! This crate must never print, log or return a secret value other than inside a
 //! [`Secret`], whose value is read only through `Secret::expose` at its one consumer: no
@@ -16,6 +17,7 @@ mod keyring;
 mod onepassword;
 mod pass;
 mod scrub;
+mod seal;
 
 pub use backend::Backend;
 pub use bitwarden::BitwardenBackend;
@@ -28,3 +30,4 @@ pub use keyring::KeyringBackend;
 pub use onepassword::OnePasswordBackend;
 pub use pass::PassBackend;
 pub use scrub::{MIN_SECRET_LEN, REDACTED, Redaction, Scrubber, SharedScrubber, StreamScrubber};
+pub use seal::{SealKey, SealedBlob};
