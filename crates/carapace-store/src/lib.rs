@@ -1,6 +1,7 @@
 //! SQLite persistence for Carapace: sessions and their messages, the labels of files the
 //! agent wrote, the token usage of model calls, plain-English rules as the model compiled
-//! them, and the append-only audit log (hash-chained, with an HMAC-signed head).
+//! them, the dead-letter queue (sealed by the caller), and the append-only audit log
+//! (hash-chained, with an HMAC-signed head).
 //! This is the only crate that speaks SQL; no other crate opens the database.
 //!
 //! The store keeps facts and never makes a policy decision: it does not decide whether
@@ -12,6 +13,7 @@
 mod audit;
 mod canonical;
 mod compiled_rules;
+mod dead_letters;
 mod error;
 mod schema;
 mod session;
@@ -29,6 +31,10 @@ use rusqlite::Connection;
 pub use audit::{AuditEntry, AuditKey, AuditReport};
 pub use canonical::{MAX_JSON_DEPTH, canonical_json};
 pub use compiled_rules::{Compilation, CompiledRule};
+pub use dead_letters::{
+    DeadLetter, DeadLetterMeta, DeadLetterSealed, DeadLetterStatus, NewDeadLetter, Resolution,
+    associated_data as dead_letter_associated_data,
+};
 pub use error::StoreError;
 pub use session::{AgentWrite, MessageRecord, NewMessage, Role, SessionRecord};
 pub use session_policy::GrantRecord;

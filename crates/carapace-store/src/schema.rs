@@ -5,7 +5,7 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use crate::StoreError;
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
 
 const V1: &str = "
 CREATE TABLE sessions (
@@ -126,6 +126,35 @@ CREATE TABLE compiled_rules (
 /// compilation of the same text clears it.
 const V6: &str = "
 ALTER TABLE compiled_rules ADD COLUMN confirmed_ms INTEGER;
+";
+
+/// The dead-letter queue: outbound messages the Gate blocked, kept for the owner. The text
+/// is sealed by the caller (`nonce`, `ciphertext`: AES-256-GCM with `id \n channel \n
+/// recipient` as associated data); this table never holds it in plain text. `bytes` is
+/// the length of the text. `resolved_ms` and `resolved_by` are set when the owner
+/// released or discarded it, exactly once. A channel name holds no newline, so the
+/// associated data reads back one way only. No foreign key to sessions: a dead letter
+/// outlives its session.
+const V7: &str = "
+CREATE TABLE dead_letters (
+    id TEXT PRIMARY KEY,
+    created_ms INTEGER NOT NULL,
+    session TEXT NOT NULL,
+    principal TEXT NOT NULL,
+    channel TEXT NOT NULL CHECK (instr(channel, char(10)) = 0),
+    recipient TEXT NOT NULL,
+    code TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    rule TEXT,
+    bytes INTEGER NOT NULL,
+    nonce BLOB NOT NULL,
+    ciphertext BLOB NOT NULL,
+    status TEXT NOT NULL DEFAULT 'held' CHECK (status IN ('held', 'released', 'discarded')),
+    resolved_ms INTEGER,
+    resolved_by TEXT,
+    CHECK ((status = 'held') = (resolved_ms IS NULL AND resolved_by IS NULL))
+) STRICT;
+CREATE INDEX dead_letters_by_time ON dead_letters (created_ms DESC);
 ";
 
 /// Brings the schema up to date. Runs in one IMMEDIATE transaction so that two processes

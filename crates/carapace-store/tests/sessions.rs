@@ -366,6 +366,7 @@ fn a_session_keeps_its_own_host_list_and_a_version_1_file_is_upgraded() {
         "DROP TABLE usage; ALTER TABLE sessions DROP COLUMN egress_hosts;
          ALTER TABLE sessions DROP COLUMN model; ALTER TABLE sessions DROP COLUMN seen;
          ALTER TABLE sessions DROP COLUMN exposure; DROP TABLE grants; DROP TABLE compiled_rules;
+         DROP TABLE dead_letters;
          PRAGMA user_version = 1;",
     )
     .unwrap();
@@ -444,7 +445,7 @@ fn a_newer_schema_is_refused() {
     let version: i64 = raw
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 6);
+    assert_eq!(version, 7);
     // Reopening does not migrate twice.
     drop(Store::open(&path).unwrap());
     raw.execute_batch("PRAGMA user_version = 99").unwrap();
@@ -454,7 +455,7 @@ fn a_newer_schema_is_refused() {
             err,
             StoreError::SchemaTooNew {
                 found: 99,
-                supported: 6
+                supported: 7
             }
         ),
         "{err:?}"
