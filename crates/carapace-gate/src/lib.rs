@@ -304,6 +304,19 @@ impl Gate {
         self.inner.catalog.specs()
     }
 
+    /// The session's label as text (`trusted/public`, ...), from the store.
+    pub fn session_label(&self, session: &SessionId) -> Result<String, GateError> {
+        match self.inner.store.session(session) {
+            Ok(Some(s)) => Ok(s.label.to_string()),
+            Ok(None) => Err(GateError::new(
+                ErrorCode::Unauthorized,
+                Stage::Envelope,
+                "no such session",
+            )),
+            Err(e) => Err(internal(Stage::Envelope, &e)),
+        }
+    }
+
     /// Subscribes to owner-facing events (approval requests and their answers).
     pub fn subscribe(&self) -> broadcast::Receiver<GateEvent> {
         self.inner.events.subscribe()

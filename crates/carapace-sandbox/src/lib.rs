@@ -17,6 +17,8 @@
 
 mod cgroup;
 #[allow(unsafe_code)]
+pub mod fdpass;
+#[allow(unsafe_code)]
 mod init;
 mod landlock_rules;
 mod mounts;

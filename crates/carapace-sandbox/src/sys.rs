@@ -1,5 +1,6 @@
-//! Thin wrappers over the system calls the sandbox needs: every `unsafe` of the crate
-//! but two lives here, each next to the reason it is sound.
+//! Thin wrappers over the system calls the sandbox needs: most `unsafe` of the crate
+//! lives here, each next to the reason it is sound (the rest: two in `run.rs` and
+//! `init.rs`, socket peer reads in `peer.rs`, descriptor passing in `fdpass.rs`).
 
 use std::ffi::{CStr, CString};
 use std::io;

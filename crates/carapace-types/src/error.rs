@@ -103,6 +103,9 @@ pub struct GateError {
     pub field: Option<String>,
     /// For policy outcomes: the rule that decided.
     pub rule: Option<String>,
+    /// Whether a blocked outbound message was kept in the dead-letter queue for the
+    /// owner (its content is never part of the error).
+    pub dead_letter: bool,
 }
 
 impl GateError {
@@ -120,6 +123,7 @@ impl GateError {
             retry_after: None,
             field: None,
             rule: None,
+            dead_letter: false,
         }
     }
 
@@ -144,6 +148,13 @@ impl GateError {
         self
     }
 
+    /// Marks the error as one whose message was kept in the dead-letter queue.
+    #[must_use]
+    pub fn with_dead_letter(mut self) -> GateError {
+        self.dead_letter = true;
+        self
+    }
+
     /// The error as the JSON object the model and API clients see:
     /// `{code, stage, message, retriable, ...}`.
     pub fn to_json(&self) -> serde_json::Value {
@@ -161,6 +172,9 @@ impl GateError {
         }
         if let Some(rule) = &self.rule {
             v["rule"] = serde_json::json!(rule);
+        }
+        if self.dead_letter {
+            v["dead_letter"] = serde_json::json!(true);
         }
         v
     }

@@ -46,6 +46,9 @@ pub enum FrontDoor {
     OpenAi,
     /// A scheduled or internal task of the daemon itself.
     Internal,
+    /// The agent socket, from inside a sandbox the daemon started; the caller is known
+    /// by the sandbox's pid namespace.
+    AgentSocket,
 }
 
 impl FrontDoor {
@@ -55,6 +58,7 @@ impl FrontDoor {
             FrontDoor::Api => "api",
             FrontDoor::OpenAi => "openai",
             FrontDoor::Internal => "internal",
+            FrontDoor::AgentSocket => "socket",
         }
     }
 }
@@ -71,6 +75,12 @@ pub struct Principal {
 pub enum PrincipalKind {
     /// The owner of the daemon, proven by the server token.
     Owner,
+    /// An agent Carapace did not write, running in the sandbox of one `cara agent run`;
+    /// the id is the run's, chosen by the daemon.
+    Agent {
+        /// The run's id.
+        run: String,
+    },
 }
 
 impl Principal {
@@ -93,10 +103,26 @@ impl Principal {
         self.door
     }
 
-    /// Stable name for the audit log and rate limiting, like `owner@api`.
+    /// An agent in the sandbox of run `run`, identified at the agent socket. Only call
+    /// this after the socket matched the connection to that run's sandbox.
+    pub fn agent(run: impl Into<String>) -> Principal {
+        Principal {
+            kind: PrincipalKind::Agent { run: run.into() },
+            door: FrontDoor::AgentSocket,
+        }
+    }
+
+    /// Whether this is the owner.
+    pub fn is_owner(&self) -> bool {
+        matches!(self.kind, PrincipalKind::Owner)
+    }
+
+    /// Stable name for the audit log and rate limiting, like `owner@api` or
+    /// `agent:run_1a2b@socket`.
     pub fn audit_name(&self) -> String {
-        match self.kind {
+        match &self.kind {
             PrincipalKind::Owner => format!("owner@{}", self.door.as_str()),
+            PrincipalKind::Agent { run } => format!("agent:{run}@{}", self.door.as_str()),
         }
     }
 }

@@ -1,0 +1,578 @@
+//! The agent socket: JSON-RPC 2.0 over a Unix socket, one object per line, for agents
+//! Carapace did not write, running in a sandbox the daemon started (`cara agent run`).
+//! The wire format is `docs/agent-socket.md`.
+//!
+//! Who is calling is decided once per connection by [`Identify`] (the wiring reads the
+//! kernel's peer credentials and the caller's pid namespace); nothing in a message can
+//! name or change the caller. Every method that does something is a Gate call, so the
+//! same tools, policy, approvals and audit apply as to the built-in agent. There is no
+//! method that runs an arbitrary command as the daemon's user.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use carapace_gate::{CallRequest, Gate, RawArgs};
+use carapace_types::{ErrorCode, GateError, Principal, SessionId};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, mpsc};
+
+/// Largest request line accepted, in bytes (without the newline).
+pub const MAX_LINE: usize = 1024 * 1024;
+
+/// Requests of one connection that may be in flight at once; more wait.
+const IN_FLIGHT: usize = 32;
+
+/// JSON-RPC error codes of the transport.
+pub mod codes {
+    /// A line is not JSON.
+    pub const PARSE_ERROR: i64 = -32700;
+    /// Not a JSON-RPC 2.0 request object, or the line is too long.
+    pub const INVALID_REQUEST: i64 = -32600;
+    /// No such method.
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    /// Params missing or of the wrong shape.
+    pub const INVALID_PARAMS: i64 = -32602;
+    /// The connection is not from a sandbox this daemon started.
+    pub const CALLER_UNKNOWN: i64 = -32020;
+}
+
+/// The stable JSON-RPC code of a Gate error code.
+pub fn gate_code(code: ErrorCode) -> i64 {
+    match code {
+        ErrorCode::UnknownTool => -32001,
+        ErrorCode::ValidationFailed => -32002,
+        ErrorCode::Unauthorized => -32003,
+        ErrorCode::RateLimited => -32004,
+        ErrorCode::PolicyDenied => -32005,
+        ErrorCode::ConfirmationDenied => -32006,
+        ErrorCode::ConfirmationTimeout => -32007,
+        ErrorCode::ToolTimeout => -32008,
+        ErrorCode::ToolError => -32009,
+        ErrorCode::Internal => -32010,
+    }
+}
+
+/// Who a connection is: an agent run and the session its calls belong to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentIdentity {
+    /// The run's id, chosen by the daemon.
+    pub run: String,
+    /// The run's session.
+    pub session: SessionId,
+}
+
+/// Why a connection was refused, for the daemon's log and the audit record (never sent
+/// to the caller, who learns only that it is unknown).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The peer's uid, when the kernel told it.
+    pub uid: Option<u32>,
+    /// The peer's pid, when the kernel told it.
+    pub pid: Option<i32>,
+    /// Why.
+    pub reason: String,
+}
+
+/// Decides who an accepted connection is, from the connection alone.
+pub trait Identify: Send + Sync {
+    /// The agent run at the other end, or why the connection is refused.
+    fn identify(&self, stream: &UnixStream) -> Result<AgentIdentity, Refusal>;
+    /// The channels the agent may name (for `session.info`).
+    fn channels(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// What the agent socket is built from.
+pub struct AgentSocket {
+    gate: Gate,
+    identify: Arc<dyn Identify>,
+    refusals: Mutex<RefusalLog>,
+    calls: AtomicU64,
+}
+
+/// Refused connections are audited at most once per [`RefusalLog::EVERY`], each record
+/// counting the refusals it stands for, so a local process cannot grow the audit log
+/// at the speed it can connect.
+struct RefusalLog {
+    last: Option<Instant>,
+    unrecorded: u64,
+}
+
+impl RefusalLog {
+    const EVERY: Duration = Duration::from_secs(1);
+}
+
+impl AgentSocket {
+    /// The socket's handler over `gate`, identifying callers with `identify`.
+    pub fn new(gate: Gate, identify: Arc<dyn Identify>) -> Arc<AgentSocket> {
+        Arc::new(AgentSocket {
+            gate,
+            identify,
+            refusals: Mutex::new(RefusalLog {
+                last: None,
+                unrecorded: 0,
+            }),
+            calls: AtomicU64::new(0),
+        })
+    }
+
+    /// Accepts connections until the listener fails; each connection is served on a
+    /// task of its own.
+    pub async fn serve(self: Arc<Self>, listener: UnixListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let this = self.clone();
+                    tokio::spawn(async move { this.connection(stream).await });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "agent socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn connection(self: Arc<Self>, stream: UnixStream) {
+        let identity = match self.identify.identify(&stream) {
+            Ok(id) => id,
+            Err(refusal) => {
+                self.refused(&refusal);
+                let (_, mut w) = stream.into_split();
+                let line = error_line(
+                    &Value::Null,
+                    codes::CALLER_UNKNOWN,
+                    "this connection does not come from a sandbox Carapace started",
+                    None,
+                );
+                let _ = w.write_all(line.as_bytes()).await;
+                let _ = w.shutdown().await;
+                return;
+            }
+        };
+        tracing::debug!(run = %identity.run, "agent connected");
+        let principal = Principal::agent(&identity.run);
+        let (r, mut w) = stream.into_split();
+        let (tx, mut rx) = mpsc::channel::<String>(64);
+        let writer = tokio::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                if w.write_all(line.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            let _ = w.shutdown().await;
+        });
+        let mut reader = BufReader::new(r);
+        let mut buf = Vec::new();
+        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+        let ctx = Arc::new(Conn {
+            principal,
+            identity,
+        });
+        loop {
+            match read_line(&mut reader, &mut buf, MAX_LINE).await {
+                Ok(Line::Eof) | Err(_) => break,
+                Ok(Line::TooLong) => {
+                    let msg = format!("a request line is longer than {MAX_LINE} bytes");
+                    let _ = tx
+                        .send(error_line(&Value::Null, codes::INVALID_REQUEST, &msg, None))
+                        .await;
+                    break;
+                }
+                Ok(Line::Full) => {}
+            }
+            if buf.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let request = match parse_request(&buf) {
+                Ok(r) => r,
+                Err((id, code, msg)) => {
+                    if tx.send(error_line(&id, code, &msg, None)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            let (this, ctx, tx) = (self.clone(), ctx.clone(), tx.clone());
+            tokio::spawn(async move {
+                let line = this.dispatch(&ctx, &request).await;
+                if let Some(line) = line {
+                    let _ = tx.send(line).await;
+                }
+                drop(permit);
+            });
+        }
+        drop(tx);
+        let _ = writer.await;
+    }
+
+    fn refused(&self, refusal: &Refusal) {
+        tracing::warn!(uid = ?refusal.uid, pid = ?refusal.pid, reason = %refusal.reason,
+            "agent socket refused a connection");
+        let mut log = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        log.unrecorded += 1;
+        let now = Instant::now();
+        if log.last.is_some_and(|t| now.duration_since(t) < RefusalLog::EVERY) {
+            return;
+        }
+        let count = std::mem::take(&mut log.unrecorded);
+        log.last = Some(now);
+        drop(log);
+        let fields = json!({
+            "door": "socket",
+            "uid": refusal.uid,
+            "pid": refusal.pid,
+            "reason": refusal.reason,
+            "count": count,
+        });
+        if let Err(e) = self.gate.record("agent_socket_refused", fields) {
+            tracing::error!(error = %e, "could not record a refused agent connection");
+        }
+    }
+
+    /// Answers one request; `None` for a notification (no id), which gets no answer.
+    async fn dispatch(&self, conn: &Conn, req: &Request) -> Option<String> {
+        let result = self.method(conn, req).await;
+        let id = req.id.as_ref()?;
+        Some(match result {
+            Ok(value) => {
+                json!({"jsonrpc": "2.0", "id": id, "result": value}).to_string() + "\n"
+            }
+            Err(MethodError::Rpc(code, msg)) => error_line(id, code, &msg, None),
+            Err(MethodError::Gate(e)) => {
+                error_line(id, gate_code(e.code), &e.message, Some(e.to_json()))
+            }
+        })
+    }
+
+    async fn method(&self, conn: &Conn, req: &Request) -> Result<Value, MethodError> {
+        let p = &req.params;
+        match req.method.as_str() {
+            "session.info" => {
+                let session = &conn.identity.session;
+                let status = self.gate.policy_status(session).map_err(MethodError::Gate)?;
+                let tools: Vec<String> =
+                    self.gate.tool_specs().into_iter().map(|t| t.name).collect();
+                Ok(json!({
+                    "agent": conn.identity.run,
+                    "session": session.as_str(),
+                    "label": self.gate.session_label(session).map_err(MethodError::Gate)?,
+                    "friction": status.level.as_str(),
+                    "tools": tools,
+                    "channels": self.identify.channels(),
+                }))
+            }
+            "tools.list" => {
+                let tools: Vec<Value> = self
+                    .gate
+                    .tool_specs()
+                    .into_iter()
+                    .map(|t| {
+                        json!({
+                            "name": t.name,
+                            "description": t.description,
+                            "input_schema": t.parameters,
+                            "effect": t.effect.as_str(),
+                        })
+                    })
+                    .collect();
+                Ok(json!({ "tools": tools }))
+            }
+            "tools.call" => {
+                let name = str_param(p, "name")?;
+                let args = match p.get("arguments") {
+                    None | Some(Value::Null) => json!({}),
+                    Some(v) => v.clone(),
+                };
+                self.call(conn, name, &args).await
+            }
+            "channel.send" => {
+                let args = pick(p, &["channel", "to", "text"], &[])?;
+                self.call(conn, "channel_send", &args).await?;
+                Ok(json!({"sent": true, "channel": p["channel"], "to": p["to"]}))
+            }
+            "channel.list_chats" => {
+                let args = pick(p, &["channel"], &["limit"])?;
+                let out = self.call(conn, "channel_list_chats", &args).await?;
+                Ok(out["content"].clone())
+            }
+            "channel.history" => {
+                let args = pick(p, &["channel", "chat"], &["limit"])?;
+                let out = self.call(conn, "channel_history", &args).await?;
+                Ok(out["content"].clone())
+            }
+            other => Err(MethodError::Rpc(
+                codes::METHOD_NOT_FOUND,
+                format!("no method named `{}`", short(other)),
+            )),
+        }
+    }
+
+    async fn call(&self, conn: &Conn, tool: &str, args: &Value) -> Result<Value, MethodError> {
+        let n = self.calls.fetch_add(1, Ordering::Relaxed);
+        let call_id = format!("rpc_{n}");
+        let out = self
+            .gate
+            .call(CallRequest {
+                principal: &conn.principal,
+                session: &conn.identity.session,
+                call_id: &call_id,
+                tool,
+                args: RawArgs::Json(args),
+            })
+            .await
+            .map_err(MethodError::Gate)?;
+        Ok(json!({
+            "content": out.content,
+            "label": out.label.to_string(),
+            "source": out.source.as_string(),
+        }))
+    }
+}
+
+struct Conn {
+    principal: Principal,
+    identity: AgentIdentity,
+}
+
+enum MethodError {
+    Rpc(i64, String),
+    Gate(GateError),
+}
+
+/// A parsed request.
+struct Request {
+    id: Option<Value>,
+    method: String,
+    params: Value,
+}
+
+fn parse_request(line: &[u8]) -> Result<Request, (Value, i64, String)> {
+    let v: Value = serde_json::from_slice(line)
+        .map_err(|e| (Value::Null, codes::PARSE_ERROR, format!("not JSON: {e}")))?;
+    let Value::Object(mut m) = v else {
+        return Err((
+            Value::Null,
+            codes::INVALID_REQUEST,
+            "a request is one JSON object (batches are not supported)".into(),
+        ));
+    };
+    let id = m.remove("id");
+    let id_for_error = id.clone().unwrap_or(Value::Null);
+    if let Some(id) = &id
+        && !(id.is_string() || id.is_i64() || id.is_u64() || id.is_null())
+    {
+        return Err((
+            Value::Null,
+            codes::INVALID_REQUEST,
+            "id must be a string, an integer or null".into(),
+        ));
+    }
+    if m.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err((
+            id_for_error,
+            codes::INVALID_REQUEST,
+            "jsonrpc must be \"2.0\"".into(),
+        ));
+    }
+    let Some(Value::String(method)) = m.remove("method") else {
+        return Err((
+            id_for_error,
+            codes::INVALID_REQUEST,
+            "method must be a string".into(),
+        ));
+    };
+    let params = match m.remove("params") {
+        None | Some(Value::Null) => json!({}),
+        Some(p @ Value::Object(_)) => p,
+        Some(_) => {
+            return Err((
+                id_for_error,
+                codes::INVALID_PARAMS,
+                "params must be an object".into(),
+            ));
+        }
+    };
+    Ok(Request { id, method, params })
+}
+
+/// Copies the named keys of `params` into a tool's arguments: required ones must be
+/// there; nothing else is passed (the tool's closed schema would refuse it anyway, but
+/// the error should name the method's params, not the tool's).
+fn pick(params: &Value, required: &[&str], optional: &[&str]) -> Result<Value, MethodError> {
+    let mut out = serde_json::Map::new();
+    for key in required {
+        match params.get(*key) {
+            Some(v) if !v.is_null() => {
+                out.insert(key.to_string(), v.clone());
+            }
+            _ => {
+                return Err(MethodError::Rpc(
+                    codes::INVALID_PARAMS,
+                    format!("params.{key} is required"),
+                ));
+            }
+        }
+    }
+    for key in optional {
+        if let Some(v) = params.get(*key).filter(|v| !v.is_null()) {
+            out.insert(key.to_string(), v.clone());
+        }
+    }
+    if let Some(extra) = params
+        .as_object()
+        .and_then(|m| m.keys().find(|k| !required.contains(&k.as_str()) && !optional.contains(&k.as_str())))
+    {
+        return Err(MethodError::Rpc(
+            codes::INVALID_PARAMS,
+            format!("params.{} is not a parameter of this method", short(extra)),
+        ));
+    }
+    Ok(Value::Object(out))
+}
+
+fn str_param<'a>(params: &'a Value, key: &str) -> Result<&'a str, MethodError> {
+    params.get(key).and_then(Value::as_str).ok_or_else(|| {
+        MethodError::Rpc(
+            codes::INVALID_PARAMS,
+            format!("params.{key} must be a string"),
+        )
+    })
+}
+
+/// At most 64 characters of a caller's text, for error messages.
+fn short(s: &str) -> String {
+    let mut out: String = s.chars().filter(|c| !c.is_control()).take(64).collect();
+    if s.chars().count() > 64 {
+        out.push('…');
+    }
+    out
+}
+
+fn error_line(id: &Value, code: i64, message: &str, data: Option<Value>) -> String {
+    let mut error = json!({"code": code, "message": message});
+    if let Some(data) = data {
+        error["data"] = data;
+    }
+    json!({"jsonrpc": "2.0", "id": id, "error": error}).to_string() + "\n"
+}
+
+enum Line {
+    Full,
+    TooLong,
+    Eof,
+}
+
+/// Reads one `\n`-terminated line into `buf` (without the newline), refusing lines
+/// longer than `max` without buffering them.
+async fn read_line<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Line> {
+    buf.clear();
+    loop {
+        let available = r.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(if buf.is_empty() { Line::Eof } else { Line::Full });
+        }
+        let (chunk, done) = match available.iter().position(|b| *b == b'\n') {
+            Some(i) => (&available[..i], Some(i + 1)),
+            None => (available, None),
+        };
+        if buf.len() + chunk.len() > max {
+            return Ok(Line::TooLong);
+        }
+        buf.extend_from_slice(chunk);
+        let used = done.unwrap_or(chunk.len());
+        r.consume(used);
+        if done.is_some() {
+            return Ok(Line::Full);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_are_split_and_long_ones_refused_without_buffering_them() {
+        let data = b"{\"a\":1}\n\n{\"b\":2}".to_vec();
+        let mut r = BufReader::with_capacity(3, &data[..]);
+        let mut buf = Vec::new();
+        assert!(matches!(read_line(&mut r, &mut buf, 100).await.unwrap(), Line::Full));
+        assert_eq!(buf, b"{\"a\":1}");
+        assert!(matches!(read_line(&mut r, &mut buf, 100).await.unwrap(), Line::Full));
+        assert_eq!(buf, b"");
+        assert!(matches!(read_line(&mut r, &mut buf, 100).await.unwrap(), Line::Full));
+        assert_eq!(buf, b"{\"b\":2}");
+        assert!(matches!(read_line(&mut r, &mut buf, 100).await.unwrap(), Line::Eof));
+
+        let long = vec![b'x'; 50];
+        let mut r = BufReader::with_capacity(8, &long[..]);
+        assert!(matches!(read_line(&mut r, &mut buf, 10).await.unwrap(), Line::TooLong));
+        assert!(buf.len() <= 10);
+    }
+
+    #[test]
+    fn malformed_requests_get_the_transport_codes() {
+        let code = |line: &str| parse_request(line.as_bytes()).err().map(|e| e.1);
+        assert_eq!(code("not json"), Some(codes::PARSE_ERROR));
+        assert_eq!(code("[1,2]"), Some(codes::INVALID_REQUEST));
+        assert_eq!(code(r#"{"id":1,"method":"x"}"#), Some(codes::INVALID_REQUEST));
+        assert_eq!(
+            code(r#"{"jsonrpc":"2.0","id":1,"method":7}"#),
+            Some(codes::INVALID_REQUEST)
+        );
+        assert_eq!(
+            code(r#"{"jsonrpc":"2.0","id":{"x":1},"method":"a"}"#),
+            Some(codes::INVALID_REQUEST)
+        );
+        assert_eq!(
+            code(r#"{"jsonrpc":"2.0","id":1,"method":"a","params":[1]}"#),
+            Some(codes::INVALID_PARAMS)
+        );
+        assert_eq!(code(r#"{"jsonrpc":"2.0","id":1,"method":"a"}"#), None);
+    }
+
+    #[test]
+    fn gate_codes_are_stable_and_distinct() {
+        let all = [
+            ErrorCode::UnknownTool,
+            ErrorCode::ValidationFailed,
+            ErrorCode::Unauthorized,
+            ErrorCode::RateLimited,
+            ErrorCode::PolicyDenied,
+            ErrorCode::ConfirmationDenied,
+            ErrorCode::ConfirmationTimeout,
+            ErrorCode::ToolTimeout,
+            ErrorCode::ToolError,
+            ErrorCode::Internal,
+        ];
+        let got: Vec<i64> = all.iter().map(|c| gate_code(*c)).collect();
+        assert_eq!(got, (1..=10).map(|n| -32000 - n).collect::<Vec<i64>>());
+    }
+
+    #[test]
+    fn params_are_picked_and_extra_ones_named() {
+        let p = json!({"channel": "imsg", "to": "+1", "text": "hi"});
+        let got = pick(&p, &["channel", "to", "text"], &[]).ok().unwrap();
+        assert_eq!(got, p);
+        let p = json!({"channel": "imsg", "to": "+1", "text": "hi", "as": "owner"});
+        match pick(&p, &["channel", "to", "text"], &[]) {
+            Err(MethodError::Rpc(code, msg)) => {
+                assert_eq!(code, codes::INVALID_PARAMS);
+                assert!(msg.contains("params.as"), "{msg}");
+            }
+            _ => panic!("an extra param must be refused"),
+        }
+    }
+}
