@@ -7,6 +7,7 @@
 //! rebinding); it answers with typed errors and never with an internal detail. It does
 //! no side effect of its own: turns go to the agent, tool calls to the Gate.
 
+pub mod agent_socket;
 mod api;
 mod error;
 mod openai;
