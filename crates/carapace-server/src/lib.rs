@@ -11,6 +11,7 @@ pub mod agent_socket;
 mod api;
 mod error;
 mod openai;
+pub mod passthrough;
 mod ws;
 
 pub use api::usage_report;
