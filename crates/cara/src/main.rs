@@ -8,6 +8,7 @@ mod commands;
 mod config;
 mod datadir;
 mod doctor;
+mod passthrough;
 mod rules;
 mod sandbox_cmd;
 mod serve;
@@ -331,6 +332,13 @@ fn main() -> ExitCode {
         .is_some_and(|a| a == carapace_sandbox::INIT_ARG)
     {
         carapace_sandbox::init_main();
+    }
+    // The first program of `cara agent run`'s sandbox: the provider pass-through and CMD.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == passthrough::ENTRY_ARG)
+    {
+        return passthrough::entry_main(std::env::args_os().skip(2).collect());
     }
     let cli = Cli::parse();
     match run(cli) {
