@@ -27,7 +27,12 @@ pub const MECHANISM_CRATES: &[&str] = &[
 ];
 
 /// Crates that act on the world; only the gate may depend on them outside tests.
-pub const EXECUTOR_CRATES: &[&str] = &["carapace-fs", "carapace-sandbox", "carapace-egress"];
+pub const EXECUTOR_CRATES: &[&str] = &[
+    "carapace-fs",
+    "carapace-sandbox",
+    "carapace-egress",
+    "carapace-channels",
+];
 
 /// What the pure policy crate may depend on outside dev-dependencies.
 const POLICY_DEPS: &[&str] = &["carapace-types", "serde", "serde_json"];
@@ -447,9 +452,10 @@ pub fn check_dependency_directions(tree: &Tree) -> Vec<Violation> {
     violations
 }
 
-/// Rule: executor crates are normal dependencies of `carapace-gate` only (and the sandbox
-/// of the `cara` binary, for its init entry point and `cara sandbox`), and any crate's
-/// dev-dependencies; `carapace-testkit` is only ever a dev-dependency.
+/// Rule: executor crates are normal dependencies of `carapace-gate` only (and, of the
+/// `cara` binary, the sandbox for its init entry point and `cara sandbox`, and the
+/// channels to build their backends from config), and any crate's dev-dependencies;
+/// `carapace-testkit` is only ever a dev-dependency.
 pub fn check_executors_only_from_gate(tree: &Tree) -> Vec<Violation> {
     let rule = Rule::ExecutorsOnlyFromGate;
     let (manifests, mut violations) = parse_manifests(tree, rule);
@@ -462,8 +468,12 @@ pub fn check_executors_only_from_gate(tree: &Tree) -> Vec<Violation> {
                 DepKind::Dev => true,
                 // The binary holds the sandbox's init entry point (it must run before any
                 // thread starts) and the owner's own `cara sandbox` commands.
+                // It also builds the channel backends from config.toml and hands them to
+                // the Gate, which alone calls them.
                 DepKind::Normal => {
-                    name == "carapace-gate" || (name == "cara" && package == "carapace-sandbox")
+                    name == "carapace-gate"
+                        || (name == "cara"
+                            && matches!(package, "carapace-sandbox" | "carapace-channels"))
                 }
                 DepKind::Build => false,
             };
