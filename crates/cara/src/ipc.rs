@@ -373,7 +373,7 @@ fn parse_incoming(value: Value) -> Result<Incoming, IpcError> {
     }
 }
 
-/// `cara ipc TOPIC [JSON]`: one request on the agent socket.
+/// Call the agent socket from inside a Carapace sandbox: one JSON-RPC request.
 #[derive(clap::Args)]
 pub struct IpcArgs {
     /// The JSON-RPC method: session.info, tools.list, tools.call, channel.send,
