@@ -20,4 +20,5 @@ mod providers;
 mod rules;
 mod sandbox;
 mod secrets;
+mod system;
 mod websocket;
