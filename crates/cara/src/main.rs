@@ -7,6 +7,9 @@ mod client;
 mod commands;
 mod config;
 mod datadir;
+// Not on the command line yet: the subcommands are wired in with the daemon's side.
+#[allow(dead_code)]
+mod dlq_cmd;
 mod doctor;
 mod passthrough;
 mod rules;
@@ -14,6 +17,8 @@ mod sandbox_cmd;
 mod serve;
 mod session_cmd;
 mod setup;
+#[allow(dead_code)]
+mod system_cmd;
 mod vault_cmd;
 
 use std::path::PathBuf;
