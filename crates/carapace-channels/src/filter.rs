@@ -222,6 +222,17 @@ pub enum ContentAction {
     Warn,
 }
 
+/// Why a content filter's pattern was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ContentPatternError {
+    /// The pattern does not parse; the parser's message, on one line.
+    #[error("not a regular expression: {0}")]
+    Syntax(String),
+    /// The compiled pattern exceeds the size limit.
+    #[error("the compiled pattern is larger than 1 MiB")]
+    TooBig,
+}
+
 /// A regular expression over an outgoing message's text.
 #[derive(Clone, Debug)]
 pub struct ContentFilter {
@@ -240,11 +251,23 @@ impl ContentFilter {
         index: usize,
         pattern: &str,
         action: ContentAction,
-    ) -> Result<ContentFilter, regex::Error> {
+    ) -> Result<ContentFilter, ContentPatternError> {
         let pattern = RegexBuilder::new(pattern)
             .size_limit(REGEX_SIZE_LIMIT)
             .dfa_size_limit(REGEX_SIZE_LIMIT)
-            .build()?;
+            .build()
+            .map_err(|e| match e {
+                regex::Error::CompiledTooBig(_) => ContentPatternError::TooBig,
+                // The parser's own message, without its caret diagram.
+                regex::Error::Syntax(text) => ContentPatternError::Syntax(
+                    text.lines()
+                        .rev()
+                        .find_map(|l| l.strip_prefix("error: "))
+                        .unwrap_or(&text)
+                        .to_owned(),
+                ),
+                other => ContentPatternError::Syntax(other.to_string()),
+            })?;
         Ok(ContentFilter {
             index,
             pattern,
@@ -581,8 +604,14 @@ mod tests {
                 }
             "#]],
         );
-        assert!(ContentFilter::new(1, "a{1000}{1000}", ContentAction::Block).is_err());
-        assert!(ContentFilter::new(1, "(", ContentAction::Block).is_err());
+        assert_eq!(
+            ContentFilter::new(1, "a{1000}{1000}", ContentAction::Block).err(),
+            Some(ContentPatternError::TooBig)
+        );
+        assert_eq!(
+            ContentFilter::new(1, "(", ContentAction::Block).err(),
+            Some(ContentPatternError::Syntax("unclosed group".into()))
+        );
     }
 
     /// Runs `(seconds since start, recipient)` attempts; one line each.

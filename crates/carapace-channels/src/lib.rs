@@ -24,8 +24,8 @@ use futures_util::stream::BoxStream;
 
 pub use command::{CommandBackend, CommandConfig, MAX_STDOUT_BYTES, Op, Template, TemplateError};
 pub use filter::{
-    AddressFilter, ContentAction, ContentFilter, ContentVerdict, Filters, Pattern, PatternError,
-    Refusal, SendLimiter, content_verdict, normalize_address,
+    AddressFilter, ContentAction, ContentFilter, ContentPatternError, ContentVerdict, Filters,
+    Pattern, PatternError, Refusal, SendLimiter, content_verdict, normalize_address,
 };
 
 /// A conversation on a messaging platform.
