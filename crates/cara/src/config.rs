@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use toml::Spanned;
 
+pub mod channels;
 pub mod egress;
 pub mod policy;
 pub mod providers;
@@ -61,6 +62,8 @@ pub struct Config {
     pub tools: std::collections::BTreeMap<String, policy::ToolSection>,
     /// `[[rules]]`: plain-English rules.
     pub rules: Vec<policy::EnglishRule>,
+    /// `[channels.NAME]`: messaging channels for agents in shell mode.
+    pub channels: channels::ChannelsSection,
 }
 
 #[derive(Debug, Deserialize)]
@@ -523,6 +526,7 @@ fn validate(path: &Path, text: &str, c: &Config) -> anyhow::Result<()> {
     c.vault.validate(&at)?;
     c.policy.build(&at)?;
     policy::tool_overrides(&at, &c.tools)?;
+    c.channels.validate(&at)?;
     for (i, r) in c.rules.iter().enumerate() {
         let text = r.text.get_ref().trim();
         if text.is_empty() || text.len() > 1000 {
@@ -880,7 +884,7 @@ mod tests {
         check_err(
             "[unknown]\n",
             expect![
-                "config.toml:1:2: unknown field `unknown`, expected one of `server`, `provider`, `providers`, `agent`, `usage`, `gate`, `sandbox`, `egress`, `vault`, `policy`, `tools`, `rules`"
+                "config.toml:1:2: unknown field `unknown`, expected one of `server`, `provider`, `providers`, `agent`, `usage`, `gate`, `sandbox`, `egress`, `vault`, `policy`, `tools`, `rules`, `channels`"
             ],
         );
         check_err(
