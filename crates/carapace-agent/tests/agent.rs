@@ -89,6 +89,7 @@ async fn fixture_with(script: Vec<Reply>, options: Options) -> Fixture {
         config: options.gate,
         exec: None,
         net: None,
+        channels: None,
     })
     .unwrap();
     let fake = FakeOpenAi::start(script).await;

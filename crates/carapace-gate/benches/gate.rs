@@ -54,6 +54,7 @@ fn setup(on_disk: bool) -> Bench {
         },
         exec: None,
         net: None,
+        channels: None,
     })
     .unwrap();
     Bench {

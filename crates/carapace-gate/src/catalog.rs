@@ -85,6 +85,8 @@ pub(crate) struct ToolDef {
     /// The executor's deadline when it is not the Gate's `tool_timeout` (a tool that
     /// enforces its own, longer deadline).
     pub timeout: Option<std::time::Duration>,
+    /// Argument fields the audit log shows only as digests.
+    pub digest_only: &'static [&'static str],
     validator: jsonschema::Validator,
 }
 
@@ -114,6 +116,7 @@ impl ToolDef {
             floor_source: None,
             exec,
             timeout: None,
+            digest_only: &[],
             validator,
         }
     }
@@ -121,6 +124,12 @@ impl ToolDef {
     /// Declares how the tool's destinations are read from its arguments.
     pub fn with_destinations(mut self, f: DestFn) -> ToolDef {
         self.destinations = f;
+        self
+    }
+
+    /// Declares argument fields the audit log shows only as digests.
+    pub fn with_digest_only(mut self, fields: &'static [&'static str]) -> ToolDef {
+        self.digest_only = fields;
         self
     }
 

@@ -11,6 +11,7 @@
 mod approvals;
 mod builtin;
 mod catalog;
+mod channel;
 mod exec;
 mod limiter;
 mod net;
@@ -22,6 +23,7 @@ pub use carapace_egress::{Egress, EgressConfig, EgressError, Place, check_host_l
 pub use carapace_policy::{Level, parse_step_ranges};
 pub use carapace_vault::{Scrubber, SharedScrubber};
 pub use catalog::ToolSpec;
+pub use channel::ChannelSetup;
 pub use exec::ExecSetup;
 pub use net::{InjectRule, NetSetup, SecretSource};
 
@@ -57,6 +59,9 @@ pub const KNOWN_TOOLS: &[&str] = &[
     "web_fetch",
     "http_request",
 ];
+
+/// The tools of messaging channels; they exist when channels are configured.
+pub const CHANNEL_TOOLS: &[&str] = &[channel::SEND, channel::LIST_CHATS, channel::HISTORY];
 
 /// The tool through which the agent proposes a plan for the owner to approve once.
 pub const PLAN_TOOL: &str = "propose_plan";
@@ -137,6 +142,10 @@ pub struct GateDeps {
     pub exec: Option<ExecSetup>,
     /// The egress client and secrets of the network tools; without it, they do not exist.
     pub net: Option<NetSetup>,
+    /// Messaging channels and the dead-letter key; without channels the channel tools
+    /// do not exist. Configured channels are granted (each has its own allowlists, which
+    /// allow nobody until the owner lists someone).
+    pub channels: Option<ChannelSetup>,
 }
 
 /// Why the Gate could not be built.
@@ -227,6 +236,7 @@ struct Inner {
     approvals: Approvals,
     workspace: Arc<Workspace>,
     net: Option<Arc<net::Net>>,
+    channels: Option<Arc<channel::Channels>>,
     config: GateConfig,
     events: broadcast::Sender<GateEvent>,
 }
@@ -257,11 +267,19 @@ impl Gate {
         catalog.retain(|name| {
             name == PLAN_TOOL || deps.config.granted_tools.iter().any(|g| g == name)
         });
+        let channels = deps
+            .channels
+            .map(|setup| Arc::new(channel::Channels::new(setup)));
+        if let Some(ch) = &channels {
+            for tool in channel::tools(ch) {
+                catalog.add(tool);
+            }
+        }
         for (name, o) in &deps.config.tool_overrides {
             // An override of a known tool that is not granted is harmless; of an unknown
             // one it is a typo the owner should hear about.
             let Some(tool) = catalog.get_mut(name) else {
-                if KNOWN_TOOLS.contains(&name.as_str()) {
+                if KNOWN_TOOLS.contains(&name.as_str()) || CHANNEL_TOOLS.contains(&name.as_str()) {
                     continue;
                 }
                 return Err(GateSetupError::UnknownTool(name.clone()));
@@ -287,6 +305,7 @@ impl Gate {
                 approvals: Approvals::new(events.clone()),
                 workspace: Arc::new(workspace),
                 net,
+                channels,
                 config: deps.config,
                 events,
             }),
@@ -302,6 +321,95 @@ impl Gate {
     /// The tools granted to sessions, as offered to the model.
     pub fn tool_specs(&self) -> Vec<ToolSpec> {
         self.inner.catalog.specs()
+    }
+
+    /// The names of the configured messaging channels.
+    pub fn channel_names(&self) -> Vec<String> {
+        self.inner
+            .channels
+            .as_ref()
+            .map(|c| c.names())
+            .unwrap_or_default()
+    }
+
+    /// Keeps a blocked `channel_send` for the owner; its id, when it was kept.
+    fn keep_dead_letter(&self, req: &CallRequest<'_>, err: &GateError) -> Option<String> {
+        let channels = self.inner.channels.as_ref()?;
+        let args = parse_args(req.args, self.inner.config.max_args_bytes).ok()?;
+        channels.dead_letter(
+            &self.inner.store,
+            req.session,
+            req.principal,
+            &args,
+            err,
+            now_ms(),
+        )
+    }
+
+    /// The text of a dead letter, for the owner (the reading is audited).
+    pub fn dead_letter_text(
+        &self,
+        principal: &Principal,
+        id: &str,
+    ) -> Result<(carapace_store::DeadLetter, String), GateError> {
+        let channels = self.owner_channels(principal)?;
+        let (letter, text) = channels.open(&self.inner.store, id)?;
+        self.record(
+            "dead_letter_shown",
+            json!({"id": id, "principal": principal.audit_name()}),
+        )?;
+        Ok((letter, text))
+    }
+
+    /// Sends a held dead letter as the owner decided, and records that it was sent.
+    pub async fn release_dead_letter(
+        &self,
+        principal: &Principal,
+        id: &str,
+    ) -> Result<(), GateError> {
+        let channels = self.owner_channels(principal)?;
+        let by = principal.audit_name();
+        // Write-ahead, like every side effect: the attempt is on record before it happens.
+        self.record("dead_letter_release", json!({"id": id, "principal": by}))?;
+        let result = channels.release(&self.inner.store, id, &by, now_ms()).await;
+        let fields = match &result {
+            Ok((channel, to)) => json!({"id": id, "outcome": "sent", "channel": channel, "to": to}),
+            Err(e) => json!({"id": id, "outcome": "failed", "error": e.to_json()}),
+        };
+        self.record("dead_letter_released", fields)?;
+        result.map(drop)
+    }
+
+    /// Throws a held dead letter away; false when it was not held.
+    pub fn discard_dead_letter(&self, principal: &Principal, id: &str) -> Result<bool, GateError> {
+        self.owner_channels(principal)?;
+        let by = principal.audit_name();
+        let done = self
+            .inner
+            .store
+            .resolve_dead_letter(id, carapace_store::Resolution::Discarded, &by, now_ms())
+            .map_err(|e| internal(Stage::Execute, &e))?;
+        if done {
+            self.record("dead_letter_discarded", json!({"id": id, "principal": by}))?;
+        }
+        Ok(done)
+    }
+
+    fn owner_channels(&self, principal: &Principal) -> Result<&channel::Channels, GateError> {
+        if !principal.is_owner() {
+            return Err(GateError::new(
+                ErrorCode::Unauthorized,
+                Stage::Authorize,
+                "only the owner handles the dead-letter queue",
+            ));
+        }
+        self.inner.channels.as_deref().ok_or_else(|| {
+            GateError::new(
+                ErrorCode::ValidationFailed,
+                Stage::Validate,
+                "no messaging channels are configured",
+            )
+        })
     }
 
     /// The session's label as text (`trusted/public`, ...), from the store.
@@ -475,6 +583,19 @@ impl Gate {
                 self.audit_outcome(audit, "executed", None)?;
             }
             Err(err) => {
+                if req.tool == channel::SEND
+                    && channel::is_block(err)
+                    && let Some(id) = self.keep_dead_letter(&req, err)
+                {
+                    audit.set("dead_letter", json!(id));
+                    let mut err = err.clone().with_dead_letter();
+                    let outcome = "denied";
+                    if let Err(audit_err) = self.audit_outcome(audit, outcome, Some(&err)) {
+                        tracing::error!(error = %audit_err, "could not record a failed call");
+                    }
+                    err.message = format!("{}; the message was kept for the owner", err.message);
+                    return Err(err);
+                }
                 let outcome = if audit.executed { "failed" } else { "denied" };
                 if let Err(audit_err) = self.audit_outcome(audit, outcome, Some(err)) {
                     tracing::error!(error = %audit_err, "could not record a failed call");
@@ -522,7 +643,7 @@ impl Gate {
         // validate
         let args = parse_args(req.args, inner.config.max_args_bytes)?;
         let scrubber = inner.scrubber.current();
-        audit.set_args(&args, &scrubber);
+        audit.set_args(&args, &scrubber, tool.digest_only);
         tool.validate(&args)?;
         if scrubber.contains_secret(&args.to_string()) {
             return Err(GateError::new(
@@ -543,6 +664,16 @@ impl Gate {
             .with_retry_after(retry_after));
         }
 
+        // Channels: the channel's name, its send rate and its outbound lists.
+        let mut args = args;
+        let channels = inner
+            .channels
+            .as_ref()
+            .filter(|_| CHANNEL_TOOLS.contains(&tool.name));
+        if let Some(ch) = channels {
+            ch.authorize(tool.name, &mut args)?;
+        }
+
         // The plan tool has no effect of its own: the owner's answer is its result.
         if tool.name == PLAN_TOOL {
             return self.propose_plan(req, &session, &args, audit).await;
@@ -553,6 +684,12 @@ impl Gate {
         if !destinations.is_empty() {
             let names: Vec<String> = destinations.iter().map(|d| d.to_string()).collect();
             audit.set("destinations", json!(names));
+        }
+        if let Some(ch) = channels {
+            let warnings = ch.screen(tool.name, &args)?;
+            if !warnings.is_empty() {
+                audit.set("filter_warnings", json!(warnings));
+            }
         }
         let exposure = exposure_from(&session.exposure);
         let mut grants = self.grants(req.session)?;
@@ -1380,7 +1517,10 @@ impl AuditDraft {
     }
 
     /// Arguments enter the log scrubbed, and large values only as digests.
-    fn set_args(&mut self, args: &Value, scrubber: &Scrubber) {
+    /// Records the arguments: their digest, and a copy with long strings, secrets and the
+    /// `digest_only` fields (a message's text: a blocked one lives only sealed in the
+    /// dead-letter queue) replaced by digests.
+    fn set_args(&mut self, args: &Value, scrubber: &Scrubber, digest_only: &[&str]) {
         self.set("args_sha256", json!(sha256_json(args)));
         if depth(args) > MAX_LOGGED_DEPTH {
             // The digest stands for it; the log must stay writable whatever the model sends.
@@ -1388,6 +1528,17 @@ impl AuditDraft {
             return;
         }
         let mut shown = args.clone();
+        if let Value::Object(map) = &mut shown {
+            for key in digest_only {
+                if let Some(Value::String(text)) = map.get(*key) {
+                    let digest = hex::encode(Sha256::digest(text.as_bytes()));
+                    map.insert(
+                        key.to_string(),
+                        json!({ "sha256": digest, "bytes": text.len() }),
+                    );
+                }
+            }
+        }
         digest_large_strings(&mut shown);
         scrubber.scrub_json(&mut shown);
         self.set("args", shown);

@@ -95,6 +95,7 @@ fn fixture_policy(
             config,
             exec: None,
             net: None,
+            channels: None,
         },
         catalog,
     )
@@ -699,4 +700,5 @@ async fn arguments_nested_too_deeply_are_refused_and_still_audited() {
     f.store.verify_audit(&f.key).unwrap();
 }
 
+mod channels;
 mod policy;

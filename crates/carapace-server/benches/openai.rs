@@ -80,6 +80,7 @@ async fn setup() -> Bench {
         },
         exec: None,
         net: None,
+        channels: None,
     })
     .unwrap();
     let fake = FakeOpenAi::start(Vec::new()).await;

@@ -444,6 +444,7 @@ async fn an_override_raises_a_tools_result_label_and_may_change_its_effect() {
         config: bad,
         exec: None,
         net: None,
+        channels: None,
     })
     .err()
     .unwrap();

@@ -83,6 +83,7 @@ pub async fn harness_with(options: Options) -> Harness {
         config: options.gate,
         exec: None,
         net: None,
+        channels: None,
     })
     .unwrap();
     let fake = match options.script {
