@@ -12,15 +12,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use carapace_gate::{CallRequest, Gate, RawArgs};
+
+use crate::passthrough::{PassError, PassEvent, PassRequest, Passthrough};
 use carapace_types::{ErrorCode, GateError, Principal, SessionId};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc};
 
-/// Largest request line accepted, in bytes (without the newline).
-pub const MAX_LINE: usize = 1024 * 1024;
+/// Largest request line accepted, in bytes (without the newline): room for a model
+/// request of about 6 MiB through the provider pass-through, base64-encoded.
+pub const MAX_LINE: usize = 8 * 1024 * 1024;
 
 /// Requests of one connection that may be in flight at once; more wait.
 const IN_FLIGHT: usize = 32;
@@ -90,6 +95,7 @@ pub trait Identify: Send + Sync {
 pub struct AgentSocket {
     gate: Gate,
     identify: Arc<dyn Identify>,
+    passthrough: Option<Arc<Passthrough>>,
     refusals: Mutex<RefusalLog>,
     calls: AtomicU64,
 }
@@ -108,10 +114,15 @@ impl RefusalLog {
 
 impl AgentSocket {
     /// The socket's handler over `gate`, identifying callers with `identify`.
-    pub fn new(gate: Gate, identify: Arc<dyn Identify>) -> Arc<AgentSocket> {
+    pub fn new(
+        gate: Gate,
+        identify: Arc<dyn Identify>,
+        passthrough: Option<Arc<Passthrough>>,
+    ) -> Arc<AgentSocket> {
         Arc::new(AgentSocket {
             gate,
             identify,
+            passthrough,
             refusals: Mutex::new(RefusalLog {
                 last: None,
                 unrecorded: 0,
@@ -202,7 +213,7 @@ impl AgentSocket {
             };
             let (this, ctx, tx) = (self.clone(), ctx.clone(), tx.clone());
             tokio::spawn(async move {
-                let line = this.dispatch(&ctx, &request).await;
+                let line = this.dispatch(&ctx, &request, &tx).await;
                 if let Some(line) = line {
                     let _ = tx.send(line).await;
                 }
@@ -219,7 +230,10 @@ impl AgentSocket {
         let mut log = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
         log.unrecorded += 1;
         let now = Instant::now();
-        if log.last.is_some_and(|t| now.duration_since(t) < RefusalLog::EVERY) {
+        if log
+            .last
+            .is_some_and(|t| now.duration_since(t) < RefusalLog::EVERY)
+        {
             return;
         }
         let count = std::mem::take(&mut log.unrecorded);
@@ -238,13 +252,20 @@ impl AgentSocket {
     }
 
     /// Answers one request; `None` for a notification (no id), which gets no answer.
-    async fn dispatch(&self, conn: &Conn, req: &Request) -> Option<String> {
-        let result = self.method(conn, req).await;
+    async fn dispatch(
+        &self,
+        conn: &Conn,
+        req: &Request,
+        out: &mpsc::Sender<String>,
+    ) -> Option<String> {
+        let result = if req.method == "provider.request" {
+            self.provider_request(conn, req, out).await
+        } else {
+            self.method(conn, req).await
+        };
         let id = req.id.as_ref()?;
         Some(match result {
-            Ok(value) => {
-                json!({"jsonrpc": "2.0", "id": id, "result": value}).to_string() + "\n"
-            }
+            Ok(value) => json!({"jsonrpc": "2.0", "id": id, "result": value}).to_string() + "\n",
             Err(MethodError::Rpc(code, msg)) => error_line(id, code, &msg, None),
             Err(MethodError::Gate(e)) => {
                 error_line(id, gate_code(e.code), &e.message, Some(e.to_json()))
@@ -257,7 +278,10 @@ impl AgentSocket {
         match req.method.as_str() {
             "session.info" => {
                 let session = &conn.identity.session;
-                let status = self.gate.policy_status(session).map_err(MethodError::Gate)?;
+                let status = self
+                    .gate
+                    .policy_status(session)
+                    .map_err(MethodError::Gate)?;
                 let tools: Vec<String> =
                     self.gate.tool_specs().into_iter().map(|t| t.name).collect();
                 Ok(json!({
@@ -312,6 +336,111 @@ impl AgentSocket {
                 codes::METHOD_NOT_FOUND,
                 format!("no method named `{}`", short(other)),
             )),
+        }
+    }
+
+    /// Forwards one HTTP request of the agent's own model client, streaming the answer
+    /// back as `provider.head` and `provider.chunk` notifications, and records it.
+    async fn provider_request(
+        &self,
+        conn: &Conn,
+        req: &Request,
+        out: &mpsc::Sender<String>,
+    ) -> Result<Value, MethodError> {
+        let Some(pass) = &self.passthrough else {
+            return Err(MethodError::Rpc(
+                codes::METHOD_NOT_FOUND,
+                "no provider pass-through is configured".into(),
+            ));
+        };
+        let p = &req.params;
+        let headers = match p.get("headers") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|h| match h.as_array().map(Vec::as_slice) {
+                    Some([Value::String(n), Value::String(v)]) => Ok((n.clone(), v.clone())),
+                    _ => Err(MethodError::Rpc(
+                        codes::INVALID_PARAMS,
+                        "params.headers is a list of [name, value] pairs".into(),
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => {
+                return Err(MethodError::Rpc(
+                    codes::INVALID_PARAMS,
+                    "params.headers is a list of [name, value] pairs".into(),
+                ));
+            }
+        };
+        let body = match p.get("body_b64").and_then(Value::as_str) {
+            None => Vec::new(),
+            Some(b) => B64.decode(b).map_err(|_| {
+                MethodError::Rpc(
+                    codes::INVALID_PARAMS,
+                    "params.body_b64 is not base64".into(),
+                )
+            })?,
+        };
+        let request = PassRequest {
+            provider: str_param(p, "provider")?.to_string(),
+            method: str_param(p, "method")?.to_string(),
+            path: str_param(p, "path")?.to_string(),
+            headers,
+            body,
+        };
+        let id = req.id.clone().unwrap_or(Value::Null);
+        let (tx, mut rx) = mpsc::channel::<PassEvent>(16);
+        let relay = async {
+            while let Some(event) = rx.recv().await {
+                let note = match event {
+                    PassEvent::Head { status, headers } => json!({
+                        "jsonrpc": "2.0", "method": "provider.head",
+                        "params": {"id": id, "status": status, "headers": headers},
+                    }),
+                    PassEvent::Chunk(data) => json!({
+                        "jsonrpc": "2.0", "method": "provider.chunk",
+                        "params": {"id": id, "data_b64": B64.encode(&data)},
+                    }),
+                };
+                if out.send(note.to_string() + "\n").await.is_err() {
+                    return;
+                }
+            }
+        };
+        let (result, ()) = tokio::join!(pass.forward(request, tx), relay);
+        let run = &conn.identity.run;
+        match result {
+            Ok(s) => {
+                let fields = json!({
+                    "principal": conn.principal.audit_name(), "run": run,
+                    "session": conn.identity.session.as_str(), "provider": s.provider,
+                    "method": s.method, "path": s.path, "status": s.status,
+                    "bytes_out": s.bytes_out, "bytes_in": s.bytes_in,
+                    "duration_ms": s.duration.as_millis() as u64,
+                });
+                self.gate
+                    .record("provider_passthrough", fields)
+                    .map_err(MethodError::Gate)?;
+                Ok(json!({"done": true}))
+            }
+            Err(PassError::Cancelled) => Err(MethodError::Rpc(
+                codes::INVALID_REQUEST,
+                "the request was cancelled".into(),
+            )),
+            Err(e) => {
+                let fields = json!({
+                    "principal": conn.principal.audit_name(), "run": run,
+                    "session": conn.identity.session.as_str(), "error": e.to_string(),
+                });
+                let _ = self.gate.record("provider_passthrough_failed", fields);
+                let stage = carapace_types::Stage::Execute;
+                Err(MethodError::Gate(GateError::new(
+                    e.code(),
+                    stage,
+                    e.to_string(),
+                )))
+            }
         }
     }
 
@@ -426,10 +555,10 @@ fn pick(params: &Value, required: &[&str], optional: &[&str]) -> Result<Value, M
             out.insert(key.to_string(), v.clone());
         }
     }
-    if let Some(extra) = params
-        .as_object()
-        .and_then(|m| m.keys().find(|k| !required.contains(&k.as_str()) && !optional.contains(&k.as_str())))
-    {
+    if let Some(extra) = params.as_object().and_then(|m| {
+        m.keys()
+            .find(|k| !required.contains(&k.as_str()) && !optional.contains(&k.as_str()))
+    }) {
         return Err(MethodError::Rpc(
             codes::INVALID_PARAMS,
             format!("params.{} is not a parameter of this method", short(extra)),
@@ -481,7 +610,11 @@ async fn read_line<R: AsyncBufRead + Unpin>(
     loop {
         let available = r.fill_buf().await?;
         if available.is_empty() {
-            return Ok(if buf.is_empty() { Line::Eof } else { Line::Full });
+            return Ok(if buf.is_empty() {
+                Line::Eof
+            } else {
+                Line::Full
+            });
         }
         let (chunk, done) = match available.iter().position(|b| *b == b'\n') {
             Some(i) => (&available[..i], Some(i + 1)),
@@ -508,17 +641,32 @@ mod tests {
         let data = b"{\"a\":1}\n\n{\"b\":2}".to_vec();
         let mut r = BufReader::with_capacity(3, &data[..]);
         let mut buf = Vec::new();
-        assert!(matches!(read_line(&mut r, &mut buf, 100).await.unwrap(), Line::Full));
+        assert!(matches!(
+            read_line(&mut r, &mut buf, 100).await.unwrap(),
+            Line::Full
+        ));
         assert_eq!(buf, b"{\"a\":1}");
-        assert!(matches!(read_line(&mut r, &mut buf, 100).await.unwrap(), Line::Full));
+        assert!(matches!(
+            read_line(&mut r, &mut buf, 100).await.unwrap(),
+            Line::Full
+        ));
         assert_eq!(buf, b"");
-        assert!(matches!(read_line(&mut r, &mut buf, 100).await.unwrap(), Line::Full));
+        assert!(matches!(
+            read_line(&mut r, &mut buf, 100).await.unwrap(),
+            Line::Full
+        ));
         assert_eq!(buf, b"{\"b\":2}");
-        assert!(matches!(read_line(&mut r, &mut buf, 100).await.unwrap(), Line::Eof));
+        assert!(matches!(
+            read_line(&mut r, &mut buf, 100).await.unwrap(),
+            Line::Eof
+        ));
 
-        let long = vec![b'x'; 50];
+        let long = [b'x'; 50];
         let mut r = BufReader::with_capacity(8, &long[..]);
-        assert!(matches!(read_line(&mut r, &mut buf, 10).await.unwrap(), Line::TooLong));
+        assert!(matches!(
+            read_line(&mut r, &mut buf, 10).await.unwrap(),
+            Line::TooLong
+        ));
         assert!(buf.len() <= 10);
     }
 
@@ -527,7 +675,10 @@ mod tests {
         let code = |line: &str| parse_request(line.as_bytes()).err().map(|e| e.1);
         assert_eq!(code("not json"), Some(codes::PARSE_ERROR));
         assert_eq!(code("[1,2]"), Some(codes::INVALID_REQUEST));
-        assert_eq!(code(r#"{"id":1,"method":"x"}"#), Some(codes::INVALID_REQUEST));
+        assert_eq!(
+            code(r#"{"id":1,"method":"x"}"#),
+            Some(codes::INVALID_REQUEST)
+        );
         assert_eq!(
             code(r#"{"jsonrpc":"2.0","id":1,"method":7}"#),
             Some(codes::INVALID_REQUEST)

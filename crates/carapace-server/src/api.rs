@@ -488,3 +488,104 @@ pub(crate) async fn audit_verify(State(state): State<Arc<AppState>>) -> ApiResul
         Err(e) => Err(ApiError::internal(e)),
     }
 }
+
+#[derive(Deserialize)]
+pub(crate) struct DeadLetterQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+fn dead_letter_json(l: &carapace_store::DeadLetter) -> Value {
+    json!({
+        "id": l.id,
+        "created_ms": l.meta.created_ms,
+        "session": l.meta.session.as_str(),
+        "principal": l.meta.principal,
+        "channel": l.meta.channel,
+        "to": l.meta.recipient,
+        "code": l.meta.code,
+        "stage": l.meta.stage,
+        "rule": l.meta.rule,
+        "bytes": l.meta.bytes,
+        "status": l.status.as_str(),
+        "resolved_ms": l.resolved_ms,
+        "resolved_by": l.resolved_by,
+    })
+}
+
+/// `GET /api/dlq`: the dead-letter queue without the texts.
+pub(crate) async fn dead_letters(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<DeadLetterQuery>,
+) -> ApiResult {
+    let letters = state
+        .store
+        .dead_letters(q.all)
+        .map_err(ApiError::internal)?;
+    let list: Vec<Value> = letters.iter().map(dead_letter_json).collect();
+    Ok(Json(json!({ "dead_letters": list })))
+}
+
+/// `GET /api/dlq/{id}`: one dead letter with its text (the reading is audited).
+pub(crate) async fn dead_letter(
+    State(state): State<Arc<AppState>>,
+    Extension(Authenticated(principal)): Extension<Authenticated>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let Path(id) = id.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let (letter, text) = state
+        .gate
+        .dead_letter_text(&principal, &id)
+        .map_err(dead_letter_error)?;
+    let mut v = dead_letter_json(&letter);
+    v["text"] = json!(text);
+    Ok(Json(v))
+}
+
+/// `POST /api/dlq/{id}/release`: sends a held letter as the owner decided.
+pub(crate) async fn release_dead_letter(
+    State(state): State<Arc<AppState>>,
+    Extension(Authenticated(principal)): Extension<Authenticated>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let Path(id) = id.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    state
+        .gate
+        .release_dead_letter(&principal, &id)
+        .await
+        .map_err(dead_letter_error)?;
+    Ok(Json(json!({ "released": true })))
+}
+
+/// `POST /api/dlq/{id}/discard`: throws a held letter away.
+pub(crate) async fn discard_dead_letter(
+    State(state): State<Arc<AppState>>,
+    Extension(Authenticated(principal)): Extension<Authenticated>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let Path(id) = id.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let done = state
+        .gate
+        .discard_dead_letter(&principal, &id)
+        .map_err(dead_letter_error)?;
+    if !done {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "NOT_HELD",
+            format!("{id} is not held (unknown, or released or discarded already)"),
+        ));
+    }
+    Ok(Json(json!({ "discarded": true })))
+}
+
+/// A letter that is not there, or not held, is the caller's mistake (404/409), not a
+/// Gate failure.
+fn dead_letter_error(e: carapace_types::GateError) -> ApiError {
+    if e.message == "no such dead letter" {
+        return ApiError::not_found("no such dead letter");
+    }
+    if e.code == carapace_types::ErrorCode::ValidationFailed && e.message.contains(" already") {
+        return ApiError::new(StatusCode::CONFLICT, "NOT_HELD", e.message);
+    }
+    ApiError::from(e)
+}
