@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use carapace_types::Secret;
 
+#[derive(Clone)]
 pub struct DataDir {
     root: PathBuf,
 }

@@ -2,22 +2,22 @@
 //! calls the libraries; it holds the wiring and the terminal front ends, no policy and
 //! no tool execution of its own.
 
+mod agent_run;
 mod chat;
 mod client;
 mod commands;
 mod config;
 mod datadir;
-// Not on the command line yet: the subcommands are wired in with the daemon's side.
-#[allow(dead_code)]
 mod dlq_cmd;
 mod doctor;
+mod ipc;
 mod passthrough;
 mod rules;
 mod sandbox_cmd;
 mod serve;
 mod session_cmd;
 mod setup;
-#[allow(dead_code)]
+mod shim;
 mod system_cmd;
 mod vault_cmd;
 
@@ -132,9 +132,28 @@ enum Command {
     /// Run a command in the Carapace sandbox, or check what the kernel offers.
     #[command(subcommand)]
     Sandbox(SandboxCommand),
+    /// Call the agent socket from inside a Carapace sandbox (JSON-RPC, docs/agent-socket.md).
+    ///
+    /// Prints the result as JSON and exits 0; a refusal prints the JSON-RPC error object on
+    /// standard error and exits 1; no connection or a protocol failure exits 2. With
+    /// channel.watch it then prints each message's params, one JSON line each.
+    Ipc(ipc::IpcArgs),
+    /// Install or list the shims: imsg, signal-cli, discord and gog as names of cara.
+    #[command(subcommand)]
+    Shim(shim::ShimCommand),
     /// Show and compile the plain-English rules of config.toml ([[rules]] text = "...").
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Run another agent (Claude Code, OpenClaw, ...) inside Carapace's trust boundary.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Look at, release or discard the outbound messages the Gate blocked (the
+    /// dead-letter queue); the texts are sealed, and only the daemon opens them.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Run Carapace as a system service under its own user (Linux, systemd; as root).
+    #[command(subcommand)]
+    System(SystemCommand),
 }
 
 #[derive(Subcommand)]
@@ -307,6 +326,117 @@ enum SessionCommand {
 }
 
 #[derive(Subcommand)]
+enum DlqCommand {
+    /// The blocked messages waiting for you: id, age, channel, recipient, why, size.
+    List {
+        /// Also the ones already released or discarded.
+        #[arg(long)]
+        all: bool,
+        /// Print the gateway's JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One blocked message: who sent it to whom, why it was stopped, and its text.
+    Show {
+        /// Dead-letter id (dl_...).
+        id: String,
+        /// Print the gateway's JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a held message after all; it shows the message and asks first.
+    Release {
+        /// Dead-letter id (dl_...).
+        id: String,
+        /// Do not ask (needed when standard input is not a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Throw a held message away for good; asks first.
+    Discard {
+        /// Dead-letter id (dl_...).
+        id: String,
+        /// Do not ask (needed when standard input is not a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SystemCommand {
+    /// Create the `carapace` user and `carapace-clients` group, /var/lib/carapace (0700),
+    /// /run/carapace (0750), /usr/local/bin/cara and the systemd unit carapace.service.
+    ///
+    /// Records what it created in /var/lib/carapace.install-manifest.json; running it
+    /// again changes nothing that is already right.
+    Install {
+        /// Install into this directory as if it were / (for images and tests).
+        #[arg(long, default_value = "/", value_name = "DIR")]
+        root: PathBuf,
+        /// The daemon's system user (it gets a primary group of the same name).
+        #[arg(long, default_value = "carapace", value_name = "NAME")]
+        user: String,
+        /// The group allowed into the socket directory.
+        #[arg(long, default_value = "carapace-clients", value_name = "NAME")]
+        group: String,
+        /// The account that uses cara, added to the group [default: $SUDO_USER].
+        #[arg(long, value_name = "USER")]
+        owner: Option<String>,
+        /// The binary to install [default: this one].
+        #[arg(long, value_name = "PATH")]
+        bin: Option<PathBuf>,
+        /// Also enable and start the service (only with --root /, under systemd).
+        #[arg(long)]
+        start: bool,
+        /// Print what would be done and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Stop the service and remove what `install` created; the data directory is kept
+    /// (given to root) unless --purge.
+    Uninstall {
+        /// The directory the install went into.
+        #[arg(long, default_value = "/", value_name = "DIR")]
+        root: PathBuf,
+        /// Also delete /var/lib/carapace: the vault, the audit log, the dead letters.
+        #[arg(long)]
+        purge: bool,
+        /// Print what would be done and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Run an agent Carapace did not write (Claude Code, OpenClaw, a script) in a sandbox
+    /// the gateway starts: your terminal, the workspace, no network, the agent socket and
+    /// the messaging shims, and its model calls passed through with the key added outside.
+    ///
+    /// Example: cara agent run --profile claude-code -- claude
+    Run {
+        /// Which variables point the agent's model client at the pass-through:
+        /// claude-code (ANTHROPIC_BASE_URL), openclaw (OPENAI_BASE_URL) or custom (both).
+        #[arg(long, default_value = "custom", value_parser = ["claude-code", "openclaw", "custom"])]
+        profile: String,
+        /// The directory the agent may read and write [default: the current directory].
+        #[arg(long, value_name = "DIR")]
+        workspace: Option<std::path::PathBuf>,
+        /// Wall-clock limit of the run in seconds [default: 24 hours].
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+        /// The agent's command and its arguments.
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum ApprovalsCommand {
     /// List pending approvals.
     List,
@@ -330,6 +460,10 @@ enum ApprovalsCommand {
 }
 
 fn main() -> ExitCode {
+    // Invoked as imsg, signal-cli, discord or gog: a shim with the real tool's syntax.
+    if let Some(tool) = shim::invoked_as() {
+        return shim::main(tool);
+    }
     // A sandbox's init process is this binary re-executed; it must start before any
     // thread does, so it comes before everything else.
     if std::env::args_os()
@@ -356,6 +490,12 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // These run inside the sandbox, which has no data directory.
+    let command = match cli.command {
+        Command::Ipc(args) => return Ok(ipc::run(args)),
+        Command::Shim(c) => return shim::command(c),
+        command => command,
+    };
     let root = match cli.data_dir {
         Some(d) => d,
         None => datadir::default_root()?,
@@ -371,7 +511,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         };
         b.enable_all().build()
     };
-    match cli.command {
+    match command {
+        Command::Ipc(_) | Command::Shim(_) => unreachable!("dispatched above"),
         Command::Serve { bind } => {
             runtime(2)?.block_on(serve::serve(&dd, bind))?;
             Ok(ExitCode::SUCCESS)
@@ -471,6 +612,68 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 command,
             },
         )),
+        Command::Agent(AgentCommand::Run {
+            profile,
+            workspace,
+            timeout,
+            command,
+        }) => {
+            let profile = agent_run::Profile::parse(&profile).expect("clap checked the profile");
+            let workspace = match workspace {
+                Some(w) => w,
+                None => anyhow::Context::context(
+                    std::env::current_dir(),
+                    "cannot read the current directory",
+                )?,
+            };
+            runtime(1)?.block_on(async {
+                if client::Daemon::find(&dd).await?.is_none() {
+                    client::Daemon::start(&dd).await?;
+                }
+                anyhow::Ok(())
+            })?;
+            let token = dd.read_token()?;
+            let code = agent_run::run_cli(&dd, &token, profile, &workspace, timeout, &command)?;
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
+        Command::Dlq(c) => runtime(1)?.block_on(async {
+            match c {
+                DlqCommand::List { all, json } => dlq_cmd::list(&dd, all, json).await,
+                DlqCommand::Show { id, json } => dlq_cmd::show(&dd, &id, json).await,
+                DlqCommand::Release { id, yes } => {
+                    dlq_cmd::resolve(&dd, &id, dlq_cmd::Decision::Release, yes).await
+                }
+                DlqCommand::Discard { id, yes } => {
+                    dlq_cmd::resolve(&dd, &id, dlq_cmd::Decision::Discard, yes).await
+                }
+            }
+        }),
+        Command::System(SystemCommand::Install {
+            root,
+            user,
+            group,
+            owner,
+            bin,
+            start,
+            dry_run,
+        }) => system_cmd::install(system_cmd::InstallArgs {
+            root,
+            user,
+            group,
+            owner,
+            bin,
+            start,
+            dry_run,
+        }),
+        Command::System(SystemCommand::Uninstall {
+            root,
+            purge,
+            dry_run,
+        }) => system_cmd::uninstall(system_cmd::UninstallArgs {
+            root,
+            purge,
+            dry_run,
+        }),
         Command::Rules(RulesCommand::Show { json }) => runtime(1)?.block_on(rules::show(&dd, json)),
         Command::Rules(RulesCommand::Compile { force }) => {
             runtime(1)?.block_on(rules::compile_command(&dd, force))

@@ -10,6 +10,7 @@ use carapace_llm::{Route, Router as ModelChain};
 use carapace_server::{AppState, ServerDeps, router};
 use carapace_store::{AuditKey, Store};
 use serde_json::json;
+use sha2::Digest as _;
 
 use crate::config::{self, ProviderSetup};
 use crate::datadir::{DataDir, write_atomic};
@@ -39,6 +40,13 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
     let scrubber = SharedScrubber::new(Scrubber::new(&[]));
     let vault = VaultSource::open(dd, &file, scrubber.clone());
     let preloaded = vault.preload();
+    let dead_letter_key = match vault.dead_letter_key(dd) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            tracing::warn!("blocked messages will not be kept: {e:#}");
+            None
+        }
+    };
     let key_vars: Vec<String> = config::providers::key_variables()
         .map(String::from)
         .chain(
@@ -127,6 +135,23 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
         crate::rules::prepare(&store, &english, model, &mut policy, timeout).await?
     };
     let rules_report = crate::rules::report(&store, &english)?;
+    // Shell mode: messaging channels, the dead-letter key, the provider pass-through.
+    let channels = file
+        .channels
+        .build(&dd.config(), std::env::var_os("HOME").map(Into::into))?;
+    let channel_names: Vec<String> = channels.iter().map(|c| c.name.clone()).collect();
+    let pass_targets = match &settings.provider {
+        ProviderSetup::Ready(p) => {
+            crate::agent_run::passthrough_targets(std::iter::once(&p.target).chain(&p.fallbacks))
+        }
+        ProviderSetup::Missing(_) => Vec::new(),
+    };
+    let passthrough = carapace_server::passthrough::Passthrough::new(
+        pass_targets,
+        scrubber.clone(),
+        Default::default(),
+    )
+    .context("cannot set up the provider pass-through")?;
     let gate = Gate::new(GateDeps {
         store: store.clone(),
         audit_key: audit_key.clone(),
@@ -137,6 +162,12 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
         config: settings.gate.clone(),
         exec: Some(exec),
         net: Some(net),
+        channels: (!channels.is_empty() || dead_letter_key.is_some()).then(|| {
+            carapace_gate::ChannelSetup {
+                channels,
+                dead_letter_key,
+            }
+        }),
     })?;
     let (agent, provider_hint) = match settings.provider {
         ProviderSetup::Ready(p) => {
@@ -186,6 +217,27 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
             (None, hint)
         }
     };
+    // Shell mode: the agent socket for sandboxed agents, the owner socket for
+    // `cara agent run`.
+    let sockets = crate::agent_run::socket_dir(dd);
+    let (agent_listener, owner_listener) = crate::agent_run::bind_sockets(&sockets)?;
+    let runs = crate::agent_run::Runs::new(channel_names)?;
+    let agent_socket = carapace_server::agent_socket::AgentSocket::new(
+        gate.clone(),
+        runs.clone(),
+        Some(Arc::new(passthrough)),
+    );
+    tokio::spawn(agent_socket.serve(agent_listener));
+    let launcher = Arc::new(crate::agent_run::Launcher {
+        runs,
+        store: store.clone(),
+        gate: gate.clone(),
+        token_digest: sha2::Sha256::digest(token.expose().as_bytes()).into(),
+        dd: dd.clone(),
+        agent_socket: sockets.join("agent.sock"),
+    });
+    tokio::spawn(launcher.serve(owner_listener));
+
     let state = AppState::new(ServerDeps {
         store,
         gate: gate.clone(),

@@ -404,6 +404,24 @@ impl VaultSource {
     }
 
     /// A value by entry name, from the file vault.
+    /// The key that seals the dead-letter queue: a subkey of the file vault's key, or,
+    /// when there is no file vault, a key file of its own in the data directory (0600).
+    /// A file vault that is locked gives no key (letters sealed with another key could
+    /// not be opened once it is unlocked).
+    pub fn dead_letter_key(&self, dd: &DataDir) -> anyhow::Result<carapace_vault::SealKey> {
+        match &self.file_vault {
+            Some(v) => Ok(v.subkey("dead-letters")),
+            None if FileVault::exists(dd.root()) => {
+                bail!("the vault is locked, so blocked messages cannot be sealed")
+            }
+            None => {
+                let path = dd.root().join("dead-letters.key");
+                carapace_vault::SealKey::load_or_create(&path)
+                    .with_context(|| format!("cannot use {}", path.display()))
+            }
+        }
+    }
+
     pub fn file_value(&self, name: &str) -> Option<Secret<String>> {
         self.file_vault.as_ref()?.get(name).ok()
     }
