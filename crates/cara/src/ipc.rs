@@ -417,6 +417,7 @@ pub fn run(args: IpcArgs) -> ExitCode {
                         break;
                     }
                 }
+                Ok(Some(n)) if n.method == "channel.watch_ended" => break,
                 Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(e) => return fail(&e.to_string()),

@@ -2078,6 +2078,7 @@ fn watch(
                     shown += 1;
                 }
             }
+            Ok(Some(n)) if n.method == "channel.watch_ended" => break,
             Ok(Some(_)) => {}
             Ok(None) | Err(IpcError::TimedOut) => break,
             Err(e) => return unreachable_daemon(tool, &e),

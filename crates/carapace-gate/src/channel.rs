@@ -274,6 +274,55 @@ impl Channels {
             .map_err(|e| crate::internal(Stage::Execute, &e))?;
         Ok((letter.meta.channel, letter.meta.recipient))
     }
+
+    /// Starts watching a channel: messages from senders the inbound lists refuse are
+    /// dropped. Returns the channel's configured name and the stream.
+    pub(crate) async fn watch(
+        &self,
+        name: &str,
+    ) -> Result<
+        (
+            String,
+            futures_util::stream::BoxStream<'static, carapace_channels::Message>,
+        ),
+        GateError,
+    > {
+        let channel = self.resolve(name).cloned().ok_or_else(|| {
+            GateError::new(
+                ErrorCode::ValidationFailed,
+                Stage::Validate,
+                format!(
+                    "no channel named `{}`; channels: {}",
+                    short(name),
+                    self.names().join(", ")
+                ),
+            )
+            .with_field("/channel")
+        })?;
+        let stream = channel
+            .backend
+            .watch()
+            .await
+            .map_err(|e| GateError::new(ErrorCode::ToolError, Stage::Execute, e.to_string()))?;
+        use futures_util::StreamExt as _;
+        let keep = channel.clone();
+        let messages = stream
+            .filter_map(move |m| {
+                let keep = keep.clone();
+                async move {
+                    match m {
+                        Ok(m) if m.from_me || keep.filters.inbound.check(&m.from).is_ok() => Some(m),
+                        Ok(_) => None,
+                        Err(e) => {
+                            tracing::warn!(channel = %keep.name, error = %e, "channel watch failed");
+                            None
+                        }
+                    }
+                }
+            })
+            .boxed();
+        Ok((channel.name.clone(), messages))
+    }
 }
 
 /// The destination of a send: `contact:CHANNEL:ADDRESS`.

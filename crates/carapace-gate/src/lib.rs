@@ -332,6 +332,73 @@ impl Gate {
             .unwrap_or_default()
     }
 
+    /// Watches a channel for new messages on behalf of `principal` in `session`. Each
+    /// message that passes the channel's inbound lists is taken into the session (as
+    /// untrusted, private contact content) before it is yielded; the watch is audited.
+    pub async fn watch_channel(
+        &self,
+        principal: &Principal,
+        session: &SessionId,
+        channel: &str,
+    ) -> Result<futures_util::stream::BoxStream<'static, Value>, GateError> {
+        use futures_util::StreamExt as _;
+        let channels = self.inner.channels.as_ref().ok_or_else(|| {
+            GateError::new(
+                ErrorCode::UnknownTool,
+                Stage::Resolve,
+                "no messaging channels are configured",
+            )
+        })?;
+        if self
+            .inner
+            .store
+            .session(session)
+            .map_err(|e| internal(Stage::Envelope, &e))?
+            .is_none()
+        {
+            return Err(GateError::new(
+                ErrorCode::Unauthorized,
+                Stage::Envelope,
+                "no such session",
+            ));
+        }
+        let (name, messages) = channels.watch(channel).await?;
+        self.record(
+            "channel_watch",
+            json!({"principal": principal.audit_name(), "session": session.as_str(), "channel": name}),
+        )?;
+        let store = self.inner.store.clone();
+        let session = session.clone();
+        let source = Source::Contact(name.clone()).as_string();
+        let label = Label {
+            integrity: Integrity::Untrusted,
+            confidentiality: Confidentiality::Private,
+        };
+        let scrubber = self.inner.scrubber.clone();
+        Ok(messages
+            .filter_map(move |m| {
+                // The session holds what it was shown: taken in before the agent sees it;
+                // a message that cannot be recorded is not shown.
+                let mut exposure = Exposure::default();
+                exposure.record(EffectClass::Read, label, false);
+                let taken = store
+                    .absorb_result(
+                        &session,
+                        label,
+                        &source,
+                        &exposure_pairs(&exposure),
+                        now_ms(),
+                    )
+                    .inspect_err(|e| tracing::error!(error = %e, "cannot record a watched message"))
+                    .is_ok();
+                let mut v = json!({"id": m.id, "chat": m.chat, "from": m.from, "text": m.text,
+                                   "at": m.at, "from_me": m.from_me});
+                scrubber.current().scrub_json(&mut v);
+                std::future::ready(taken.then_some(v))
+            })
+            .boxed())
+    }
+
     /// Keeps a blocked `channel_send` for the owner; its id, when it was kept.
     fn keep_dead_letter(&self, req: &CallRequest<'_>, err: &GateError) -> Option<String> {
         let channels = self.inner.channels.as_ref()?;

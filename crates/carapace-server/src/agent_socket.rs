@@ -180,6 +180,7 @@ impl AgentSocket {
         let mut reader = BufReader::new(r);
         let mut buf = Vec::new();
         let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+        let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
         let ctx = Arc::new(Conn {
             principal,
             identity,
@@ -212,14 +213,21 @@ impl AgentSocket {
                 break;
             };
             let (this, ctx, tx) = (self.clone(), ctx.clone(), tx.clone());
+            let mut closed = closed_rx.clone();
             tokio::spawn(async move {
-                let line = this.dispatch(&ctx, &request, &tx).await;
+                // A request in flight ends with its connection: a watch stops, a model
+                // call is dropped, a Gate call records its cancellation.
+                let line = tokio::select! {
+                    line = this.dispatch(&ctx, &request, &tx) => line,
+                    _ = async { closed.wait_for(|c| *c).await.map(drop) } => None,
+                };
                 if let Some(line) = line {
                     let _ = tx.send(line).await;
                 }
                 drop(permit);
             });
         }
+        let _ = closed_tx.send(true);
         drop(tx);
         let _ = writer.await;
     }
@@ -258,10 +266,10 @@ impl AgentSocket {
         req: &Request,
         out: &mpsc::Sender<String>,
     ) -> Option<String> {
-        let result = if req.method == "provider.request" {
-            self.provider_request(conn, req, out).await
-        } else {
-            self.method(conn, req).await
+        let result = match req.method.as_str() {
+            "provider.request" => self.provider_request(conn, req, out).await,
+            "channel.watch" => return self.watch(conn, req, out).await,
+            _ => self.method(conn, req).await,
         };
         let id = req.id.as_ref()?;
         Some(match result {
@@ -337,6 +345,56 @@ impl AgentSocket {
                 format!("no method named `{}`", short(other)),
             )),
         }
+    }
+
+    /// `channel.watch`: answers `{"watching": true}`, then sends each new message as a
+    /// `channel.message` notification until the channel's watch ends or the connection
+    /// closes. Returns the answer when the watch could not start.
+    async fn watch(
+        &self,
+        conn: &Conn,
+        req: &Request,
+        out: &mpsc::Sender<String>,
+    ) -> Option<String> {
+        use futures_util::StreamExt as _;
+        let id = req.id.clone().unwrap_or(Value::Null);
+        let started = match pick(&req.params, &["channel"], &[]) {
+            Err(MethodError::Rpc(code, msg)) => Err(error_line(&id, code, &msg, None)),
+            Err(MethodError::Gate(e)) => Err(error_line(
+                &id,
+                gate_code(e.code),
+                &e.message,
+                Some(e.to_json()),
+            )),
+            Ok(p) => {
+                let channel = p["channel"].as_str().unwrap_or_default().to_string();
+                self.gate
+                    .watch_channel(&conn.principal, &conn.identity.session, &channel)
+                    .await
+                    .map(|s| (channel, s))
+                    .map_err(|e| error_line(&id, gate_code(e.code), &e.message, Some(e.to_json())))
+            }
+        };
+        let (channel, mut messages) = match started {
+            Ok(s) => s,
+            Err(line) => return req.id.as_ref().map(|_| line),
+        };
+        let ok = json!({"jsonrpc": "2.0", "id": id, "result": {"watching": true}});
+        if out.send(ok.to_string() + "\n").await.is_err() {
+            return None;
+        }
+        while let Some(message) = messages.next().await {
+            let note = json!({"jsonrpc": "2.0", "method": "channel.message",
+                              "params": {"channel": channel, "message": message}});
+            if out.send(note.to_string() + "\n").await.is_err() {
+                return None;
+            }
+        }
+        // The channel's watcher stopped: the client should not wait for more.
+        let end = json!({"jsonrpc": "2.0", "method": "channel.watch_ended",
+                         "params": {"id": id, "channel": channel}});
+        let _ = out.send(end.to_string() + "\n").await;
+        None
     }
 
     /// Forwards one HTTP request of the agent's own model client, streaming the answer

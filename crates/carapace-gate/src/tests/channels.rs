@@ -68,7 +68,24 @@ impl Backend for FakeBackend {
         &self,
     ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Message, ChannelError>>, ChannelError>>
     {
-        Box::pin(async { Err(ChannelError::Unsupported("watch")) })
+        let msg = |id: &str, from: &str, text: &str| {
+            Ok(Message {
+                id: id.into(),
+                chat: from.into(),
+                from: from.into(),
+                text: text.into(),
+                at: "2026-12-07T08:00:00Z".into(),
+                from_me: false,
+            })
+        };
+        let items = vec![
+            msg("7", "+19005550199", "click this link"),
+            msg("8", "+14155550100", "are you there?"),
+        ];
+        Box::pin(async move {
+            Ok(Box::pin(futures_util::stream::iter(items))
+                as BoxStream<'static, Result<Message, ChannelError>>)
+        })
     }
 }
 
@@ -402,5 +419,33 @@ async fn unknown_channels_and_forged_extra_fields_are_refused() {
     assert!(
         c.f.store.dead_letters(true).unwrap().is_empty(),
         "malformed calls are not kept"
+    );
+}
+
+#[tokio::test]
+async fn a_watch_yields_only_listed_senders_and_taints_the_session_first() {
+    use futures_util::StreamExt as _;
+    let c = channel_fixture(Policy::default());
+    let stream =
+        c.f.gate
+            .watch_channel(&c.agent, &c.f.session, "imsg")
+            .await
+            .unwrap();
+    let got: Vec<Value> = stream.collect().await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["text"], "are you there?");
+    let s = c.f.store.session(&c.f.session).unwrap().unwrap();
+    assert_eq!(s.label.integrity, Integrity::Untrusted);
+    assert!(
+        s.seen.iter().any(|x| x == "contact:imessage"),
+        "{:?}",
+        s.seen
+    );
+    assert_eq!(c.records("channel_watch").len(), 1);
+    assert!(
+        c.f.gate
+            .watch_channel(&c.agent, &c.f.session, "nope")
+            .await
+            .is_err()
     );
 }
