@@ -40,8 +40,6 @@ pub const SHIMS_INSIDE: &str = "/run/carapace/shims";
 pub const HOME_INSIDE: &str = "/home/agent";
 /// The loopback port of the provider pass-through inside the sandbox.
 pub const PASSTHROUGH_PORT: u16 = 4317;
-/// The shims a sandbox gets.
-pub const SHIMS: &[&str] = &["imsg", "signal-cli", "discord", "gog"];
 /// Variables of the owner's terminal passed to the agent; nothing else of the owner's
 /// environment enters the sandbox.
 const TERMINAL_VARS: &[&str] = &["TERM", "COLORTERM", "COLUMNS", "LINES", "LANG", "LC_ALL"];
@@ -219,6 +217,38 @@ pub struct Launcher {
     pub dd: DataDir,
     /// Host path of the agent socket.
     pub agent_socket: PathBuf,
+    /// Places no workspace may hold or lie inside, resolved (see [`protected_places`]).
+    pub protected: Vec<PathBuf>,
+    /// Unauthenticated `owner.sock` connections being read at once.
+    pub pending: Arc<tokio::sync::Semaphore>,
+    /// Refused `agent.run` requests, audited at most once a second.
+    pub refusals: Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+/// What a workspace may neither hold nor lie inside, with every symlink resolved: the
+/// data directory (vault, token, keys, the database, config), the socket directory, the
+/// `cara` executable and the init helper beside it (an agent that could rewrite them
+/// would run outside the sandbox next time), and `/`.
+pub fn protected_places(dd: &DataDir, sockets: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let exe = std::env::current_exe().context("cannot find the cara executable")?;
+    let mut out = Vec::new();
+    for p in [
+        dd.root().to_path_buf(),
+        sockets.to_path_buf(),
+        exe.clone(),
+        exe.with_file_name(crate::sandbox_cmd::INIT_HELPER),
+    ] {
+        // A place that does not exist (no init helper) cannot be held; its parent is.
+        match p.canonicalize() {
+            Ok(c) => out.push(c),
+            Err(_) => {
+                if let Some(parent) = p.parent().and_then(|d| d.canonicalize().ok()) {
+                    out.push(parent.join(p.file_name().unwrap_or_default()));
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Binds `agent.sock` and `owner.sock` in `dir` (created 0700 when missing; the system
@@ -268,26 +298,38 @@ impl Launcher {
     }
 
     async fn connection(&self, stream: UnixStream) -> anyhow::Result<()> {
-        // The owner's terminal arrives with the first bytes of the request.
-        let mut first = vec![0u8; 64 * 1024];
-        let (n, fds) = stream
-            .async_io(tokio::io::Interest::READABLE, || {
-                fdpass::recv_with_fds(stream.as_fd(), &mut first)
-            })
+        // Until the token is checked a connection is anyone's: few at a time, briefly.
+        let Ok(reading) = self.pending.clone().try_acquire_owned() else {
+            return Ok(());
+        };
+        let read = async {
+            // The owner's terminal arrives with the first bytes of the request.
+            let mut first = vec![0u8; 64 * 1024];
+            let (n, fds) = stream
+                .async_io(tokio::io::Interest::READABLE, || {
+                    fdpass::recv_with_fds(stream.as_fd(), &mut first)
+                })
+                .await
+                .context("reading the request")?;
+            first.truncate(n);
+            anyhow::Ok((first, n, fds))
+        };
+        let (first, n, fds) = tokio::time::timeout(Duration::from_secs(10), read)
             .await
-            .context("reading the request")?;
-        first.truncate(n);
+            .context("no request within 10 s")??;
         let (r, mut w) = stream.into_split();
         let mut reader = tokio::io::BufReader::new(r);
         let mut line = first;
         if !line.contains(&b'\n') && n > 0 {
             let mut rest = Vec::new();
-            (&mut reader)
-                .take(MAX_REQUEST as u64)
-                .read_until(b'\n', &mut rest)
-                .await?;
+            let mut limited = (&mut reader).take(MAX_REQUEST as u64);
+            let more = limited.read_until(b'\n', &mut rest);
+            tokio::time::timeout(Duration::from_secs(10), more)
+                .await
+                .context("no request within 10 s")??;
             line.extend_from_slice(&rest);
         }
+        drop(reading);
         let reply = |v: Value| v.to_string() + "\n";
         let fail = |msg: String| {
             reply(json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -32602, "message": msg}}))
@@ -372,7 +414,21 @@ impl Launcher {
         let token = p["token"].as_str().unwrap_or_default();
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if !constant_time_eq(&digest, &self.token_digest) {
-            self.record("agent_run_refused", json!({"reason": "bad token"}));
+            // At most one record a second, counting the refusals it stands for.
+            let mut r = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+            r.1 += 1;
+            let now = std::time::Instant::now();
+            if r.0
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+            {
+                let count = std::mem::take(&mut r.1);
+                r.0 = Some(now);
+                drop(r);
+                self.record(
+                    "agent_run_refused",
+                    json!({"reason": "bad token", "count": count}),
+                );
+            }
             return Err("the token is wrong".into());
         }
         let profile = p["profile"]
@@ -391,6 +447,9 @@ impl Launcher {
             return Err("argv must be a non-empty list of strings without NUL".into());
         }
         let workspace = PathBuf::from(p["workspace"].as_str().unwrap_or_default());
+        if !workspace.is_absolute() {
+            return Err("the workspace must be an absolute path".into());
+        }
         let workspace = workspace
             .canonicalize()
             .map_err(|e| format!("the workspace {} cannot be used: {e}", workspace.display()))?;
@@ -400,8 +459,17 @@ impl Launcher {
                 workspace.display()
             ));
         }
-        if workspace.starts_with(self.dd.root()) || self.dd.root().starts_with(&workspace) {
-            return Err("the workspace may not hold or be inside Carapace's data directory".into());
+        if let Some(p) = self
+            .protected
+            .iter()
+            .find(|p| p.starts_with(&workspace) || workspace.starts_with(p))
+        {
+            return Err(format!(
+                "the workspace {} may not hold or lie inside {} (Carapace's data, sockets or \
+                 executables); choose a directory of its own",
+                workspace.display(),
+                p.display()
+            ));
         }
         let mut env = Vec::new();
         if let Some(m) = p["env"].as_object() {
@@ -413,6 +481,7 @@ impl Launcher {
                 }
             }
         }
+        let trusted = p["trust_input"].as_bool().unwrap_or(false);
         let timeout = p["timeout_secs"]
             .as_u64()
             .unwrap_or(24 * 3600)
@@ -431,6 +500,7 @@ impl Launcher {
             workspace,
             env,
             timeout: Duration::from_secs(timeout),
+            trusted,
             stdio: Stdio3 {
                 stdin,
                 stdout,
@@ -445,9 +515,23 @@ impl Launcher {
         let id = format!("run_{}", hex::encode(bytes));
         let session = SessionId::new(format!("agent_{}", hex::encode(bytes)));
         let title = format!("{} ({})", req.argv[0], req.profile.name());
+        let now = carapace_gate::now_ms();
         self.store
-            .create_session(&session, &title, carapace_gate::now_ms())
+            .create_session(&session, &title, now)
             .context("cannot create the run's session")?;
+        // The Gate never sees what the agent reads (its workspace, its home, its model's
+        // answers): unless the owner vouches for it, its session starts untrusted, so
+        // policy asks before consequential calls no plan covers.
+        if !req.trusted {
+            let untrusted = carapace_types::Label {
+                integrity: carapace_types::Integrity::Untrusted,
+                confidentiality: carapace_types::Confidentiality::Public,
+            };
+            let source = carapace_types::Source::Tool("agent_run".into()).as_string();
+            self.store
+                .absorb_result(&session, untrusted, &source, &[], now)
+                .context("cannot label the run's session")?;
+        }
         Ok((id, session))
     }
 
@@ -564,7 +648,7 @@ pub fn passthrough_targets<'a>(
 /// Links named like the messaging CLIs, pointing at `cara` as the sandbox sees it.
 fn make_shims(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    for name in SHIMS {
+    for name in crate::shim::TOOLS.map(crate::shim::Tool::name) {
         let link = dir.join(name);
         match std::fs::read_link(&link) {
             Ok(target) if target == Path::new(CARA_INSIDE) => continue,
@@ -587,6 +671,7 @@ struct RunRequest {
     workspace: PathBuf,
     env: Vec<(String, String)>,
     timeout: Duration,
+    trusted: bool,
     stdio: Stdio3,
 }
 
@@ -598,8 +683,12 @@ pub fn run_cli(
     profile: Profile,
     workspace: &Path,
     timeout: Option<u64>,
+    trust_input: bool,
     argv: &[String],
 ) -> anyhow::Result<i32> {
+    let workspace = workspace
+        .canonicalize()
+        .with_context(|| format!("cannot use the workspace {}", workspace.display()))?;
     let path = socket_dir(dd).join("owner.sock");
     let stream = std::os::unix::net::UnixStream::connect(&path).with_context(|| {
         format!(
@@ -617,6 +706,7 @@ pub fn run_cli(
         "argv": argv,
         "workspace": workspace,
         "env": env,
+        "trust_input": trust_input,
     });
     if let Some(t) = timeout {
         params["timeout_secs"] = json!(t);

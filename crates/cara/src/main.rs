@@ -425,6 +425,11 @@ enum AgentCommand {
         /// Wall-clock limit of the run in seconds [default: 24 hours].
         #[arg(long, value_name = "SECS")]
         timeout: Option<u64>,
+        /// Start the run's session trusted: you vouch for everything the agent will read
+        /// (its workspace, its home, its model's answers). Without it the session is
+        /// untrusted, so sends, writes and commands ask you unless a plan covers them.
+        #[arg(long)]
+        trust_input: bool,
         /// The agent's command and its arguments.
         #[arg(
             required = true,
@@ -616,6 +621,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             profile,
             workspace,
             timeout,
+            trust_input,
             command,
         }) => {
             let profile = agent_run::Profile::parse(&profile).expect("clap checked the profile");
@@ -633,7 +639,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::Ok(())
             })?;
             let token = dd.read_token()?;
-            let code = agent_run::run_cli(&dd, &token, profile, &workspace, timeout, &command)?;
+            let code = agent_run::run_cli(
+                &dd,
+                &token,
+                profile,
+                &workspace,
+                timeout,
+                trust_input,
+                &command,
+            )?;
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
         }
         Command::Dlq(c) => runtime(1)?.block_on(async {

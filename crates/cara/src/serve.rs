@@ -140,6 +140,16 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
         .channels
         .build(&dd.config(), std::env::var_os("HOME").map(Into::into))?;
     let channel_names: Vec<String> = channels.iter().map(|c| c.name.clone()).collect();
+    // A channel CLI's environment may hold its credentials; its errors reach the agent.
+    let channel_env: Vec<carapace_types::Secret<String>> = file
+        .channels
+        .0
+        .values()
+        .flat_map(|t| t.env.values())
+        .map(|v| carapace_types::Secret::new(v.get_ref().clone()))
+        .filter(|v| v.expose().len() >= carapace_vault::MIN_SECRET_LEN)
+        .collect();
+    scrubber.add(&channel_env);
     let pass_targets = match &settings.provider {
         ProviderSetup::Ready(p) => {
             crate::agent_run::passthrough_targets(std::iter::once(&p.target).chain(&p.fallbacks))
@@ -235,6 +245,9 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
         token_digest: sha2::Sha256::digest(token.expose().as_bytes()).into(),
         dd: dd.clone(),
         agent_socket: sockets.join("agent.sock"),
+        protected: crate::agent_run::protected_places(dd, &sockets)?,
+        pending: Arc::new(tokio::sync::Semaphore::new(8)),
+        refusals: std::sync::Mutex::new((None, 0)),
     });
     tokio::spawn(launcher.serve(owner_listener));
 

@@ -33,7 +33,8 @@ pub enum Tool {
     Gog,
 }
 
-const TOOLS: [Tool; 4] = [Tool::Imsg, Tool::Signal, Tool::Discord, Tool::Gog];
+/// Every shim.
+pub const TOOLS: [Tool; 4] = [Tool::Imsg, Tool::Signal, Tool::Discord, Tool::Gog];
 
 impl Tool {
     /// The tool named `name` (the file name it is invoked as).

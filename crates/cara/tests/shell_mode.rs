@@ -150,7 +150,13 @@ async fn a_scripted_agent_gets_only_what_policy_allows_and_every_refusal_is_kept
     let data = dir.data();
     let port = daemon.addr().port().to_string();
     let out = cara(&dir)
-        .args(["agent", "run", "--workspace", project.to_str().unwrap()])
+        .args([
+            "agent",
+            "run",
+            "--trust-input",
+            "--workspace",
+            project.to_str().unwrap(),
+        ])
         .args(["--", "/bin/sh", "agent.sh"])
         .args([data.to_str().unwrap(), &port, KEY])
         .run()
@@ -355,7 +361,14 @@ async fn the_agent_socket_refuses_callers_outside_a_sandbox_it_started() {
     assert_eq!(v["id"], Value::Null);
     // A process in a pid namespace of its own that the daemon did not start.
     let out = std::process::Command::new("unshare")
-        .args(["--user", "--map-root-user", "--pid", "--fork", "python3", "-c"])
+        .args([
+            "--user",
+            "--map-root-user",
+            "--pid",
+            "--fork",
+            "python3",
+            "-c",
+        ])
         .arg(format!(
             // The refusal comes at once, before any request (which could then meet a
             // closed socket).
@@ -399,4 +412,83 @@ async fn the_agent_socket_refuses_callers_outside_a_sandbox_it_started() {
         "refused connections are in the audit log"
     );
     drop(daemon);
+}
+
+#[tokio::test]
+async fn an_untrusted_run_asks_before_a_send_and_a_denied_send_is_kept() {
+    if !enabled() {
+        return;
+    }
+    let dir = TestDir::new();
+    std::fs::create_dir_all(dir.data()).unwrap();
+    let (bin, log) = fake_imsg(dir.root());
+    std::fs::write(dir.config(), config(&bin)).unwrap();
+    let project = dir.root().join("project");
+    std::fs::create_dir(&project).unwrap();
+    let daemon = Daemon::start_with_env(&dir, &[]).await;
+    // Without --trust-input the Gate cannot vouch for what the agent read: the send to an
+    // allowlisted contact asks the owner, who says no.
+    let run = cara(&dir)
+        .args(["agent", "run", "--workspace", project.to_str().unwrap()])
+        .args([
+            "--",
+            "imsg",
+            "send",
+            "--to",
+            "+14155550100",
+            "--text",
+            "from an untrusted run",
+        ])
+        .run();
+    let answer = async {
+        let pending = daemon.pending_approval().await;
+        assert_eq!(pending["tool"], "channel_send", "{pending}");
+        let id = pending["id"].as_str().unwrap();
+        let (status, _) = daemon
+            .post(
+                &format!("/api/approvals/{id}"),
+                &serde_json::json!({"decision": "deny"}),
+            )
+            .await;
+        assert_eq!(status, 200);
+    };
+    let (out, ()) = tokio::join!(run, answer);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("CONFIRMATION_DENIED"), "{}", out.stderr);
+    assert!(!log.exists() || std::fs::read_to_string(&log).unwrap().is_empty());
+    let (_, dlq) = daemon.get("/api/dlq").await;
+    assert_eq!(
+        dlq["dead_letters"][0]["code"], "CONFIRMATION_DENIED",
+        "{dlq}"
+    );
+}
+
+#[tokio::test]
+async fn a_workspace_holding_the_data_directory_is_refused_also_through_a_symlink() {
+    if !enabled() {
+        return;
+    }
+    let dir = TestDir::new();
+    let _daemon = Daemon::start_with_env(&dir, &[]).await;
+    let link = dir.root().join("innocent");
+    std::os::unix::fs::symlink(dir.root(), &link).unwrap();
+    for ws in [dir.root().to_path_buf(), link, dir.workspace()] {
+        let out = cara(&dir)
+            .args([
+                "agent",
+                "run",
+                "--workspace",
+                ws.to_str().unwrap(),
+                "--",
+                "/bin/true",
+            ])
+            .run()
+            .await;
+        assert_eq!(out.code, Some(125), "{ws:?}: {out:?}");
+        assert!(
+            out.stderr.contains("may not hold or lie inside"),
+            "{}",
+            out.stderr
+        );
+    }
 }

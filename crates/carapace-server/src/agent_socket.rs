@@ -8,6 +8,7 @@
 //! same tools, policy, approvals and audit apply as to the built-in agent. There is no
 //! method that runs an arbitrary command as the daemon's user.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,7 +29,17 @@ use tokio::sync::{Semaphore, mpsc};
 pub const MAX_LINE: usize = 8 * 1024 * 1024;
 
 /// Requests of one connection that may be in flight at once; more wait.
-const IN_FLIGHT: usize = 32;
+const IN_FLIGHT: usize = 16;
+
+/// Connections one run may hold open at once.
+pub const MAX_CONNECTIONS_PER_RUN: usize = 32;
+
+/// Channel watches one run may hold open at once (each runs the channel's CLI).
+pub const MAX_WATCHES_PER_RUN: usize = 4;
+
+/// Bytes of request lines all connections together may hold in flight, in KiB; a
+/// connection whose request does not fit waits until others finish.
+const BUDGET_KIB: usize = 512 * 1024;
 
 /// JSON-RPC error codes of the transport.
 pub mod codes {
@@ -98,6 +109,43 @@ pub struct AgentSocket {
     passthrough: Option<Arc<Passthrough>>,
     refusals: Mutex<RefusalLog>,
     calls: AtomicU64,
+    budget: Arc<Semaphore>,
+    connections: Arc<Mutex<HashMap<String, usize>>>,
+    watches: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One slot of a per-run count, given back when dropped.
+struct Slot {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    run: String,
+}
+
+impl Slot {
+    /// Takes a slot for `run` unless it holds `max` already.
+    fn take(counts: &Arc<Mutex<HashMap<String, usize>>>, run: &str, max: usize) -> Option<Slot> {
+        let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(run.to_string()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            counts: counts.clone(),
+            run: run.to_string(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.run) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.run);
+            }
+        }
+    }
 }
 
 /// Refused connections are audited at most once per [`RefusalLog::EVERY`], each record
@@ -128,6 +176,9 @@ impl AgentSocket {
                 unrecorded: 0,
             }),
             calls: AtomicU64::new(0),
+            budget: Arc::new(Semaphore::new(BUDGET_KIB)),
+            connections: Arc::default(),
+            watches: Arc::default(),
         })
     }
 
@@ -164,6 +215,15 @@ impl AgentSocket {
                 let _ = w.shutdown().await;
                 return;
             }
+        };
+        let Some(_slot) = Slot::take(&self.connections, &identity.run, MAX_CONNECTIONS_PER_RUN)
+        else {
+            let (_, mut w) = stream.into_split();
+            let msg = format!("a run may hold at most {MAX_CONNECTIONS_PER_RUN} connections");
+            let line = error_line(&Value::Null, codes::INVALID_REQUEST, &msg, None);
+            let _ = w.write_all(line.as_bytes()).await;
+            let _ = w.shutdown().await;
+            return;
         };
         tracing::debug!(run = %identity.run, "agent connected");
         let principal = Principal::agent(&identity.run);
@@ -212,6 +272,12 @@ impl AgentSocket {
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 break;
             };
+            // The parsed request is held until it is answered: it counts against the
+            // budget of all connections.
+            let kib = u32::try_from(buf.len() / 1024 + 1).unwrap_or(u32::MAX);
+            let Ok(bytes) = self.budget.clone().acquire_many_owned(kib).await else {
+                break;
+            };
             let (this, ctx, tx) = (self.clone(), ctx.clone(), tx.clone());
             let mut closed = closed_rx.clone();
             tokio::spawn(async move {
@@ -224,7 +290,7 @@ impl AgentSocket {
                 if let Some(line) = line {
                     let _ = tx.send(line).await;
                 }
-                drop(permit);
+                drop((permit, bytes));
             });
         }
         let _ = closed_tx.send(true);
@@ -358,6 +424,13 @@ impl AgentSocket {
     ) -> Option<String> {
         use futures_util::StreamExt as _;
         let id = req.id.clone().unwrap_or(Value::Null);
+        let Some(_slot) = Slot::take(&self.watches, &conn.identity.run, MAX_WATCHES_PER_RUN) else {
+            let msg = format!("a run may hold at most {MAX_WATCHES_PER_RUN} watches");
+            return req
+                .id
+                .as_ref()
+                .map(|_| error_line(&id, codes::INVALID_REQUEST, &msg, None));
+        };
         let started = match pick(&req.params, &["channel"], &[]) {
             Err(MethodError::Rpc(code, msg)) => Err(error_line(&id, code, &msg, None)),
             Err(MethodError::Gate(e)) => Err(error_line(

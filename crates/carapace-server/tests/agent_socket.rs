@@ -1,0 +1,186 @@
+//! The agent socket over a real Unix socket: identity decided once per connection,
+//! typed errors with stable codes, params that could name a caller refused, and the
+//! per-run limits that keep one sandbox from exhausting the daemon.
+
+mod common;
+
+use std::sync::Arc;
+
+use carapace_server::agent_socket::{
+    AgentIdentity, AgentSocket, Identify, MAX_CONNECTIONS_PER_RUN, Refusal,
+};
+use carapace_types::SessionId;
+use common::{audit_events, harness_with};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+/// Accepts every connection as run `run_t`, unless told to refuse.
+struct Fixed {
+    refuse: bool,
+}
+
+impl Identify for Fixed {
+    fn identify(&self, _: &UnixStream) -> Result<AgentIdentity, Refusal> {
+        if self.refuse {
+            return Err(Refusal {
+                uid: Some(4242),
+                pid: Some(7),
+                reason: "a pid namespace of no sandbox this daemon started".into(),
+            });
+        }
+        Ok(AgentIdentity {
+            run: "run_t".into(),
+            session: SessionId::new("agent_t"),
+        })
+    }
+}
+
+async fn socket(refuse: bool) -> (common::Harness, std::path::PathBuf) {
+    let h = harness_with(common::Options {
+        script: None,
+        ..Default::default()
+    })
+    .await;
+    h.store
+        .create_session(&SessionId::new("agent_t"), "agent", 0)
+        .unwrap();
+    let path = h.dir.path().join("agent.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let socket = AgentSocket::new(h.gate.clone(), Arc::new(Fixed { refuse }), None);
+    tokio::spawn(socket.serve(listener));
+    (h, path)
+}
+
+struct Client {
+    r: BufReader<tokio::net::unix::OwnedReadHalf>,
+    w: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl Client {
+    async fn connect(path: &std::path::Path) -> Client {
+        let (r, w) = UnixStream::connect(path).await.unwrap().into_split();
+        Client {
+            r: BufReader::new(r),
+            w,
+        }
+    }
+
+    async fn send(&mut self, line: &str) {
+        let _ = self.w.write_all(line.as_bytes()).await;
+        let _ = self.w.write_all(b"\n").await;
+    }
+
+    async fn recv(&mut self) -> Option<Value> {
+        let mut line = String::new();
+        match self.r.read_line(&mut line).await {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(serde_json::from_str(&line).unwrap()),
+        }
+    }
+
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+        self.send(&req.to_string()).await;
+        self.recv().await.expect("an answer")
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_caller_gets_one_error_and_is_audited() {
+    let (h, path) = socket(true).await;
+    let mut c = Client::connect(&path).await;
+    let v = c.recv().await.unwrap();
+    assert_eq!(v["error"]["code"], -32020);
+    assert_eq!(v["id"], Value::Null);
+    assert!(c.recv().await.is_none(), "the connection is closed");
+    let refused = audit_events(&h.store, "agent_socket_refused");
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0]["uid"], 4242);
+}
+
+#[tokio::test]
+async fn methods_answer_with_stable_codes_and_no_param_names_a_caller() {
+    let (_h, path) = socket(false).await;
+    let mut c = Client::connect(&path).await;
+    let info = c.call("session.info", json!({})).await;
+    assert_eq!(info["result"]["agent"], "run_t");
+    assert_eq!(info["result"]["session"], "agent_t");
+    // Not JSON, not a request, an unknown method, and a forged principal.
+    c.send("not json").await;
+    assert_eq!(c.recv().await.unwrap()["error"]["code"], -32700);
+    c.send(r#"[{"jsonrpc":"2.0","id":1,"method":"session.info"}]"#)
+        .await;
+    assert_eq!(c.recv().await.unwrap()["error"]["code"], -32600);
+    let v = c.call("exec", json!({"command": "id"})).await;
+    assert_eq!(v["error"]["code"], -32601);
+    let v = c
+        .call(
+            "channel.send",
+            json!({"channel": "x", "to": "y", "text": "z", "principal": "owner@api"}),
+        )
+        .await;
+    assert_eq!(v["error"]["code"], -32602);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("params.principal")
+    );
+    // A Gate error keeps its code, stage and rule; the strict policy asks before a write
+    // and nobody answers in this test, so use a tool that is not there.
+    let v = c
+        .call(
+            "tools.call",
+            json!({"name": "no_such_tool", "arguments": {}}),
+        )
+        .await;
+    assert_eq!(v["error"]["code"], -32001);
+    assert_eq!(v["error"]["data"]["code"], "UNKNOWN_TOOL");
+    assert_eq!(v["error"]["data"]["stage"], "resolve");
+    let v = c
+        .call(
+            "tools.call",
+            json!({"name": "read_file", "arguments": {"path": "../x"}}),
+        )
+        .await;
+    assert!(v["error"]["code"].as_i64().unwrap() <= -32001, "{v}");
+    let ok = c
+        .call(
+            "tools.call",
+            json!({"name": "read_file", "arguments": {"path": "notes.txt"}}),
+        )
+        .await;
+    assert_eq!(ok["result"]["content"]["content"], "buy milk\n", "{ok}");
+}
+
+#[tokio::test]
+async fn a_line_over_the_limit_ends_the_connection_without_buffering_it() {
+    let (_h, path) = socket(false).await;
+    let mut c = Client::connect(&path).await;
+    let big = vec![b'x'; carapace_server::agent_socket::MAX_LINE + 10];
+    let _ = c.w.write_all(&big).await;
+    let v = c.recv().await.unwrap();
+    assert_eq!(v["error"]["code"], -32600);
+    assert!(c.recv().await.is_none());
+}
+
+#[tokio::test]
+async fn one_run_cannot_hold_more_than_its_share_of_connections() {
+    let (_h, path) = socket(false).await;
+    let mut held = Vec::new();
+    for _ in 0..MAX_CONNECTIONS_PER_RUN {
+        let mut c = Client::connect(&path).await;
+        // Each connection is in and answering.
+        assert!(c.call("session.info", json!({})).await["result"].is_object());
+        held.push(c);
+    }
+    let mut extra = Client::connect(&path).await;
+    let v = extra.recv().await.unwrap();
+    assert_eq!(v["error"]["code"], -32600, "{v}");
+    // Closing one gives its slot back.
+    drop(held.pop());
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut again = Client::connect(&path).await;
+    assert!(again.call("session.info", json!({})).await["result"].is_object());
+}
