@@ -171,6 +171,44 @@ impl Target {
         self.root.join(abs.trim_start_matches('/'))
     }
 
+    /// Refuses a target image where a path install or uninstall touches goes through a
+    /// symlink: as root, following one could write or delete outside `--root`. The
+    /// running system's own layout (`--root /`) is root's and trusted.
+    fn refuse_symlinks(&self) -> anyhow::Result<()> {
+        if self.is_host() {
+            return Ok(());
+        }
+        let places = [
+            DATA_DIR,
+            SOCKET_DIR,
+            BIN,
+            INIT_BIN,
+            UNIT,
+            TMPFILES,
+            MANIFEST,
+            "/etc/passwd",
+            "/etc/group",
+            "/etc/shadow",
+            "/etc/gshadow",
+        ];
+        for abs in places {
+            let mut here = self.root.clone();
+            for part in Path::new(abs).components().skip(1) {
+                here.push(part);
+                match fs::symlink_metadata(&here) {
+                    Ok(m) if m.file_type().is_symlink() => bail!(
+                        "{} is a symbolic link; refusing to follow it out of --root {}",
+                        here.display(),
+                        self.root.display()
+                    ),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn is_host(&self) -> bool {
         self.root == Path::new("/")
     }
@@ -622,6 +660,7 @@ pub fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
         require_root("install")?;
     }
     let t = Target::new(&args.root)?;
+    t.refuse_symlinks()?;
     let owner = args
         .owner
         .or_else(|| std::env::var("SUDO_USER").ok().filter(|u| !u.is_empty()))
@@ -845,6 +884,7 @@ pub fn uninstall(args: UninstallArgs) -> anyhow::Result<ExitCode> {
         require_root("uninstall")?;
     }
     let t = Target::new(&args.root)?;
+    t.refuse_symlinks()?;
     let Some(m) = load_manifest(&t)? else {
         println!(
             "nothing to uninstall: no {} (uninstall removes only what `cara system install` created)",

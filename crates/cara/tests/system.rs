@@ -452,3 +452,39 @@ fn install_refuses_a_file_it_did_not_write_and_a_non_root_caller() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("run it as root"), "{err}");
 }
+
+#[test]
+fn install_refuses_a_root_whose_paths_lead_out_through_symlinks() {
+    if !enabled() {
+        return;
+    }
+    let root = new_root();
+    let outside = tempfile::Builder::new()
+        .prefix("outside-")
+        .tempdir()
+        .unwrap();
+    // Whoever prepared this root left absolute symlinks in it (an image tree, a chroot).
+    std::os::unix::fs::symlink(outside.path(), root.path().join("usr")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), root.path().join("etc/systemd")).unwrap();
+    let before = snapshot(root.path());
+    let out = Command::new(CARA)
+        .args(["system", "install", "--owner", "alice", "--root"])
+        .arg(root.path())
+        .env_clear()
+        .env("PATH", PATH)
+        .env("HOME", root.path().join("nonexistent-home"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is a symbolic link"), "{err}");
+    assert_eq!(
+        fs::read_dir(outside.path()).unwrap().count(),
+        0,
+        "nothing written outside"
+    );
+    assert!(
+        differences(&before, &snapshot(root.path())).is_empty(),
+        "nothing changed inside"
+    );
+}
