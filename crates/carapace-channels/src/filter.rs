@@ -1,9 +1,11 @@
 //! Address patterns, allowlists and denylists, content filters and the send limiter.
 //!
-//! Addresses are compared normalised: lowercase, and for phone-like addresses (digits,
-//! spaces, `+`, `-`, `(`, `)`, `.`) without the spaces, dashes, dots and parentheses, so
-//! `+1 (415) 555-0100` and `+14155550100` are one address to every list and to the
-//! limiter.
+//! Addresses are compared normalised: lowercase, and for phone-like addresses (ASCII
+//! digits, spaces, `+`, `-`, `(`, `)`, `.`) without the spaces, dashes, dots and
+//! parentheses, so `+1 (415) 555-0100` and `+14155550100` are one address to every list
+//! and to the limiter. A filter passes one address only: a list of recipients, a display
+//! name (`Name <addr>`) or a number in other digits than ASCII is refused before any
+//! pattern is tried, because the platform's CLI would read it as other addresses.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -164,13 +166,74 @@ pub enum Refusal {
     /// No allowlist pattern matches the address.
     #[error("address is not on the allowlist")]
     NotAllowed,
-    /// The address is empty, too long, or holds control or invisible characters, so
-    /// it could look like another address than it is.
+    /// The address is empty, too long, holds control or invisible characters or
+    /// whitespace, is a list of addresses or has a display name, or is a number in other
+    /// digits than ASCII: it could be read as another address than it looks like.
     #[error("address is unusable: {reason}")]
     BadAddress {
         /// What is wrong with it.
         reason: &'static str,
     },
+}
+
+/// Characters that separate addresses in a list or wrap one in a display name
+/// (`Name <addr>, "x" (comment)`): a recipient CLI may read them as several addresses.
+fn is_list_syntax(c: char) -> bool {
+    matches!(c, ',' | ';' | '<' | '>' | '"' | '(' | ')' | '\\')
+}
+
+/// What a filter is asked about.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A recipient's or a sender's address.
+    Address,
+    /// A backend's id of a chat: a row number, a group id, an address.
+    Chat,
+}
+
+/// `text` normalised ([`normalize_address`]) when it is one address or chat id: not empty,
+/// at most 256 bytes, no whitespace (any Unicode space, after a phone number's formatting
+/// is taken out), no list or display-name syntax (`, ; < > " ( ) \`), no control or
+/// invisible characters. An address that starts with `+` or an ASCII digit is a phone
+/// number of 3 to 15 ASCII digits after an optional `+` (so digits of other scripts,
+/// which print like these, are refused). A chat id is printable ASCII (so none of those
+/// digits either), may hold `;` (an iMessage chat's guid does), may be a short row number
+/// or a group id starting with a digit, and when it starts with `+` is a phone number.
+fn one_token(text: &str, kind: Kind) -> Result<String, Refusal> {
+    let bad = |reason| Err(Refusal::BadAddress { reason });
+    if text.trim().is_empty() {
+        return bad("empty");
+    }
+    if text.len() > MAX_ADDRESS_BYTES {
+        return bad("longer than 256 bytes");
+    }
+    if text.chars().any(is_invisible) {
+        return bad("holds control or invisible characters");
+    }
+    let norm = normalize_address(text);
+    if norm.chars().any(char::is_whitespace) {
+        return bad("holds whitespace");
+    }
+    if norm
+        .chars()
+        .any(|c| is_list_syntax(c) && !(kind == Kind::Chat && c == ';'))
+    {
+        return bad("holds a list or display-name character");
+    }
+    if kind == Kind::Chat && !norm.bytes().all(|b| b.is_ascii_graphic()) {
+        return bad("a chat id is printable ASCII");
+    }
+    let phone = match kind {
+        Kind::Address => norm.starts_with(|c: char| c == '+' || c.is_ascii_digit()),
+        Kind::Chat => norm.starts_with('+'),
+    };
+    if phone {
+        let digits = norm.strip_prefix('+').unwrap_or(&norm);
+        if !(3..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return bad("not a phone number of 3 to 15 ASCII digits");
+        }
+    }
+    Ok(norm)
 }
 
 /// An allowlist and a denylist of addresses. Deny by default: an empty allowlist allows
@@ -184,22 +247,23 @@ pub struct AddressFilter {
 }
 
 impl AddressFilter {
-    /// Whether `addr` passes.
+    /// Whether the address `addr` passes: it is one address (no list, display name,
+    /// whitespace, invisible character or digits of another script; see the module's
+    /// doc), no denylist pattern matches it and an allowlist pattern does.
     pub fn check(&self, addr: &str) -> Result<(), Refusal> {
-        if addr.trim().is_empty() {
-            return Err(Refusal::BadAddress { reason: "empty" });
-        }
-        if addr.len() > MAX_ADDRESS_BYTES {
-            return Err(Refusal::BadAddress {
-                reason: "longer than 256 bytes",
-            });
-        }
-        if addr.chars().any(is_invisible) {
-            return Err(Refusal::BadAddress {
-                reason: "holds control or invisible characters",
-            });
-        }
-        let norm: Vec<char> = normalize_address(addr).chars().collect();
+        self.check_token(addr, Kind::Address)
+    }
+
+    /// Whether the chat id `chat` passes, as [`check`](Self::check) but with a chat
+    /// id's syntax (printable ASCII, `;` allowed, a row number or group id may start
+    /// with a digit): the inbound lists name the chats an agent may read as well as the
+    /// senders.
+    pub fn check_chat(&self, chat: &str) -> Result<(), Refusal> {
+        self.check_token(chat, Kind::Chat)
+    }
+
+    fn check_token(&self, text: &str, kind: Kind) -> Result<(), Refusal> {
+        let norm: Vec<char> = one_token(text, kind)?.chars().collect();
         if let Some(p) = self.deny.iter().find(|p| glob_match(&p.glob, &norm)) {
             return Err(Refusal::Denied {
                 pattern: p.text.clone(),
@@ -402,7 +466,9 @@ fn gcra(tat: &mut Option<Instant>, limit: u32, now: Instant) -> Result<(), Durat
 pub struct Filters {
     /// Who may be sent to.
     pub outbound: AddressFilter,
-    /// Whose messages an agent may read.
+    /// What an agent may read: a message passes when its sender's address does, a chat
+    /// (its history, its place in the chat list, the owner's own messages in it) when its
+    /// id does; a chat whose id is not an address (a group) is readable only when listed.
     pub inbound: AddressFilter,
     /// Patterns over outgoing text, in order.
     pub content: Vec<ContentFilter>,
@@ -546,6 +612,128 @@ mod tests {
                 "anyone": address matches denylist pattern `*`
             "#]],
         );
+    }
+
+    #[test]
+    fn a_recipient_list_is_not_one_allowlisted_address() {
+        // Each names an address off the allowlist (or on the denylist) that the real CLI
+        // would deliver to (`gog gmail send --to A,B`, an RFC 5322 To list), or a number
+        // written so that it does not read as the one it looks like.
+        let f = filter(&["*@example.com", "+1415*"], &["+1900*"]);
+        check_filter(
+            &f,
+            &[
+                "evil@attacker.com,bob@example.com",
+                "Evil <evil@attacker.com>, bob@example.com",
+                "+14155550100,+19005550100",
+                "bob@example.com;evil@attacker.com",
+                "evil@attacker.com\\,bob@example.com",
+                "\"evil@attacker.com\"@example.com",
+                "(evil@attacker.com)@example.com",
+                "bob@example.com ",
+                "+1415\u{a0}555 0100",
+                "+1415 555 0100\u{a0}",
+                "+1415\u{2007}5550100",
+                "+1415\u{ff15}550100",
+                "+\u{0661}4155550100",
+                "+14155550100123456",
+                "+14",
+                "+1 (415) 555-0100",
+                "bob@example.com",
+            ],
+            expect![[r#"
+                "evil@attacker.com,bob@example.com": address is unusable: holds a list or display-name character
+                "Evil <evil@attacker.com>, bob@example.com": address is unusable: holds whitespace
+                "+14155550100,+19005550100": address is unusable: holds a list or display-name character
+                "bob@example.com;evil@attacker.com": address is unusable: holds a list or display-name character
+                "evil@attacker.com\\,bob@example.com": address is unusable: holds a list or display-name character
+                "\"evil@attacker.com\"@example.com": address is unusable: holds a list or display-name character
+                "(evil@attacker.com)@example.com": address is unusable: holds a list or display-name character
+                "bob@example.com ": address is unusable: holds whitespace
+                "+1415\u{a0}555 0100": address is unusable: holds whitespace
+                "+1415 555 0100\u{a0}": address is unusable: holds whitespace
+                "+1415\u{2007}5550100": address is unusable: holds whitespace
+                "+1415５550100": address is unusable: not a phone number of 3 to 15 ASCII digits
+                "+١4155550100": address is unusable: not a phone number of 3 to 15 ASCII digits
+                "+14155550100123456": address is unusable: not a phone number of 3 to 15 ASCII digits
+                "+14": address is unusable: not a phone number of 3 to 15 ASCII digits
+                "+1 (415) 555-0100": ok
+                "bob@example.com": ok
+            "#]],
+        );
+        // Refused before any pattern is tried: an allow-all list does not let them by.
+        check_filter(
+            &filter(&["*"], &[]),
+            &[
+                "a@example.com,b@example.com",
+                "+1415\u{ff15}550100",
+                "alice",
+            ],
+            expect![[r#"
+                "a@example.com,b@example.com": address is unusable: holds a list or display-name character
+                "+1415５550100": address is unusable: not a phone number of 3 to 15 ASCII digits
+                "alice": ok
+            "#]],
+        );
+    }
+
+    #[test]
+    fn a_chat_id_is_one_printable_token() {
+        let f = filter(&["+1415*", "7", "3kT+g0=", "imessage;-;+1415*"], &[]);
+        let actual: String = [
+            "+1 (415) 555-0100",
+            "7",
+            "3kT+g0=",
+            "iMessage;-;+14155550100",
+            "+14155550100,7",
+            "+1415\u{ff15}550100",
+            "\u{ff17}",
+            "7 ",
+            "8",
+        ]
+        .iter()
+        .map(|c| match f.check_chat(c) {
+            Ok(()) => format!("{c:?}: ok\n"),
+            Err(r) => format!("{c:?}: {r}\n"),
+        })
+        .collect();
+        expect![[r#"
+            "+1 (415) 555-0100": ok
+            "7": ok
+            "3kT+g0=": ok
+            "iMessage;-;+14155550100": ok
+            "+14155550100,7": address is unusable: holds a list or display-name character
+            "+1415５550100": address is unusable: a chat id is printable ASCII
+            "７": address is unusable: a chat id is printable ASCII
+            "7 ": ok
+            "8": address is not on the allowlist
+        "#]]
+        .assert_eq(&actual);
+    }
+
+    #[test]
+    fn a_number_is_one_recipient_however_it_is_written() {
+        // Formatting a number differently is one recipient to the lists and the limiter;
+        // spellings the lists cannot read as that number (no-break spaces, fullwidth
+        // digits) are refused, so they never reach the limiter as someone new to send to.
+        let out = filter(&["+1415*"], &[]);
+        for v in [
+            "+1415\u{a0}555 0100",
+            "+1415\u{ff15}550100",
+            "+1415 555 0100\u{a0}",
+        ] {
+            assert!(
+                matches!(out.check(v), Err(Refusal::BadAddress { .. })),
+                "{v:?} passed the allowlist"
+            );
+        }
+        let l = SendLimiter::new(100, 1);
+        let now = Instant::now();
+        l.charge("+1 415 555 0100", now).unwrap();
+        for v in ["+14155550100", "+1 (415) 555-0100", "+1.415.555.0100"] {
+            assert_eq!(out.check(v), Ok(()));
+            assert!(l.charge(v, now).is_err(), "{v:?} is a fresh recipient");
+        }
     }
 
     #[test]

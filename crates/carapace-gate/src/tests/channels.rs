@@ -449,3 +449,40 @@ async fn a_watch_yields_only_listed_senders_and_taints_the_session_first() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn a_list_of_recipients_or_a_lookalike_number_is_refused_and_never_sent() {
+    let c = channel_fixture(Policy::default());
+    for to in [
+        "evil@attacker.com,bob@example.com",
+        "Evil <evil@attacker.com>, bob@example.com",
+        "+14155550100,+19005550100",
+        "+1415\u{a0}555 0100",
+        "+1415\u{ff15}550100",
+    ] {
+        let err = c
+            .as_agent("channel_send", send(to, "hi"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.code, err.rule.as_deref()),
+            (ErrorCode::Unauthorized, Some("channel.imessage.outbound")),
+            "{to:?}: {err:?}"
+        );
+    }
+    assert!(c.sent().is_empty());
+}
+
+#[tokio::test]
+async fn a_number_written_three_ways_is_one_recipient_to_the_limiter() {
+    let c = channel_fixture(Policy::default());
+    for to in ["+14155550100", "+1 (415) 555-0100", "+1.415.555.0100"] {
+        c.as_agent("channel_send", send(to, "ping")).await.unwrap();
+    }
+    let err = c
+        .as_agent("channel_send", send("+1 415 555 0100", "ping"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::RateLimited);
+    assert_eq!(c.sent().len(), 3);
+}
