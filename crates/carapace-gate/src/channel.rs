@@ -1,7 +1,8 @@
 //! Messaging channels as Gate tools: `channel_send`, `channel_list_chats` and
 //! `channel_history`, with each channel's filters applied in the Gate's stages (address
-//! lists and send rates at authorize, content filters at policy) and blocked messages
-//! kept sealed in the dead-letter queue for the owner.
+//! lists and send rates at authorize, content filters at policy; the inbound lists pass
+//! the senders and chat ids an agent reads) and blocked messages kept sealed in the
+//! dead-letter queue for the owner.
 //!
 //! A channel is named by its configured name or by the shim name it claims; the Gate
 //! rewrites the argument to the configured name before policy sees it, so rules and
@@ -67,8 +68,11 @@ impl Channels {
     }
 
     /// The authorize stage of a channel tool: the channel exists (its argument is
-    /// rewritten to the configured name), and for a send: the send rate (every attempt
-    /// counts, refused ones too) and the outbound address lists.
+    /// rewritten to the configured name); for a send: the send rate (every attempt
+    /// counts, refused ones too) and the outbound address lists; for a history: the
+    /// inbound lists pass the chat's id (they name the chats an agent may read, as well
+    /// as the senders, so the owner's side of a chat with an unlisted contact stays
+    /// unread).
     pub(crate) fn authorize(&self, tool: &str, args: &mut Value) -> Result<(), GateError> {
         let asked = args["channel"].as_str().unwrap_or_default().to_string();
         let Some(channel) = self.resolve(&asked) else {
@@ -84,6 +88,22 @@ impl Channels {
             .with_field("/channel"));
         };
         args["channel"] = json!(channel.name);
+        if tool == HISTORY {
+            let chat = args["chat"].as_str().unwrap_or_default();
+            return match channel.filters.inbound.check_chat(chat) {
+                Ok(()) => Ok(()),
+                Err(refusal) => Err(GateError::new(
+                    ErrorCode::Unauthorized,
+                    Stage::Authorize,
+                    format!(
+                        "chat {} cannot be read on channel {}: {refusal}",
+                        short(chat),
+                        channel.name
+                    ),
+                )
+                .with_rule(format!("channel.{}.inbound", channel.name))),
+            };
+        }
         if tool != SEND {
             return Ok(());
         }
@@ -276,7 +296,8 @@ impl Channels {
     }
 
     /// Starts watching a channel: messages from senders the inbound lists refuse are
-    /// dropped. Returns the channel's configured name and the stream.
+    /// dropped, and so are the owner's own messages in chats whose id they refuse.
+    /// Returns the channel's configured name and the stream.
     pub(crate) async fn watch(
         &self,
         name: &str,
@@ -311,8 +332,15 @@ impl Channels {
                 let keep = keep.clone();
                 async move {
                     match m {
-                        Ok(m) if m.from_me || keep.filters.inbound.check(&m.from).is_ok() => Some(m),
-                        Ok(_) => None,
+                        Ok(m) => {
+                            let inbound = &keep.filters.inbound;
+                            let readable = if m.from_me {
+                                inbound.check_chat(&m.chat)
+                            } else {
+                                inbound.check(&m.from)
+                            };
+                            readable.is_ok().then_some(m)
+                        }
                         Err(e) => {
                             tracing::warn!(channel = %keep.name, error = %e, "channel watch failed");
                             None
@@ -382,7 +410,8 @@ pub(crate) fn tools(channels: &Arc<Channels>) -> Vec<ToolDef> {
             let total = chats.len();
             let shown: Vec<Value> = chats
                 .into_iter()
-                .filter(|c| inbound.check(&c.id).is_ok() || inbound.check(&c.name).is_ok())
+                // By id only: the name is the contact's to choose.
+                .filter(|c| inbound.check_chat(&c.id).is_ok())
                 .map(|c| json!({"id": c.id, "name": c.name, "last_message_at": c.last_message_at}))
                 .collect();
             let filtered = total - shown.len();
@@ -452,8 +481,8 @@ pub(crate) fn tools(channels: &Arc<Channels>) -> Vec<ToolDef> {
         .with_digest_only(&["text"]),
         ToolDef::new(
             LIST_CHATS,
-            "List recent chats of a messaging channel (chats with people the owner does not \
-             let the agent read are left out).",
+            "List recent chats of a messaging channel (chats the owner does not let the \
+             agent read are left out).",
             carapace_types::EffectClass::Read,
             json!({
                 "type": "object",
@@ -469,8 +498,9 @@ pub(crate) fn tools(channels: &Arc<Channels>) -> Vec<ToolDef> {
         .with_result(untrusted, None),
         ToolDef::new(
             HISTORY,
-            "Read the last messages of one chat of a messaging channel (messages from senders \
-             the owner does not let the agent read are left out).",
+            "Read the last messages of one chat of a messaging channel, one the owner lets \
+             the agent read (messages from senders the owner does not let the agent read are \
+             left out).",
             carapace_types::EffectClass::Read,
             json!({
                 "type": "object",

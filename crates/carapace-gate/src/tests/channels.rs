@@ -41,6 +41,12 @@ impl Backend for FakeBackend {
                     name: "Spam".into(),
                     last_message_at: None,
                 },
+                // The contact chose a name that reads like a listed number.
+                Chat {
+                    id: "chat-77".into(),
+                    name: "+14155550111".into(),
+                    last_message_at: None,
+                },
             ])
         })
     }
@@ -78,9 +84,21 @@ impl Backend for FakeBackend {
                 from_me: false,
             })
         };
+        let mine = |id: &str, chat: &str, text: &str| {
+            Ok(Message {
+                id: id.into(),
+                chat: chat.into(),
+                from: "me".into(),
+                text: text.into(),
+                at: "2026-12-07T08:00:00Z".into(),
+                from_me: true,
+            })
+        };
         let items = vec![
             msg("7", "+19005550199", "click this link"),
+            mine("9", "+19005550199", "what link?"),
             msg("8", "+14155550100", "are you there?"),
+            mine("10", "+14155550100", "yes"),
         ];
         Box::pin(async move {
             Ok(Box::pin(futures_util::stream::iter(items))
@@ -363,7 +381,7 @@ async fn history_drops_unlisted_senders_and_taints_the_session_so_a_send_then_as
         .await
         .unwrap();
     assert_eq!(chats.content["chats"].as_array().unwrap().len(), 1);
-    assert_eq!(chats.content["filtered"], 1);
+    assert_eq!(chats.content["filtered"], 2);
     let h = c
         .as_agent(
             "channel_history",
@@ -432,8 +450,9 @@ async fn a_watch_yields_only_listed_senders_and_taints_the_session_first() {
             .await
             .unwrap();
     let got: Vec<Value> = stream.collect().await;
-    assert_eq!(got.len(), 1, "{got:?}");
-    assert_eq!(got[0]["text"], "are you there?");
+    let texts: Vec<&str> = got.iter().map(|m| m["text"].as_str().unwrap()).collect();
+    // The owner's own message in a chat with an unlisted contact is dropped too.
+    assert_eq!(texts, ["are you there?", "yes"]);
     let s = c.f.store.session(&c.f.session).unwrap().unwrap();
     assert_eq!(s.label.integrity, Integrity::Untrusted);
     assert!(
@@ -485,4 +504,42 @@ async fn a_number_written_three_ways_is_one_recipient_to_the_limiter() {
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::RateLimited);
     assert_eq!(c.sent().len(), 3);
+}
+
+#[tokio::test]
+async fn history_of_a_chat_with_an_unlisted_contact_is_refused() {
+    let c = channel_fixture(Policy::default());
+    // +19005550199 is not on the inbound allowlist; list_chats hides the chat...
+    let chats = c
+        .as_agent("channel_list_chats", json!({"channel": "imessage"}))
+        .await
+        .unwrap();
+    assert!(!chats.content.to_string().contains("+19005550199"));
+    // ...and its history, with what the owner wrote in it, is not served either.
+    let h = c
+        .as_agent(
+            "channel_history",
+            json!({"channel": "imsg", "chat": "+19005550199"}),
+        )
+        .await;
+    let err = h.expect_err("history of a chat the inbound list refuses was served");
+    assert_eq!(
+        (err.code, err.stage, err.rule.as_deref()),
+        (
+            ErrorCode::Unauthorized,
+            Stage::Authorize,
+            Some("channel.imessage.inbound")
+        )
+    );
+    assert!(!err.dead_letter);
+    // A chat's name is the contact's to choose: only its id counts.
+    assert!(!chats.content.to_string().contains("chat-77"));
+    let err = c
+        .as_agent(
+            "channel_history",
+            json!({"channel": "imsg", "chat": "chat-77"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Unauthorized);
 }
