@@ -2,18 +2,18 @@
 //! `channel_history`, with each channel's filters applied in the Gate's stages (address
 //! lists and send rates at authorize, content filters at policy; the inbound lists pass
 //! the senders and chat ids an agent reads) and blocked messages kept sealed in the
-//! dead-letter queue for the owner.
+//! dead-letter queue for the owner, within a quota per session.
 //!
 //! A channel is named by its configured name or by the shim name it claims; the Gate
 //! rewrites the argument to the configured name before policy sees it, so rules and
 //! destinations (`contact:CHANNEL:ADDRESS`) always use one spelling.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use carapace_channels::{Channel, Outgoing, Refusal, content_verdict};
+use carapace_channels::{Channel, Outgoing, Refusal, content_verdict, normalize_address};
 use carapace_policy::Destination;
-use carapace_store::{DeadLetterMeta, NewDeadLetter, Resolution, Store};
+use carapace_store::{DeadLetterMeta, DeadLetterStatus, NewDeadLetter, Resolution, Store};
 use carapace_types::{ErrorCode, GateError, Integrity, Label, Principal, SessionId, Source, Stage};
 use carapace_vault::{SealKey, SealedBlob};
 use serde_json::{Value, json};
@@ -30,6 +30,12 @@ pub const HISTORY: &str = "channel_history";
 /// Longest message text accepted, in bytes.
 const MAX_TEXT: usize = 64 * 1024;
 
+/// Most letters one session may have held (or being released) at once.
+const MAX_HELD_LETTERS: usize = 100;
+
+/// Most text one session may have held (or being released) at once, in bytes.
+const MAX_HELD_BYTES: u64 = 1 << 20;
+
 /// The channels and the key of the dead-letter queue.
 pub struct ChannelSetup {
     /// The configured channels.
@@ -44,6 +50,18 @@ pub(crate) struct Channels {
     key: Option<SealKey>,
     /// One release at a time, so two owners releasing the same letter send it once.
     releasing: tokio::sync::Mutex<()>,
+    /// One dead letter kept at a time, so the quota and the duplicate check hold for the
+    /// letter stored after them.
+    keeping: Mutex<()>,
+}
+
+/// What became of a blocked send's text.
+pub(crate) enum Kept {
+    /// Held for the owner under this id: a new letter, or for a rate-limited send the
+    /// held letter of the same text to the same recipient from the same session.
+    Letter(String),
+    /// Not kept: the session's quota of held letters is full.
+    QuotaFull,
 }
 
 impl Channels {
@@ -52,6 +70,7 @@ impl Channels {
             list: setup.channels.into_iter().map(Arc::new).collect(),
             key: setup.dead_letter_key,
             releasing: tokio::sync::Mutex::new(()),
+            keeping: Mutex::new(()),
         }
     }
 
@@ -176,8 +195,11 @@ impl Channels {
             .collect())
     }
 
-    /// Keeps a blocked send for the owner, sealed. Returns its id, or `None` when there
-    /// is no key or the store failed (logged: the caller still gets its refusal).
+    /// Keeps a blocked send for the owner, sealed, within the session's quota (100
+    /// letters, 1 MiB of text held at once); a rate-limited send whose text the session
+    /// holds for the same recipient already is that letter, so a flood keeps one.
+    /// `None` when there is no key or the store failed (logged: the caller still gets its
+    /// refusal).
     pub(crate) fn dead_letter(
         &self,
         store: &Store,
@@ -186,7 +208,7 @@ impl Channels {
         args: &Value,
         err: &GateError,
         now_ms: i64,
-    ) -> Option<String> {
+    ) -> Option<Kept> {
         let Some(key) = &self.key else {
             tracing::warn!("a blocked message was not kept: no dead-letter key");
             return None;
@@ -195,6 +217,35 @@ impl Channels {
         let channel = self.resolve(channel).map_or(channel, |c| c.name.as_str());
         let to = args["to"].as_str()?;
         let text = args["text"].as_str()?;
+        let _one = self.keeping.lock().unwrap_or_else(|e| e.into_inner());
+        let held = store
+            .held_dead_letters_of(session)
+            .inspect_err(|e| tracing::error!(error = %e, "cannot count held dead letters"))
+            .ok()?;
+        if err.code == ErrorCode::RateLimited {
+            let recipient = normalize_address(to);
+            let same = held.iter().find(|l| {
+                l.status == DeadLetterStatus::Held
+                    && l.meta.code == err.code.as_str()
+                    && l.meta.channel == channel
+                    && l.meta.bytes == text.len() as u64
+                    && normalize_address(&l.meta.recipient) == recipient
+                    && self.open(store, &l.id).is_ok_and(|(_, t)| t == text)
+            });
+            if let Some(l) = same {
+                return Some(Kept::Letter(l.id.clone()));
+            }
+        }
+        let held_bytes: u64 = held.iter().map(|l| l.meta.bytes).sum();
+        if held.len() >= MAX_HELD_LETTERS || held_bytes + text.len() as u64 > MAX_HELD_BYTES {
+            tracing::warn!(
+                session = %session,
+                held = held.len(),
+                held_bytes,
+                "a blocked message was not kept: the session's dead-letter quota is full"
+            );
+            return Some(Kept::QuotaFull);
+        }
         let letter = NewDeadLetter::new(DeadLetterMeta {
             created_ms: now_ms,
             session: session.clone(),
@@ -216,6 +267,7 @@ impl Channels {
             .add_dead_letter(&letter, &sealed.nonce, &sealed.ciphertext)
             .inspect_err(|e| tracing::error!(error = %e, "cannot store a dead letter"))
             .ok()
+            .map(Kept::Letter)
     }
 
     /// The text of a dead letter, opened with the key.

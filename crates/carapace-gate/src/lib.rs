@@ -399,8 +399,9 @@ impl Gate {
             .boxed())
     }
 
-    /// Keeps a blocked `channel_send` for the owner; its id, when it was kept.
-    fn keep_dead_letter(&self, req: &CallRequest<'_>, err: &GateError) -> Option<String> {
+    /// Keeps a blocked `channel_send` for the owner; what became of it, when the queue
+    /// could take it.
+    fn keep_dead_letter(&self, req: &CallRequest<'_>, err: &GateError) -> Option<channel::Kept> {
         let channels = self.inner.channels.as_ref()?;
         let args = parse_args(req.args, self.inner.config.max_args_bytes).ok()?;
         channels.dead_letter(
@@ -652,15 +653,26 @@ impl Gate {
             Err(err) => {
                 if req.tool == channel::SEND
                     && channel::is_block(err)
-                    && let Some(id) = self.keep_dead_letter(&req, err)
+                    && let Some(kept) = self.keep_dead_letter(&req, err)
                 {
-                    audit.set("dead_letter", json!(id));
-                    let mut err = err.clone().with_dead_letter();
+                    let (mut err, note) = match kept {
+                        channel::Kept::Letter(id) => {
+                            audit.set("dead_letter", json!(id));
+                            let note = "the message was kept for the owner";
+                            (err.clone().with_dead_letter(), note)
+                        }
+                        channel::Kept::QuotaFull => {
+                            audit.set("dead_letter_quota_full", json!(true));
+                            let note = "the message was not kept (the session's dead-letter \
+                                        quota is full)";
+                            (err.clone(), note)
+                        }
+                    };
                     let outcome = "denied";
                     if let Err(audit_err) = self.audit_outcome(audit, outcome, Some(&err)) {
                         tracing::error!(error = %audit_err, "could not record a failed call");
                     }
-                    err.message = format!("{}; the message was kept for the owner", err.message);
+                    err.message = format!("{}; {note}", err.message);
                     return Err(err);
                 }
                 let outcome = if audit.executed { "failed" } else { "denied" };

@@ -227,6 +227,19 @@ impl Store {
         Ok(out)
     }
 
+    /// The held letters of one session, oldest first, without their text: what counts
+    /// against the session's quota. (A scan: the table has no index by session, and
+    /// holds what the quotas let in plus what the owner resolved.)
+    pub fn held_dead_letters_of(&self, session: &SessionId) -> Result<Vec<DeadLetter>, StoreError> {
+        let inner = self.lock();
+        let mut stmt = inner.conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM dead_letters WHERE session = ?1 AND status = 'held' \
+             ORDER BY created_ms, rowid"
+        ))?;
+        let rows = stmt.query_map([session.as_str()], raw)?;
+        rows.map(|row| from_raw(row?)).collect()
+    }
+
     /// One dead letter with its sealed text, if there is one with this id.
     pub fn dead_letter(&self, id: &str) -> Result<Option<DeadLetterSealed>, StoreError> {
         let inner = self.lock();
@@ -512,6 +525,30 @@ mod tests {
                 .sum()
         });
         assert_eq!(won, 1);
+    }
+
+    #[test]
+    fn the_held_letters_of_a_session_are_its_own() {
+        let store = Store::open_in_memory().unwrap();
+        let first = add(&store, 1, "x");
+        let second = add(&store, 2, "y");
+        let resolved = add(&store, 3, "z");
+        assert!(
+            store
+                .resolve_dead_letter(&resolved, Resolution::Discarded, "owner@ws", 4)
+                .unwrap()
+        );
+        let mut m = meta(5, "x");
+        m.session = SessionId::new("s_other");
+        let letter = NewDeadLetter::new(m).unwrap();
+        store.add_dead_letter(&letter, &[0; 12], b"c").unwrap();
+        let ids: Vec<String> = store
+            .held_dead_letters_of(&SessionId::new("s_run"))
+            .unwrap()
+            .into_iter()
+            .map(|l| l.id)
+            .collect();
+        assert_eq!(ids, [first, second]);
     }
 
     #[test]

@@ -543,3 +543,90 @@ async fn history_of_a_chat_with_an_unlisted_contact_is_refused() {
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::Unauthorized);
 }
+
+#[tokio::test]
+async fn a_flood_of_refused_sends_keeps_one_copy_of_the_rate_limited_text() {
+    let c = channel_fixture(Policy::default());
+    let text = "x".repeat(60 * 1024);
+    let mut codes = std::collections::BTreeMap::new();
+    for _ in 0..300 {
+        let e = c
+            .as_agent("channel_send", send("+19995550100", &text))
+            .await
+            .unwrap_err();
+        *codes.entry(e.code.as_str().to_string()).or_insert(0) += 1;
+    }
+    let kept = c.f.store.dead_letters(false).unwrap();
+    let bytes: u64 = kept.iter().map(|l| l.meta.bytes).sum();
+    assert!(
+        kept.len() <= 20,
+        "{} dead letters ({} bytes) kept from one agent in a burst; codes {codes:?}",
+        kept.len(),
+        bytes
+    );
+    // Three refusals, then the limiter: one copy of the rate-limited text is kept.
+    let mut kept_codes: Vec<&str> = kept.iter().map(|l| l.meta.code.as_str()).collect();
+    kept_codes.sort();
+    assert_eq!(
+        kept_codes,
+        [
+            "RATE_LIMITED",
+            "UNAUTHORIZED",
+            "UNAUTHORIZED",
+            "UNAUTHORIZED"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_session_holds_at_most_1_mib_and_100_dead_letters() {
+    let c = channel_fixture(Policy::default());
+    let big = "x".repeat(60 * 1024);
+    let mut kept = 0;
+    let mut last = None;
+    for i in 0..20 {
+        let e = c
+            .as_agent("channel_send", send(&format!("+1999555{i:04}"), &big))
+            .await
+            .unwrap_err();
+        kept += usize::from(e.dead_letter);
+        last = Some(e);
+    }
+    // 17 letters of 60 KiB fit in 1 MiB; the 18th does not.
+    assert_eq!(kept, 17);
+    let last = last.unwrap();
+    assert_eq!(last.code, ErrorCode::Unauthorized);
+    assert!(!last.dead_letter);
+    assert!(
+        last.message
+            .ends_with("; the message was not kept (the session's dead-letter quota is full)"),
+        "{}",
+        last.message
+    );
+    assert!(
+        c.records("channel_send")
+            .iter()
+            .any(|r| r["dead_letter_quota_full"] == true)
+    );
+
+    // Discarding makes room again.
+    let letters = c.f.store.dead_letters(false).unwrap();
+    for l in &letters {
+        assert!(c.f.gate.discard_dead_letter(&c.f.owner, &l.id).unwrap());
+    }
+    // At most 100 letters, however short: each attempt has its own recipient and text,
+    // so refused and rate-limited ones alike are new letters.
+    let mut kept = 0;
+    for i in 0..110 {
+        let e = c
+            .as_agent(
+                "channel_send",
+                send(&format!("+1999666{i:04}"), &format!("m{i}")),
+            )
+            .await
+            .unwrap_err();
+        kept += usize::from(e.dead_letter);
+    }
+    assert_eq!(kept, 100);
+    assert_eq!(c.f.store.dead_letters(false).unwrap().len(), 100);
+}
