@@ -48,8 +48,6 @@ pub struct ChannelSetup {
 pub(crate) struct Channels {
     list: Vec<Arc<Channel>>,
     key: Option<SealKey>,
-    /// One release at a time, so two owners releasing the same letter send it once.
-    releasing: tokio::sync::Mutex<()>,
     /// One dead letter kept at a time, so the quota and the duplicate check hold for the
     /// letter stored after them.
     keeping: Mutex<()>,
@@ -69,7 +67,6 @@ impl Channels {
         Channels {
             list: setup.channels.into_iter().map(Arc::new).collect(),
             key: setup.dead_letter_key,
-            releasing: tokio::sync::Mutex::new(()),
             keeping: Mutex::new(()),
         }
     }
@@ -309,7 +306,9 @@ impl Channels {
     }
 
     /// Sends a held letter as the owner decided (no filter applies: the owner has read
-    /// it) and marks it released; false when it was not held.
+    /// it). The letter is claimed first, so a second release or a discard cannot take it
+    /// while it is sent; it is marked released after the send, or put back on hold when
+    /// the send failed. Returns its channel and recipient.
     pub(crate) async fn release(
         &self,
         store: &Store,
@@ -317,15 +316,7 @@ impl Channels {
         by: &str,
         now_ms: i64,
     ) -> Result<(String, String), GateError> {
-        let _one = self.releasing.lock().await;
         let (letter, text) = self.open(store, id)?;
-        if letter.status != carapace_store::DeadLetterStatus::Held {
-            return Err(GateError::new(
-                ErrorCode::ValidationFailed,
-                Stage::Validate,
-                format!("{id} was {} already", letter.status.as_str()),
-            ));
-        }
         let channel = self.resolve(&letter.meta.channel).ok_or_else(|| {
             GateError::new(
                 ErrorCode::ToolError,
@@ -333,17 +324,43 @@ impl Channels {
                 format!("channel {} is no longer configured", letter.meta.channel),
             )
         })?;
-        channel
+        let internal = |e: carapace_store::StoreError| crate::internal(Stage::Execute, &e);
+        if !store.claim_dead_letter(id, by).map_err(internal)? {
+            let status = store
+                .dead_letter(id)
+                .map_err(internal)?
+                .map_or(letter.status, |l| l.letter.status);
+            return Err(GateError::new(
+                ErrorCode::ValidationFailed,
+                Stage::Validate,
+                match status {
+                    DeadLetterStatus::Releasing => format!("{id} is being released already"),
+                    other => format!("{id} was {} already", other.as_str()),
+                },
+            ));
+        }
+        let sent = channel
             .backend
             .send(Outgoing {
                 to: &letter.meta.recipient,
                 text: &text,
             })
-            .await
-            .map_err(|e| GateError::new(ErrorCode::ToolError, Stage::Execute, e.to_string()))?;
-        store
+            .await;
+        if let Err(e) = sent {
+            // Not sent: the owner may try again, or discard it.
+            store.unclaim_dead_letter(id).map_err(internal)?;
+            return Err(GateError::new(
+                ErrorCode::ToolError,
+                Stage::Execute,
+                e.to_string(),
+            ));
+        }
+        if !store
             .resolve_dead_letter(id, Resolution::Released, by, now_ms)
-            .map_err(|e| crate::internal(Stage::Execute, &e))?;
+            .map_err(internal)?
+        {
+            tracing::error!(id, "a released dead letter was no longer being released");
+        }
         Ok((letter.meta.channel, letter.meta.recipient))
     }
 

@@ -6,9 +6,18 @@
 //! ciphertext, which come back as they went in. The seal is bound to its row by the
 //! associated data [`NewDeadLetter::associated_data`] (`id \n channel \n recipient`), so
 //! a ciphertext copied to another row, or a row edited to go to another recipient, does
-//! not open. A letter is resolved once: [`Store::resolve_dead_letter`] moves it from held
-//! to released or discarded in one statement, so of two owners releasing at once only
-//! one sends.
+//! not open.
+//!
+//! A letter is resolved once, each step one statement: a release first claims the letter
+//! ([`Store::claim_dead_letter`]: held to releasing), so of two owners releasing at once
+//! only one sends and a discard cannot take a letter being sent; then it sends, and
+//! marks it released ([`Store::resolve_dead_letter`]) or, when the send failed, puts it
+//! back on hold ([`Store::unclaim_dead_letter`]). A crash in between leaves it releasing,
+//! never sent twice. A discard takes only a held letter.
+//!
+//! The version 7 table allows no fourth status, so a letter being released is stored
+//! as `released` with `resolved_by` (who claimed it) and no `resolved_ms` yet; this
+//! module reads that back as [`DeadLetterStatus::Releasing`].
 
 use carapace_types::SessionId;
 use rusqlite::{OptionalExtension as _, params};
@@ -20,13 +29,16 @@ use crate::{Store, StoreError};
 pub enum DeadLetterStatus {
     /// Waiting for the owner.
     Held,
+    /// Claimed by a release whose send has not finished (or was cut short by a crash:
+    /// then it may or may not have been sent, and is not sent again).
+    Releasing,
     /// The owner had it sent.
     Released,
     /// The owner threw it away.
     Discarded,
 }
 
-/// What the owner decided about a held letter (a letter cannot be put back on hold).
+/// What the owner decided about a letter (a resolved letter cannot be put back on hold).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Resolution {
     /// Send it.
@@ -36,18 +48,22 @@ pub enum Resolution {
 }
 
 impl DeadLetterStatus {
-    /// The name stored and shown: `held`, `released` or `discarded`.
+    /// The name shown: `held`, `releasing`, `released` or `discarded`.
     pub fn as_str(self) -> &'static str {
         match self {
             DeadLetterStatus::Held => "held",
+            DeadLetterStatus::Releasing => "releasing",
             DeadLetterStatus::Released => "released",
             DeadLetterStatus::Discarded => "discarded",
         }
     }
 
-    fn parse(s: &str) -> Result<DeadLetterStatus, StoreError> {
+    /// The status of a row: its `status` column, and `released` without a
+    /// `resolved_ms` is a release under way.
+    fn parse(s: &str, resolved_ms: Option<i64>) -> Result<DeadLetterStatus, StoreError> {
         Ok(match s {
             "held" => DeadLetterStatus::Held,
+            "released" if resolved_ms.is_none() => DeadLetterStatus::Releasing,
             "released" => DeadLetterStatus::Released,
             "discarded" => DeadLetterStatus::Discarded,
             other => {
@@ -132,11 +148,11 @@ pub struct DeadLetter {
     pub id: String,
     /// What was blocked, where and why.
     pub meta: DeadLetterMeta,
-    /// Held, released or discarded.
+    /// Held, releasing, released or discarded.
     pub status: DeadLetterStatus,
-    /// When the owner resolved it; `None` while held.
+    /// When the owner resolved it; `None` while held or releasing.
     pub resolved_ms: Option<i64>,
-    /// Who resolved it (the owner's principal); `None` while held.
+    /// Who resolved it, or is releasing it (the owner's principal); `None` while held.
     pub resolved_by: Option<String>,
 }
 
@@ -170,6 +186,9 @@ pub fn associated_data(id: &str, channel: &str, recipient: &str) -> Vec<u8> {
     ad.extend_from_slice(recipient.as_bytes());
     ad
 }
+
+/// Rows held for the owner: held, or being released.
+const HELD_LIKE: &str = "(status = 'held' OR (status = 'released' AND resolved_ms IS NULL))";
 
 const COLUMNS: &str = "id, created_ms, session, principal, channel, recipient, code, stage, \
                        rule, bytes, status, resolved_ms, resolved_by";
@@ -211,29 +230,25 @@ impl Store {
         Ok(letter.id.clone())
     }
 
-    /// The dead letters, newest first, without their text: the held ones, or all with
-    /// `include_resolved`.
+    /// The dead letters, newest first, without their text: the held and releasing ones,
+    /// or all with `include_resolved`.
     pub fn dead_letters(&self, include_resolved: bool) -> Result<Vec<DeadLetter>, StoreError> {
         let inner = self.lock();
         let mut stmt = inner.conn.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM dead_letters WHERE ?1 OR status = 'held' \
+            "SELECT {COLUMNS} FROM dead_letters WHERE ?1 OR {HELD_LIKE} \
              ORDER BY created_ms DESC, rowid DESC"
         ))?;
         let rows = stmt.query_map([include_resolved], raw)?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push(from_raw(row?)?);
-        }
-        Ok(out)
+        rows.map(|row| from_raw(row?)).collect()
     }
 
-    /// The held letters of one session, oldest first, without their text: what counts
-    /// against the session's quota. (A scan: the table has no index by session, and
-    /// holds what the quotas let in plus what the owner resolved.)
+    /// The held and releasing letters of one session, oldest first, without their text:
+    /// what counts against the session's quota. (A scan: the table has no index by
+    /// session, and holds what the quotas let in plus what the owner resolved.)
     pub fn held_dead_letters_of(&self, session: &SessionId) -> Result<Vec<DeadLetter>, StoreError> {
         let inner = self.lock();
         let mut stmt = inner.conn.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM dead_letters WHERE session = ?1 AND status = 'held' \
+            "SELECT {COLUMNS} FROM dead_letters WHERE session = ?1 AND {HELD_LIKE} \
              ORDER BY created_ms, rowid"
         ))?;
         let rows = stmt.query_map([session.as_str()], raw)?;
@@ -265,9 +280,42 @@ impl Store {
         .transpose()
     }
 
-    /// Resolves a held letter: true when this call moved it from held, false when there is
-    /// no such letter or it was resolved already (by this owner or another, at the same
-    /// moment or before). Only a `true` may send it.
+    /// Claims a held letter for a release by `by`: true when this call moved it from held
+    /// to releasing, false when there is no such letter or it is not held (claimed,
+    /// released or discarded by this owner or another, at the same moment or before).
+    /// Only a `true` may send it.
+    pub fn claim_dead_letter(&self, id: &str, by: &str) -> Result<bool, StoreError> {
+        let inner = self.lock();
+        let changed = inner
+            .conn
+            .prepare_cached(
+                "UPDATE dead_letters SET status = 'released', resolved_by = ?2 \
+                 WHERE id = ?1 AND status = 'held'",
+            )?
+            .execute(params![id, by])?;
+        Ok(changed == 1)
+    }
+
+    /// Puts a letter being released back on hold (its send failed): true when this call
+    /// moved it from releasing to held.
+    pub fn unclaim_dead_letter(&self, id: &str) -> Result<bool, StoreError> {
+        let inner = self.lock();
+        let changed = inner
+            .conn
+            .prepare_cached(
+                "UPDATE dead_letters SET status = 'held', resolved_by = NULL \
+                 WHERE id = ?1 AND status = 'released' AND resolved_ms IS NULL",
+            )?
+            .execute([id])?;
+        Ok(changed == 1)
+    }
+
+    /// Resolves a letter: [`Resolution::Released`] moves a letter being released (claimed
+    /// by [`claim_dead_letter`](Self::claim_dead_letter), then sent) to released;
+    /// [`Resolution::Discarded`] moves a held letter, never one being released, to
+    /// discarded. True when this call moved it, false when there is no such letter or it
+    /// was not in that state (resolved already, by this owner or another, at the same
+    /// moment or before).
     pub fn resolve_dead_letter(
         &self,
         id: &str,
@@ -275,13 +323,17 @@ impl Store {
         by: &str,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
+        let from = match resolution {
+            Resolution::Released => "status = 'released' AND resolved_ms IS NULL",
+            Resolution::Discarded => "status = 'held'",
+        };
         let inner = self.lock();
         let changed = inner
             .conn
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "UPDATE dead_letters SET status = ?2, resolved_ms = ?3, resolved_by = ?4 \
-                 WHERE id = ?1 AND status = 'held'",
-            )?
+                 WHERE id = ?1 AND {from}"
+            ))?
             .execute(params![
                 id,
                 DeadLetterStatus::from(resolution).as_str(),
@@ -357,7 +409,7 @@ fn from_raw(
             rule,
             bytes,
         },
-        status: DeadLetterStatus::parse(&status)?,
+        status: DeadLetterStatus::parse(&status, resolved_ms)?,
         resolved_ms,
         resolved_by,
         id,
@@ -468,12 +520,21 @@ mod tests {
     fn a_letter_is_resolved_once_only() {
         let store = Store::open_in_memory().unwrap();
         let id = add(&store, 1, "x");
+        // Released only after a claim.
+        assert!(
+            !store
+                .resolve_dead_letter(&id, Resolution::Released, "owner@cli", 40)
+                .unwrap()
+        );
+        assert!(store.claim_dead_letter(&id, "owner@cli").unwrap());
         assert!(
             store
                 .resolve_dead_letter(&id, Resolution::Released, "owner@cli", 50)
                 .unwrap()
         );
         // A second release, or a discard after it, changes nothing.
+        assert!(!store.claim_dead_letter(&id, "owner@ws").unwrap());
+        assert!(!store.unclaim_dead_letter(&id).unwrap());
         assert!(
             !store
                 .resolve_dead_letter(&id, Resolution::Released, "owner@ws", 60)
@@ -508,14 +569,14 @@ mod tests {
                     let id = &id;
                     s.spawn(move || {
                         let store = Store::open(path).unwrap();
-                        let how = if i % 2 == 0 {
-                            Resolution::Released
+                        let by = format!("owner{i}");
+                        if i % 2 == 0 {
+                            store.claim_dead_letter(id, &by).unwrap()
                         } else {
-                            Resolution::Discarded
-                        };
-                        store
-                            .resolve_dead_letter(id, how, &format!("owner{i}"), i)
-                            .unwrap()
+                            store
+                                .resolve_dead_letter(id, Resolution::Discarded, &by, i)
+                                .unwrap()
+                        }
                     })
                 })
                 .collect();
@@ -525,6 +586,52 @@ mod tests {
                 .sum()
         });
         assert_eq!(won, 1);
+    }
+
+    #[test]
+    fn a_letter_being_released_is_listed_as_held_and_cannot_be_discarded() {
+        let store = Store::open_in_memory().unwrap();
+        let id = add(&store, 1, "x");
+        let other = add(&store, 2, "y");
+        assert!(store.claim_dead_letter(&id, "owner@cli").unwrap());
+        let status = |id: &str| store.dead_letter(id).unwrap().unwrap().letter.status;
+        assert_eq!(status(&id), DeadLetterStatus::Releasing);
+        let held: Vec<(String, &str)> = store
+            .dead_letters(false)
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.id, l.status.as_str()))
+            .collect();
+        assert_eq!(held, [(other.clone(), "held"), (id.clone(), "releasing")]);
+        assert_eq!(
+            store
+                .held_dead_letters_of(&SessionId::new("s_run"))
+                .unwrap()
+                .len(),
+            2
+        );
+        // A discard (or a second release) while it is being sent does not take it.
+        assert!(
+            !store
+                .resolve_dead_letter(&id, Resolution::Discarded, "owner@ws", 3)
+                .unwrap()
+        );
+        assert!(!store.claim_dead_letter(&id, "owner@ws").unwrap());
+        // The send failed: back on hold, as it was.
+        assert!(store.unclaim_dead_letter(&id).unwrap());
+        let l = store.dead_letter(&id).unwrap().unwrap().letter;
+        assert_eq!(
+            (l.status, l.resolved_ms, l.resolved_by),
+            (DeadLetterStatus::Held, None, None)
+        );
+        assert!(!store.unclaim_dead_letter(&id).unwrap());
+        assert!(
+            store
+                .resolve_dead_letter(&id, Resolution::Discarded, "owner@ws", 4)
+                .unwrap()
+        );
+        assert!(!store.unclaim_dead_letter(&id).unwrap());
+        assert_eq!(status(&id), DeadLetterStatus::Discarded);
     }
 
     #[test]

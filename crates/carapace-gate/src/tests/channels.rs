@@ -2,6 +2,7 @@
 //! the owner's release.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use carapace_channels::{
     AddressFilter, Backend, Channel, ChannelError, Chat, ContentAction, ContentFilter, Filters,
@@ -15,6 +16,10 @@ use super::*;
 #[derive(Default)]
 struct FakeBackend {
     sent: Mutex<Vec<(String, String)>>,
+    /// Held by a test: sends wait for it.
+    pause: tokio::sync::Mutex<()>,
+    /// Sends fail while set.
+    fail: AtomicBool,
 }
 
 impl Backend for FakeBackend {
@@ -22,11 +27,20 @@ impl Backend for FakeBackend {
         "fake"
     }
     fn send<'a>(&'a self, msg: Outgoing<'a>) -> BoxFuture<'a, Result<(), ChannelError>> {
-        self.sent
-            .lock()
-            .unwrap()
-            .push((msg.to.to_string(), msg.text.to_string()));
-        Box::pin(async { Ok(()) })
+        Box::pin(async move {
+            let _wait = self.pause.lock().await;
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(ChannelError::Backend {
+                    status: Some(1),
+                    message: "no network".into(),
+                });
+            }
+            self.sent
+                .lock()
+                .unwrap()
+                .push((msg.to.to_string(), msg.text.to_string()));
+            Ok(())
+        })
     }
     fn list_chats(&self, _limit: usize) -> BoxFuture<'_, Result<Vec<Chat>, ChannelError>> {
         Box::pin(async {
@@ -507,44 +521,6 @@ async fn a_number_written_three_ways_is_one_recipient_to_the_limiter() {
 }
 
 #[tokio::test]
-async fn history_of_a_chat_with_an_unlisted_contact_is_refused() {
-    let c = channel_fixture(Policy::default());
-    // +19005550199 is not on the inbound allowlist; list_chats hides the chat...
-    let chats = c
-        .as_agent("channel_list_chats", json!({"channel": "imessage"}))
-        .await
-        .unwrap();
-    assert!(!chats.content.to_string().contains("+19005550199"));
-    // ...and its history, with what the owner wrote in it, is not served either.
-    let h = c
-        .as_agent(
-            "channel_history",
-            json!({"channel": "imsg", "chat": "+19005550199"}),
-        )
-        .await;
-    let err = h.expect_err("history of a chat the inbound list refuses was served");
-    assert_eq!(
-        (err.code, err.stage, err.rule.as_deref()),
-        (
-            ErrorCode::Unauthorized,
-            Stage::Authorize,
-            Some("channel.imessage.inbound")
-        )
-    );
-    assert!(!err.dead_letter);
-    // A chat's name is the contact's to choose: only its id counts.
-    assert!(!chats.content.to_string().contains("chat-77"));
-    let err = c
-        .as_agent(
-            "channel_history",
-            json!({"channel": "imsg", "chat": "chat-77"}),
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(err.code, ErrorCode::Unauthorized);
-}
-
-#[tokio::test]
 async fn a_flood_of_refused_sends_keeps_one_copy_of_the_rate_limited_text() {
     let c = channel_fixture(Policy::default());
     let text = "x".repeat(60 * 1024);
@@ -629,4 +605,99 @@ async fn a_session_holds_at_most_1_mib_and_100_dead_letters() {
     }
     assert_eq!(kept, 100);
     assert_eq!(c.f.store.dead_letters(false).unwrap().len(), 100);
+}
+
+#[tokio::test]
+async fn history_of_a_chat_with_an_unlisted_contact_is_refused() {
+    let c = channel_fixture(Policy::default());
+    // +19005550199 is not on the inbound allowlist; list_chats hides the chat...
+    let chats = c
+        .as_agent("channel_list_chats", json!({"channel": "imessage"}))
+        .await
+        .unwrap();
+    assert!(!chats.content.to_string().contains("+19005550199"));
+    // ...and its history, with what the owner wrote in it, is not served either.
+    let h = c
+        .as_agent(
+            "channel_history",
+            json!({"channel": "imsg", "chat": "+19005550199"}),
+        )
+        .await;
+    let err = h.expect_err("history of a chat the inbound list refuses was served");
+    assert_eq!(
+        (err.code, err.stage, err.rule.as_deref()),
+        (
+            ErrorCode::Unauthorized,
+            Stage::Authorize,
+            Some("channel.imessage.inbound")
+        )
+    );
+    assert!(!err.dead_letter);
+    // A chat's name is the contact's to choose: only its id counts.
+    assert!(!chats.content.to_string().contains("chat-77"));
+    let err = c
+        .as_agent(
+            "channel_history",
+            json!({"channel": "imsg", "chat": "chat-77"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Unauthorized);
+}
+
+#[tokio::test]
+async fn a_release_claims_the_letter_so_a_discard_cannot_win_and_a_failed_send_leaves_it_held() {
+    use carapace_store::DeadLetterStatus;
+    let c = channel_fixture(Policy::default());
+    c.as_agent("channel_send", send("+19995550100", "later"))
+        .await
+        .unwrap_err();
+    let id = c.f.store.dead_letters(false).unwrap()[0].id.clone();
+    let status = || c.f.store.dead_letter(&id).unwrap().unwrap().letter.status;
+
+    // The send fails: the letter is held again, and the owner is told why.
+    c.backend.fail.store(true, Ordering::SeqCst);
+    let err =
+        c.f.gate
+            .release_dead_letter(&c.f.owner, &id)
+            .await
+            .unwrap_err();
+    assert_eq!(err.code, ErrorCode::ToolError);
+    assert!(err.message.contains("no network"), "{}", err.message);
+    assert_eq!(status(), DeadLetterStatus::Held);
+    c.backend.fail.store(false, Ordering::SeqCst);
+
+    // While the send is under way, neither a discard nor a second release takes it.
+    let paused = c.backend.pause.lock().await;
+    let release = c.f.gate.release_dead_letter(&c.f.owner, &id);
+    tokio::pin!(release);
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(100), &mut release)
+            .await
+            .is_err()
+    );
+    assert_eq!(status(), DeadLetterStatus::Releasing);
+    assert_eq!(
+        c.f.store.dead_letters(false).unwrap()[0].status,
+        DeadLetterStatus::Releasing,
+        "listed with the held letters"
+    );
+    assert!(!c.f.gate.discard_dead_letter(&c.f.owner, &id).unwrap());
+    let err =
+        c.f.gate
+            .release_dead_letter(&c.f.owner, &id)
+            .await
+            .unwrap_err();
+    assert!(
+        err.message.contains("being released already"),
+        "{}",
+        err.message
+    );
+    drop(paused);
+    release.await.unwrap();
+    assert_eq!(status(), DeadLetterStatus::Released);
+    assert_eq!(
+        c.sent(),
+        [("+19995550100".to_string(), "later".to_string())]
+    );
 }
