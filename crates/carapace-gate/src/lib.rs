@@ -743,7 +743,8 @@ impl Gate {
             .with_retry_after(retry_after));
         }
 
-        // Channels: the channel's name, its send rate and its outbound lists.
+        // Channels: the channel's name; a send's rate and outbound lists; the inbound
+        // lists for the chat a history reads.
         let mut args = args;
         let channels = inner
             .channels
