@@ -20,7 +20,7 @@ mod providers;
 mod rules;
 mod sandbox;
 mod secrets;
-mod shim;
 mod shell_mode;
+mod shim;
 mod system;
 mod websocket;
