@@ -83,6 +83,14 @@ impl Channels {
             .or_else(|| self.list.iter().find(|c| c.shim_name() == name))
     }
 
+    /// The channel an executor acts on (authorize already rewrote the argument to its
+    /// configured name).
+    fn executor_channel(&self, args: &Value) -> Result<Arc<Channel>, ToolFailure> {
+        self.resolve(args["channel"].as_str().unwrap_or_default())
+            .cloned()
+            .ok_or_else(|| ToolFailure("no such channel".into()))
+    }
+
     /// The authorize stage of a channel tool: the channel exists (its argument is
     /// rewritten to the configured name); for a send: the send rate (every attempt
     /// counts, refused ones too) and the outbound address lists; for a history: the
@@ -442,10 +450,7 @@ pub(crate) fn tools(channels: &Arc<Channels>) -> Vec<ToolDef> {
     let send: ExecFn = Arc::new(move |_ctx, args| {
         let c = c.clone();
         Box::pin(async move {
-            let channel = c
-                .resolve(args["channel"].as_str().unwrap_or_default())
-                .cloned()
-                .ok_or_else(|| ToolFailure("no such channel".into()))?;
+            let channel = c.executor_channel(&args)?;
             let to = args["to"].as_str().unwrap_or_default();
             let text = args["text"].as_str().unwrap_or_default();
             channel
@@ -465,10 +470,7 @@ pub(crate) fn tools(channels: &Arc<Channels>) -> Vec<ToolDef> {
     let list: ExecFn = Arc::new(move |_ctx, args| {
         let c = c.clone();
         Box::pin(async move {
-            let channel = c
-                .resolve(args["channel"].as_str().unwrap_or_default())
-                .cloned()
-                .ok_or_else(|| ToolFailure("no such channel".into()))?;
+            let channel = c.executor_channel(&args)?;
             let limit = args["limit"].as_u64().unwrap_or(20) as usize;
             let chats = channel
                 .backend
@@ -496,10 +498,7 @@ pub(crate) fn tools(channels: &Arc<Channels>) -> Vec<ToolDef> {
     let history: ExecFn = Arc::new(move |_ctx, args| {
         let c = c.clone();
         Box::pin(async move {
-            let channel = c
-                .resolve(args["channel"].as_str().unwrap_or_default())
-                .cloned()
-                .ok_or_else(|| ToolFailure("no such channel".into()))?;
+            let channel = c.executor_channel(&args)?;
             let chat = args["chat"].as_str().unwrap_or_default();
             let limit = args["limit"].as_u64().unwrap_or(20) as usize;
             let messages = channel
