@@ -11,6 +11,8 @@ mod datadir;
 mod dlq_cmd;
 mod doctor;
 mod ipc;
+mod mcp_cmd;
+mod mcp_serve;
 mod passthrough;
 mod rules;
 mod sandbox_cmd;
@@ -154,6 +156,37 @@ enum Command {
     /// Run Carapace as a system service under its own user (Linux, systemd; as root).
     #[command(subcommand)]
     System(SystemCommand),
+    /// MCP: the tool servers of [[mcp.servers]] (list, their tools and effect classes, a
+    /// test), and `cara mcp serve`, which offers the session's tools to an MCP client.
+    #[command(subcommand)]
+    Mcp(McpCommand),
+}
+
+#[derive(Subcommand)]
+enum McpCommand {
+    /// List the configured MCP servers: transport, sandbox, state, tools, restarts.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one server's tools with the effect class each got and why.
+    Tools {
+        /// The server's name (as in [[mcp.servers]] name = "...").
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check one server: (re)connect, list its tools, report what failed.
+    Test {
+        /// The server's name.
+        name: String,
+    },
+    /// Speak MCP on stdin/stdout and offer the session's tools to the client (Claude
+    /// Code, Cursor, ...); every call goes through the Gate. Runs inside `cara agent
+    /// run`, where it uses the agent socket ($CARAPACE_SOCKET).
+    Serve(mcp_serve::ServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -499,6 +532,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let command = match cli.command {
         Command::Ipc(args) => return Ok(ipc::run(args)),
         Command::Shim(c) => return shim::command(c),
+        Command::Mcp(McpCommand::Serve(args)) => return Ok(mcp_serve::run(args)),
         command => command,
     };
     let root = match cli.data_dir {
@@ -517,7 +551,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         b.enable_all().build()
     };
     match command {
-        Command::Ipc(_) | Command::Shim(_) => unreachable!("dispatched above"),
+        Command::Ipc(_) | Command::Shim(_) | Command::Mcp(McpCommand::Serve(_)) => {
+            unreachable!("dispatched above")
+        }
+        Command::Mcp(c) => runtime(1)?.block_on(async {
+            match c {
+                McpCommand::List { json } => mcp_cmd::list(&dd, json).await,
+                McpCommand::Tools { name, json } => mcp_cmd::tools(&dd, &name, json).await,
+                McpCommand::Test { name } => mcp_cmd::test(&dd, &name).await,
+                McpCommand::Serve(_) => unreachable!("dispatched above"),
+            }
+        }),
         Command::Serve { bind } => {
             runtime(2)?.block_on(serve::serve(&dd, bind))?;
             Ok(ExitCode::SUCCESS)

@@ -13,6 +13,8 @@ mod bad_input;
 mod cli;
 mod durability;
 mod injection;
+mod mcp;
+mod mcp_serve;
 mod openai_api;
 mod openai_python;
 mod path_escapes;

@@ -1,0 +1,1 @@
+//! MCP tool servers behind the Gate, end to end.

@@ -1,0 +1,1 @@
+//! `cara mcp serve` driven by the Python SDK client.
