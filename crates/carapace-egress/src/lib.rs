@@ -318,10 +318,32 @@ impl Egress {
         req: EgressRequest,
         scope: &Scope,
     ) -> Result<EgressResponse, EgressError> {
+        self.send_mode(req, scope, Mode::Render).await
+    }
+
+    /// Sends `req` for a protocol client (an MCP server over HTTP) that needs the body as
+    /// the server sent it: checked and given credentials like [`Egress::send`], but a
+    /// redirect is returned as it is (never followed) and the body is not rendered (no
+    /// HTML to text, no binary summary): `text` holds it whole, with injected credentials
+    /// redacted, cut at `max_response_bytes` with `truncated` set.
+    pub async fn send_raw(
+        &self,
+        req: EgressRequest,
+        scope: &Scope,
+    ) -> Result<EgressResponse, EgressError> {
+        self.send_mode(req, scope, Mode::Raw).await
+    }
+
+    async fn send_mode(
+        &self,
+        req: EgressRequest,
+        scope: &Scope,
+        mode: Mode,
+    ) -> Result<EgressResponse, EgressError> {
         let redactor = Redactor::new(scope.injections.iter().map(|i| i.value.expose().as_str()));
         let result = tokio::time::timeout(
             self.inner.config.timeout,
-            self.send_checked(req, scope, &redactor),
+            self.send_checked(req, scope, &redactor, mode),
         )
         .await
         .unwrap_or(Err(EgressError::Timeout));
@@ -333,6 +355,7 @@ impl Egress {
         req: EgressRequest,
         scope: &Scope,
         redactor: &Redactor,
+        mode: Mode,
     ) -> Result<EgressResponse, EgressError> {
         let inner = &self.inner;
         let mut method = parse_method(&req.method)?;
@@ -391,9 +414,10 @@ impl Egress {
 
             let status = response.status();
             let location = response.headers().get(header::LOCATION);
-            let Some(location) = location.filter(|_| is_redirect(status)) else {
+            let Some(location) = location.filter(|_| is_redirect(status) && mode == Mode::Render)
+            else {
                 return self
-                    .finish(response, &checked.url, redirects, redactor)
+                    .finish(response, &checked.url, redirects, redactor, mode)
                     .await;
             };
             if redirects.len() as u64 >= u64::from(inner.config.max_redirects) {
@@ -536,6 +560,7 @@ impl Egress {
         url: &Url,
         redirects: Vec<String>,
         redactor: &Redactor,
+        mode: Mode,
     ) -> Result<EgressResponse, EgressError> {
         let status = response.status().as_u16();
         let text_of = |v: &HeaderValue| redactor.redact(&String::from_utf8_lossy(v.as_bytes()));
@@ -545,7 +570,10 @@ impl Egress {
             .map(|(n, v)| (redactor.redact(n.as_str()), text_of(v)))
             .collect();
         let content_type = response.headers().get(header::CONTENT_TYPE).map(text_of);
-        let declared = body::kind(content_type.as_deref());
+        let declared = match mode {
+            Mode::Render => body::kind(content_type.as_deref()),
+            Mode::Raw => Some(Kind::Text),
+        };
         let keep = declared != Some(Kind::Binary);
         let max = self.inner.config.max_response_bytes;
 
@@ -612,6 +640,15 @@ impl Egress {
             redirects,
         })
     }
+}
+
+/// What [`Egress::send_checked`] does with redirects and the body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Follow redirects; render HTML as text, summarise binary bodies.
+    Render,
+    /// Return a redirect as it is; keep the body as sent.
+    Raw,
 }
 
 /// An injection validated for one request.

@@ -1091,3 +1091,103 @@ async fn a_body_is_never_re_sent_to_another_host_by_a_redirect() {
     let same = egress.send(post("/same"), &Scope::default()).await.unwrap();
     assert_eq!(same.text, "POST the workspace");
 }
+
+// ---------------------------------------------------------------------------------------
+// send_raw: for protocol clients (MCP over HTTP)
+
+#[tokio::test]
+async fn send_raw_keeps_the_body_as_sent_and_redacts_credentials() {
+    let page = "<html><body><p>not rendered</p></body></html>";
+    let server = Server::start(move |req| {
+        let auth = req.header("authorization").unwrap_or("none").to_string();
+        match req.target.as_str() {
+            "/page" => Reply::new(200, "text/html", page),
+            "/binary" => Reply::new(200, "application/octet-stream", "raw\u{1}bytes"),
+            _ => Reply::new(
+                200,
+                "text/event-stream",
+                format!("event: message\ndata: {{\"echo\":\"{auth}\"}}\n\n"),
+            ),
+        }
+    })
+    .await;
+    let p = server.port;
+    let resolver = MapResolver::new(&[("api.test", &["127.0.0.1"])]);
+    let entry = format!("api.test:{p}");
+    let egress = egress(config(&[&entry], &[&entry], &[&entry]), resolver);
+    let scope = Scope {
+        allow_hosts: None,
+        session_hosts: None,
+        injections: vec![header_injection(&["api.test"])],
+    };
+    let raw = |path: &str| EgressRequest::get(format!("http://api.test:{p}{path}"));
+
+    let sse = egress.send_raw(raw("/mcp"), &scope).await.unwrap();
+    assert_eq!(
+        sse.text,
+        "event: message\ndata: {\"echo\":\"Bearer [REDACTED]\"}\n\n"
+    );
+    assert!(!format!("{sse:?}").contains(SECRET));
+    assert_eq!(
+        server.requests()[0].header("authorization"),
+        Some(&*format!("Bearer {SECRET}"))
+    );
+    let html = egress.send_raw(raw("/page"), &scope).await.unwrap();
+    assert_eq!(html.text, page);
+    let binary = egress.send_raw(raw("/binary"), &scope).await.unwrap();
+    assert_eq!(binary.text, "raw\u{1}bytes");
+}
+
+#[tokio::test]
+async fn send_raw_returns_a_redirect_without_following_it() {
+    let target = Server::fixed(Reply::text("followed")).await;
+    let start = Server::fixed(Reply::redirect(
+        307,
+        &format!("http://127.0.0.1:{}/", target.port),
+    ))
+    .await;
+    let (a, b) = (
+        format!("127.0.0.1:{}", start.port),
+        format!("127.0.0.1:{}", target.port),
+    );
+    let egress = egress(config(&[&a, &b], &[&a, &b], &[&a, &b]), no_names());
+    let request = EgressRequest {
+        method: "POST".to_string(),
+        url: format!("http://{a}/mcp"),
+        headers: vec![("content-type".to_string(), "application/json".to_string())],
+        body: Some(b"{}".to_vec()),
+    };
+    let response = egress.send_raw(request, &Scope::default()).await.unwrap();
+    assert_eq!(response.status, 307);
+    assert!(response.redirects.is_empty());
+    assert_eq!(start.requests()[0].body, b"{}");
+    assert_eq!(target.connections(), 0, "the redirect was followed");
+}
+
+#[tokio::test]
+async fn send_raw_checks_like_send() {
+    let server = Server::fixed(Reply::text("internal")).await;
+    let entry = format!("127.0.0.1:{}", server.port);
+    let url = format!("http://{entry}/mcp");
+    let not_listed = egress(config(&["example.com"], &[], &[]), no_names());
+    let result = not_listed
+        .send_raw(EgressRequest::get(&url), &Scope::default())
+        .await;
+    assert!(matches!(result, Err(EgressError::HostNotAllowed { .. })));
+    let not_private = egress(config(&[&entry], &[], &[&entry]), no_names());
+    let result = not_private
+        .send_raw(EgressRequest::get(&url), &Scope::default())
+        .await;
+    assert_blocked(result, "loopback", "send_raw to loopback");
+    assert_eq!(server.connections(), 0);
+
+    let mut cfg = config(&[&entry], &[&entry], &[&entry]);
+    cfg.max_response_bytes = 3;
+    let small = egress(cfg, no_names());
+    let response = small
+        .send_raw(EgressRequest::get(&url), &Scope::default())
+        .await
+        .unwrap();
+    assert!(response.truncated);
+    assert_eq!(response.text, "int");
+}
