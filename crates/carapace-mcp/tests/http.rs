@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use carapace_egress::{Egress, EgressConfig, Scope};
+use carapace_egress::{Egress, EgressConfig, Injection, Place, Scope};
 use carapace_mcp::http::transport;
+use carapace_types::Secret;
 use rmcp::ServiceExt;
 use rmcp::model::{CallToolRequestParams, CallToolResult};
 use rmcp::service::{RoleClient, RunningService};
@@ -24,6 +25,7 @@ use tokio::process::{Child, Command};
 
 /// Responses above this many bytes are cut by egress (and so refused by the transport).
 const CAP: u64 = 256 * 1024;
+const SECRET: &str = "sk-mcp-7d1e4b9a03";
 
 fn enabled() -> bool {
     if std::env::var_os("CARAPACE_TEST_MCP").is_some() {
@@ -90,9 +92,17 @@ async fn start_pyserver() -> PyServer {
 }
 
 async fn connect(url: &str, egress: Egress) -> Result<RunningService<RoleClient, ()>, String> {
+    connect_scoped(url, egress, Scope::default()).await
+}
+
+async fn connect_scoped(
+    url: &str,
+    egress: Egress,
+    scope: Scope,
+) -> Result<RunningService<RoleClient, ()>, String> {
     tokio::time::timeout(
         Duration::from_secs(30),
-        ().serve(transport(url, egress, Scope::default())),
+        ().serve(transport(url, egress, scope)),
     )
     .await
     .map_err(|_| "the handshake hung".to_string())?
@@ -127,7 +137,27 @@ async fn a_python_sdk_server_answers_through_egress() {
     let server = start_pyserver().await;
     let entry = format!("127.0.0.1:{}", server.port);
     let url = format!("http://{entry}/mcp");
-    let client = connect(&url, egress_for(&[&entry], true)).await.unwrap();
+    // The server's credential, added by egress to every request to it.
+    let scope = Scope {
+        injections: vec![Injection {
+            hosts: vec![entry.clone()],
+            place: Place::Header {
+                name: "X-Api-Key".to_string(),
+                format: "{}".to_string(),
+            },
+            value: Secret::new(SECRET.to_string()),
+        }],
+        ..Scope::default()
+    };
+    let client = connect_scoped(&url, egress_for(&[&entry], true), scope)
+        .await
+        .unwrap();
+    let info = client.peer_info().expect("initialized");
+    assert_eq!(info.server_info.as_ref().unwrap().name, "carapace-pyserver");
+    // rmcp's default handshake is `initialize` at its latest version with one.
+    assert_eq!(info.protocol_version.as_str(), "2025-11-25");
+    let tools_capability = info.capabilities.tools.as_ref().expect("tools");
+    assert_eq!(tools_capability.list_changed, Some(true));
 
     let tools = client.list_all_tools().await.unwrap();
     let by_name = |name: &str| {
@@ -172,6 +202,12 @@ async fn a_python_sdk_server_answers_through_egress() {
         .await
         .unwrap();
     assert_eq!(text(&sum), "42");
+    // A server that reflects its credential shows the model only the marker.
+    let reflected = call(&client, "echo", json!({"text": format!("key={SECRET}")}))
+        .await
+        .unwrap();
+    assert_eq!(text(&reflected), "key=[REDACTED]");
+    assert!(!format!("{reflected:?}").contains(SECRET));
 
     // A result beyond the cap is refused cleanly, not buffered without bound.
     let flood = call(&client, "flood", json!({"n": 2 * CAP})).await;
