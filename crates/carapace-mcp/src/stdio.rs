@@ -1,0 +1,129 @@
+//! Starting a stdio server: in the sandbox (the default) or, when its entry says
+//! `sandbox = "none"`, as a plain child of the daemon with a cleared environment.
+
+use std::process::Stdio;
+
+use carapace_sandbox::{Sandbox, SandboxSpec, Stdio3};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::unix::pipe;
+use tokio::task::JoinHandle;
+
+/// A started server process: our ends of its stdin and stdout, and a task that ends
+/// when the process does (aborting it kills the process and everything it started).
+pub(crate) struct Process {
+    pub stdout: pipe::Receiver,
+    pub stdin: pipe::Sender,
+    pub stderr: pipe::Receiver,
+    pub exited: JoinHandle<String>,
+}
+
+/// Starts `command` with exactly `env`.
+pub(crate) fn spawn(
+    command: &[String],
+    env: &[(String, String)],
+    sandbox: Option<&(Sandbox, SandboxSpec)>,
+) -> std::io::Result<Process> {
+    let (in_tx, in_rx) = pipe::pipe()?;
+    let (out_tx, out_rx) = pipe::pipe()?;
+    let (err_tx, err_rx) = pipe::pipe()?;
+    let exited = match sandbox {
+        Some((sb, template)) => {
+            let mut spec = template.clone();
+            spec.argv = command.to_vec();
+            spec.env = env.to_vec();
+            let stdio = Stdio3 {
+                stdin: in_rx.into_blocking_fd()?,
+                stdout: out_tx.into_blocking_fd()?,
+                stderr: err_tx.into_blocking_fd()?,
+            };
+            let sb = sb.clone();
+            tokio::spawn(async move {
+                let (started, _ns) = tokio::sync::oneshot::channel();
+                match sb.run_attached(&spec, stdio, started).await {
+                    Ok(status) => exit_text(status),
+                    Err(e) => format!("the sandbox could not start it: {e}"),
+                }
+            })
+        }
+        None => {
+            let mut cmd = tokio::process::Command::new(&command[0]);
+            cmd.args(&command[1..])
+                .env_clear()
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .stdin(Stdio::from(in_rx.into_blocking_fd()?))
+                .stdout(Stdio::from(out_tx.into_blocking_fd()?))
+                .stderr(Stdio::from(err_tx.into_blocking_fd()?))
+                .kill_on_drop(true);
+            // Its own process group, so a signal meant for the daemon's terminal does
+            // not reach it and it is not left behind by a killed daemon's group.
+            cmd.process_group(0);
+            let mut child = cmd.spawn()?;
+            drop(cmd);
+            tokio::spawn(async move {
+                match child.wait().await {
+                    Ok(status) => match status.code() {
+                        Some(c) => exit_text(c),
+                        None => {
+                            use std::os::unix::process::ExitStatusExt;
+                            exit_text(128 + status.signal().unwrap_or(0))
+                        }
+                    },
+                    Err(e) => format!("cannot wait for it: {e}"),
+                }
+            })
+        }
+    };
+    Ok(Process {
+        stdout: out_rx,
+        stdin: in_tx,
+        stderr: err_rx,
+        exited,
+    })
+}
+
+fn exit_text(status: i32) -> String {
+    if status > 128 {
+        format!("it was killed by signal {}", status - 128)
+    } else {
+        format!("it exited with status {status}")
+    }
+}
+
+/// Keeps the last lines of a server's stderr (each cut to 500 bytes), for `cara mcp
+/// list` and `test`; the rest is read and dropped so the server never blocks on it.
+pub(crate) fn drain_stderr(
+    stderr: pipe::Receiver,
+    tail: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            // A line without end is read in pieces; each piece is one entry.
+            let n = match (&mut lines).take(4096).read_until(b'\n', &mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let mut line = String::from_utf8_lossy(&buf[..n]).trim_end().to_string();
+            if line.is_empty() {
+                continue;
+            }
+            if line.len() > 500 {
+                let mut end = 500;
+                while !line.is_char_boundary(end) {
+                    end -= 1;
+                }
+                line.truncate(end);
+                line.push('…');
+            }
+            let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
+            if t.len() == crate::STDERR_LINES {
+                t.pop_front();
+            }
+            t.push_back(line);
+        }
+    })
+}
+
+use tokio::io::AsyncReadExt as _;
