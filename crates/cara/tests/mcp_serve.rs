@@ -1,1 +1,320 @@
 //! `cara mcp serve` driven by the Python SDK client.
+//!
+//! The official MCP Python SDK's `stdio_client` (fixture `fixtures/mcp_serve/client.py`)
+//! starts `cara agent run ... -- cara mcp serve`, as an MCP client on the owner's side
+//! (Cursor, a Claude Code outside the box) would: the server runs in the run's sandbox
+//! and reaches the Gate through the agent socket. The client lists the tools, calls
+//! them, and prints what the SDK parsed; the tests check the Gate's schemas and effect
+//! classes, a file read, refusals as MCP tool errors and protocol errors, a call that
+//! waits for the owner's answer, and the audit log.
+//!
+//! Needs user namespaces and the SDK: switched on by `CARAPACE_TEST_SANDBOX=1` and
+//! `CARAPACE_TEST_MCP=1` (CI sets both and puts a Python with `mcp` first on `PATH`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::util::{CARA, Daemon, TestDir, audit_entries, cara, outcomes, tool_call_records};
+
+const CLIENT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/mcp_serve/client.py"
+);
+
+fn enabled() -> bool {
+    let on = |k: &str| std::env::var_os(k).is_some_and(|v| v == "1");
+    let both = on("CARAPACE_TEST_SANDBOX") && on("CARAPACE_TEST_MCP");
+    if !both {
+        eprintln!(
+            "skipped: set CARAPACE_TEST_SANDBOX=1 and CARAPACE_TEST_MCP=1 to run the \
+             cara mcp serve tests"
+        );
+    }
+    both
+}
+
+/// The interpreter of the `python3` on `PATH`, which must import the SDK.
+fn python() -> PathBuf {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import sys, mcp; print(sys.executable)"])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "CARAPACE_TEST_MCP=1 needs a python3 on PATH with the mcp package: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// What the client printed, one JSON value per line.
+struct Seen {
+    lines: Vec<Value>,
+}
+
+impl Seen {
+    fn one(&self, kind: &str) -> &Value {
+        self.lines
+            .iter()
+            .find(|l| l["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} line in {:#?}", self.lines))
+    }
+
+    /// The answers to calls of `name`, in the order they arrived.
+    fn calls(&self, name: &str) -> Vec<&Value> {
+        self.lines
+            .iter()
+            .filter(|l| l["kind"] == "call" && l["name"] == name)
+            .collect()
+    }
+
+    fn tool(&self, name: &str) -> &Value {
+        self.one("tools")["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("no tool {name} in {}", self.one("tools")))
+    }
+}
+
+/// Runs the client against `cara agent run [RUN_ARGS] --workspace PROJECT -- cara mcp
+/// serve`, making the rounds of calls `rounds`.
+async fn client(dir: &TestDir, project: &Path, run_args: &[&str], rounds: Value) -> Seen {
+    let calls = dir.root().join("calls.json");
+    std::fs::write(&calls, rounds.to_string()).unwrap();
+    let mut cmd = tokio::process::Command::new(python());
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", dir.root().join("home"))
+        .env("CARAPACE_LOG", "warn")
+        .arg(CLIENT)
+        .arg(&calls)
+        .arg("--")
+        .arg(CARA)
+        .arg("--data-dir")
+        .arg(dir.data())
+        .args(["agent", "run"])
+        .args(run_args)
+        .arg("--workspace")
+        .arg(project)
+        .args(["--", "cara", "mcp", "serve"])
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("the MCP client finished within 60 s")
+        .expect("run the MCP client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "client: {}\n{stdout}\n{stderr}",
+        out.status
+    );
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}\n{stderr}")))
+        .collect();
+    let seen = Seen { lines };
+    seen.one("done");
+    seen
+}
+
+/// A project directory for the run (the agent's own files, outside the data directory).
+fn project(dir: &TestDir) -> PathBuf {
+    let project = dir.root().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    project
+}
+
+const POLICY: &str = r#"
+[[policy.rules]]
+name = "no-secrets"
+tool = "read_file"
+destination = "path:secret*"
+then = "deny"
+reason = "secrets stay with the owner"
+"#;
+
+#[tokio::test]
+async fn an_mcp_client_lists_and_calls_the_gate_tools_and_sees_refusals_as_mcp_errors() {
+    if !enabled() {
+        return;
+    }
+    let dir = TestDir::new();
+    std::fs::create_dir_all(dir.data()).unwrap();
+    std::fs::write(dir.config(), POLICY).unwrap();
+    let daemon = Daemon::start_with_env(&dir, &[]).await;
+    // The Gate's file tools work in Carapace's workspace.
+    std::fs::write(
+        dir.workspace().join("notes.txt"),
+        "hello from the workspace\n",
+    )
+    .unwrap();
+    std::fs::write(dir.workspace().join("secret.txt"), "the launch code\n").unwrap();
+    let project = project(&dir);
+
+    let seen = client(
+        &dir,
+        &project,
+        &["--trust-input"],
+        json!([
+            // Two at once share the server's one socket connection.
+            [
+                {"name": "read_file", "arguments": {"path": "notes.txt"}},
+                {"name": "list_dir", "arguments": {}},
+            ],
+            [{"name": "read_file", "arguments": {"path": "secret.txt"}}],
+            [{"name": "no_such_tool", "arguments": {}}],
+            [{"name": "read_file", "arguments": {"path": 5}}],
+        ]),
+    )
+    .await;
+
+    // initialize: who answers, and that it offers tools only.
+    let init = &seen.one("initialize")["result"];
+    assert_eq!(init["serverInfo"]["name"], "carapace", "{init}");
+    assert_eq!(
+        init["capabilities"]["tools"],
+        json!({"listChanged": false}),
+        "{init}"
+    );
+    assert!(
+        init["instructions"]
+            .as_str()
+            .is_some_and(|i| i.contains("Gate")),
+        "{init}"
+    );
+
+    // tools/list: the Gate's tools with their closed schemas and hints from effects.
+    for name in ["read_file", "write_file", "list_dir", "propose_plan"] {
+        let tool = seen.tool(name);
+        assert_eq!(tool["inputSchema"]["type"], "object", "{tool}");
+        assert_eq!(tool["inputSchema"]["additionalProperties"], false, "{tool}");
+        assert!(tool["description"].as_str().is_some_and(|d| !d.is_empty()));
+    }
+    let read = seen.tool("read_file");
+    assert_eq!(read["annotations"]["readOnlyHint"], true, "{read}");
+    assert_eq!(read["_meta"]["carapace/effect"], "read", "{read}");
+    let write = seen.tool("write_file");
+    assert_eq!(write["annotations"]["destructiveHint"], true, "{write}");
+    assert_eq!(write["annotations"]["readOnlyHint"], false, "{write}");
+    for t in seen.one("tools")["tools"].as_array().unwrap() {
+        if t["_meta"]["carapace/effect"] == "egress" {
+            assert_eq!(t["annotations"]["openWorldHint"], true, "{t}");
+        }
+    }
+
+    // A read returns the file.
+    let ok = &seen.calls("read_file")[0]["result"];
+    assert_eq!(ok["isError"], false, "{ok}");
+    // The Gate's result is an object: structured content, and the same as JSON text.
+    assert_eq!(
+        ok["structuredContent"]["content"], "hello from the workspace\n",
+        "{ok}"
+    );
+    assert_eq!(ok["content"][0]["type"], "text", "{ok}");
+    let text: Value = serde_json::from_str(ok["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(text, ok["structuredContent"]);
+    let listed = &seen.calls("list_dir")[0]["result"];
+    assert!(listed.to_string().contains("notes.txt"), "{listed}");
+
+    // Policy refuses: a tool error the model reads, with the Gate's error as data.
+    let denied = &seen.calls("read_file")[1]["result"];
+    assert_eq!(denied["isError"], true, "{denied}");
+    let text = denied["content"][0]["text"].as_str().unwrap();
+    assert!(text.starts_with("POLICY_DENIED at policy: "), "{text}");
+    assert!(!text.contains("launch code"));
+    assert_eq!(denied["structuredContent"]["code"], "POLICY_DENIED");
+    assert_eq!(denied["structuredContent"]["rule"], "rules.no-secrets");
+
+    // An unknown tool and bad arguments: protocol errors (-32602) with the Gate's data.
+    let unknown = &seen.calls("no_such_tool")[0]["error"];
+    assert_eq!(unknown["code"], -32602, "{unknown}");
+    assert_eq!(unknown["data"]["code"], "UNKNOWN_TOOL", "{unknown}");
+    let invalid = &seen.calls("read_file")[2]["error"];
+    assert_eq!(invalid["code"], -32602, "{invalid}");
+    assert_eq!(invalid["data"]["code"], "VALIDATION_FAILED", "{invalid}");
+    assert_eq!(invalid["data"]["field"], "/path", "{invalid}");
+
+    // Audited as the run's agent on the socket door; the chain verifies.
+    let reads = tool_call_records(&dir, "read_file").await;
+    assert!(reads.len() >= 2, "{reads:#?}");
+    for r in &reads {
+        let principal = r["principal"].as_str().unwrap();
+        assert!(
+            principal.starts_with("agent:run_") && principal.ends_with("@socket"),
+            "{r}"
+        );
+    }
+    let outcomes = outcomes(&reads);
+    assert_eq!(outcomes, ["executed", "denied", "denied"], "{reads:#?}");
+    assert_eq!(reads[1]["rule"], "rules.no-secrets");
+    assert_eq!(reads[2]["code"], "VALIDATION_FAILED");
+    // One run, one session: every call of the server's connection is in it.
+    assert!(reads.iter().all(|r| r["session"] == reads[0]["session"]));
+    let verify = cara(&dir).args(["audit", "verify"]).run().await;
+    assert_eq!(verify.code, Some(0), "{verify:?}");
+    drop(daemon);
+}
+
+#[tokio::test]
+async fn a_call_waits_for_the_owner_and_a_no_is_a_tool_error() {
+    if !enabled() {
+        return;
+    }
+    let dir = TestDir::new();
+    let daemon = Daemon::start_with_env(&dir, &[]).await;
+    let project = project(&dir);
+    // Without --trust-input the run's session is untrusted: a write asks the owner.
+    let run = client(
+        &dir,
+        &project,
+        &[],
+        json!([[{"name": "write_file",
+                 "arguments": {"path": "out.txt", "content": "from the agent"}}]]),
+    );
+    let answer = async {
+        let pending = daemon.pending_approval().await;
+        assert_eq!(pending["tool"], "write_file", "{pending}");
+        let id = pending["id"].as_str().unwrap();
+        let (status, _) = daemon
+            .post(
+                &format!("/api/approvals/{id}"),
+                &json!({"decision": "deny"}),
+            )
+            .await;
+        assert_eq!(status, 200);
+    };
+    let (seen, ()) = tokio::join!(run, answer);
+    let refused = &seen.calls("write_file")[0]["result"];
+    assert_eq!(refused["isError"], true, "{refused}");
+    assert_eq!(
+        refused["structuredContent"]["code"], "CONFIRMATION_DENIED",
+        "{refused}"
+    );
+    assert!(!dir.workspace().join("out.txt").exists());
+    assert!(
+        audit_entries(&dir)
+            .await
+            .iter()
+            .any(|e| e["record"]["tool"] == "write_file"),
+        "the refused write is audited"
+    );
+}
+
+#[tokio::test]
+async fn outside_a_sandbox_it_says_where_it_runs() {
+    let dir = TestDir::new();
+    let out = cara(&dir).args(["mcp", "serve"]).run().await;
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("CARAPACE_SOCKET is not set")
+            && out.stderr.contains("cara agent run -- cara mcp serve"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty(), "nothing on the protocol's stdout");
+}
