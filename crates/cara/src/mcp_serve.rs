@@ -1,8 +1,9 @@
 //! `cara mcp serve`: MCP on stdin/stdout, every call through the agent socket's Gate.
 //!
 //! It runs inside a Carapace sandbox (`cara agent run`), where `CARAPACE_SOCKET` names the
-//! agent socket, and offers an MCP client (Claude Code, Cursor, OpenClaw) the tools of the
-//! run's session: `tools/list` is the socket's `tools.list` (the Gate's closed schemas,
+//! agent socket (when the MCP client dropped that variable, the socket is found at its
+//! place in the sandbox, `/run/carapace/agent.sock`), and offers an MCP client (Claude
+//! Code, Cursor, OpenClaw) the tools of the run's session: `tools/list` is the socket's `tools.list` (the Gate's closed schemas,
 //! with hints derived from each tool's effect class), `tools/call` is `tools.call` with
 //! the same arguments. So every call is the Gate's: the session's labels, plans, policy,
 //! the owner's approvals and the audit log, as principal `agent:RUN@socket`. This file
@@ -26,7 +27,7 @@
 //! connection for every call), answers by the `cara ipc` client's.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -59,7 +60,7 @@ pub struct ServeArgs {}
 /// Runs the server until the client closes stdin: exit 0; 2 when the agent socket cannot
 /// be reached or refuses this process; 1 when the MCP transport fails.
 pub fn run(_args: ServeArgs) -> ExitCode {
-    let Some(path) = std::env::var_os(SOCKET_ENV).filter(|p| !p.is_empty()) else {
+    let Some(path) = socket_path() else {
         eprintln!(
             "cara mcp serve: {SOCKET_ENV} is not set; it runs inside a Carapace sandbox, \
              where it reaches the Gate through the agent socket: start it as \
@@ -95,6 +96,21 @@ pub fn run(_args: ServeArgs) -> ExitCode {
             }
         }
     })
+}
+
+/// The agent socket: `CARAPACE_SOCKET`, else, when this is the sandbox's `cara`, the
+/// place the sandbox binds the socket. MCP clients start their servers with a few
+/// variables only (the SDKs pass `HOME`, `PATH`, `USER`, ...), so the variable is often
+/// lost on the way. (On a host with `cara system install` the daemon's own socket has
+/// the same path; that one is not taken, as this `cara` is not the sandbox's.)
+fn socket_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(SOCKET_ENV).filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let sandboxed =
+        std::env::current_exe().is_ok_and(|exe| exe == Path::new(crate::agent_run::CARA_INSIDE));
+    let inside = Path::new(crate::agent_run::SOCKET_INSIDE);
+    (sandboxed && inside.exists()).then(|| inside.to_path_buf())
 }
 
 /// Logs go to stderr (stdout is the protocol), at `CARAPACE_LOG` or `warn`.
