@@ -1,10 +1,11 @@
 //! `cara mcp serve` driven by the Python SDK client.
 //!
 //! The official MCP Python SDK's `stdio_client` (fixture `fixtures/mcp_serve/client.py`)
-//! starts `cara agent run ... -- cara mcp serve`, as an MCP client on the owner's side
-//! (Cursor, a Claude Code outside the box) would: the server runs in the run's sandbox
-//! and reaches the Gate through the agent socket. The client lists the tools, calls
-//! them, and prints what the SDK parsed; the tests check the Gate's schemas and effect
+//! starts `cara mcp serve` in a run of `cara agent run`, from outside the sandbox (`cara
+//! agent run ... -- cara mcp serve`, as Cursor would) or from inside it (the client is
+//! the run's program, as Claude Code under `cara agent run` would be). The server
+//! reaches the Gate through the agent socket. The client lists the tools, calls them,
+//! and prints what the SDK parsed; the tests check the Gate's schemas and effect
 //! classes, a file read, refusals as MCP tool errors and protocol errors, a call that
 //! waits for the owner's answer, and the audit log.
 //!
@@ -80,27 +81,59 @@ impl Seen {
     }
 }
 
-/// Runs the client against `cara agent run [RUN_ARGS] --workspace PROJECT -- cara mcp
-/// serve`, making the rounds of calls `rounds`.
-async fn client(dir: &TestDir, project: &Path, run_args: &[&str], rounds: Value) -> Seen {
-    let calls = dir.root().join("calls.json");
+/// Where the MCP client runs.
+#[derive(Clone, Copy)]
+enum Client {
+    /// On the owner's side: it starts `cara agent run ... -- cara mcp serve` (Cursor, or
+    /// any client outside the box).
+    Outside,
+    /// In the sandbox, next to the server it starts (Claude Code under `cara agent
+    /// run`): `cara agent run ... -- python3 client.py -- cara mcp serve`.
+    Inside,
+}
+
+/// Runs the client, with the server in a run of `cara agent run [RUN_ARGS] --workspace
+/// PROJECT`, making the rounds of calls `rounds`.
+async fn client(
+    dir: &TestDir,
+    project: &Path,
+    run_args: &[&str],
+    rounds: Value,
+    at: Client,
+) -> Seen {
+    let calls = project.join("calls.json");
     std::fs::write(&calls, rounds.to_string()).unwrap();
-    let mut cmd = tokio::process::Command::new(python());
+    let agent_run = |cmd: &mut tokio::process::Command| {
+        cmd.arg("--data-dir")
+            .arg(dir.data())
+            .args(["agent", "run"])
+            .args(run_args)
+            .arg("--workspace")
+            .arg(project)
+            .arg("--");
+    };
+    let mut cmd;
+    match at {
+        Client::Outside => {
+            cmd = tokio::process::Command::new(python());
+            cmd.arg(CLIENT).arg(&calls).args(["--", CARA]);
+            agent_run(&mut cmd);
+            cmd.args(["cara", "mcp", "serve"]);
+        }
+        Client::Inside => {
+            std::fs::copy(CLIENT, project.join("client.py")).unwrap();
+            cmd = tokio::process::Command::new(CARA);
+            agent_run(&mut cmd);
+            cmd.arg("/usr/bin/env")
+                .arg(format!("PYTHONPATH={}", project.join(".pylib").display()))
+                .args(["python3", "client.py", "calls.json", "--"])
+                .args(["cara", "mcp", "serve"]);
+        }
+    }
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", dir.root().join("home"))
         .env("CARAPACE_LOG", "warn")
-        .arg(CLIENT)
-        .arg(&calls)
-        .arg("--")
-        .arg(CARA)
-        .arg("--data-dir")
-        .arg(dir.data())
-        .args(["agent", "run"])
-        .args(run_args)
-        .arg("--workspace")
-        .arg(project)
-        .args(["--", "cara", "mcp", "serve"])
         .kill_on_drop(true);
     let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
         .await
@@ -120,6 +153,64 @@ async fn client(dir: &TestDir, project: &Path, run_args: &[&str], rounds: Value)
     let seen = Seen { lines };
     seen.one("done");
     seen
+}
+
+/// Copies the SDK and what it imports into `dest` (the `.pylib` of a project), so the
+/// sandbox's system Python can import it; prints the version of the Python it serves.
+const VENDOR: &str = r#"
+import importlib.metadata as md, os, re, shutil, sys
+dest, seen, todo = sys.argv[1], set(), ["mcp"]
+while todo:
+    name = re.sub(r"[-_.]+", "-", todo.pop()).lower()
+    if name in seen:
+        continue
+    seen.add(name)
+    try:
+        dist = md.distribution(name)
+    except md.PackageNotFoundError:
+        continue
+    for f in dist.files or []:
+        src = dist.locate_file(f)
+        if ".." in f.parts or not os.path.isfile(src):
+            continue
+        os.makedirs(os.path.join(dest, os.path.dirname(str(f))), exist_ok=True)
+        shutil.copyfile(src, os.path.join(dest, str(f)))
+    for req in dist.requires or []:
+        if "extra ==" not in req and "win32" not in req:
+            todo.append(re.split(r"[ ;<>=!~\[(]", req, maxsplit=1)[0])
+print("%d.%d" % sys.version_info[:2])
+"#;
+
+/// Makes the SDK importable by the sandbox's `python3` from `PROJECT/.pylib`; `false`
+/// (the test says why) when that Python is another version than the SDK's.
+///
+/// A copy, because `cara agent run` binds nothing of the host but the system
+/// directories, the workspace and the agent's home; a read-only bind of the SDK's
+/// Python prefix would spare it.
+fn vendor_sdk(project: &Path) -> bool {
+    let out = std::process::Command::new(python())
+        .args(["-c", VENDOR])
+        .arg(project.join(".pylib"))
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sdk = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let system = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    if system != sdk {
+        eprintln!(
+            "skipped the client inside the sandbox: the SDK's Python is {sdk}, the \
+             sandbox's /usr/bin/python3 is {system:?}"
+        );
+    }
+    system == sdk
 }
 
 /// A project directory for the run (the agent's own files, outside the data directory).
@@ -170,6 +261,7 @@ async fn an_mcp_client_lists_and_calls_the_gate_tools_and_sees_refusals_as_mcp_e
             [{"name": "no_such_tool", "arguments": {}}],
             [{"name": "read_file", "arguments": {"path": 5}}],
         ]),
+        Client::Outside,
     )
     .await;
 
@@ -275,6 +367,7 @@ async fn a_call_waits_for_the_owner_and_a_no_is_a_tool_error() {
         &[],
         json!([[{"name": "write_file",
                  "arguments": {"path": "out.txt", "content": "from the agent"}}]]),
+        Client::Outside,
     );
     let answer = async {
         let pending = daemon.pending_approval().await;
@@ -302,6 +395,54 @@ async fn a_call_waits_for_the_owner_and_a_no_is_a_tool_error() {
             .iter()
             .any(|e| e["record"]["tool"] == "write_file"),
         "the refused write is audited"
+    );
+}
+
+#[tokio::test]
+async fn an_agent_in_the_sandbox_starts_the_server_next_to_it() {
+    if !enabled() {
+        return;
+    }
+    let dir = TestDir::new();
+    let _daemon = Daemon::start_with_env(&dir, &[]).await;
+    std::fs::write(
+        dir.workspace().join("notes.txt"),
+        "hello from the workspace\n",
+    )
+    .unwrap();
+    let project = project(&dir);
+    if !vendor_sdk(&project) {
+        return;
+    }
+    let seen = client(
+        &dir,
+        &project,
+        &["--trust-input"],
+        json!([
+            [{"name": "read_file", "arguments": {"path": "notes.txt"}}],
+            [{"name": "no_such_tool", "arguments": {}}],
+        ]),
+        Client::Inside,
+    )
+    .await;
+    assert_eq!(
+        seen.one("initialize")["result"]["serverInfo"]["name"],
+        "carapace"
+    );
+    assert_eq!(seen.tool("read_file")["annotations"]["readOnlyHint"], true);
+    let read = &seen.calls("read_file")[0]["result"];
+    assert_eq!(
+        read["structuredContent"]["content"], "hello from the workspace\n",
+        "{read}"
+    );
+    assert_eq!(seen.calls("no_such_tool")[0]["error"]["code"], -32602);
+    let reads = tool_call_records(&dir, "read_file").await;
+    assert_eq!(outcomes(&reads), ["executed"]);
+    assert!(
+        reads[0]["principal"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("agent:run_") && p.ends_with("@socket")),
+        "{reads:?}"
     );
 }
 
