@@ -12,6 +12,7 @@ use toml::Spanned;
 
 pub mod channels;
 pub mod egress;
+pub mod mcp;
 pub mod policy;
 pub mod providers;
 pub mod sandbox;
@@ -21,6 +22,13 @@ pub mod vault;
 pub struct Locator<'a> {
     path: &'a Path,
     text: &'a str,
+}
+
+impl<'a> Locator<'a> {
+    /// Errors in `text`, read from `path`.
+    pub fn new(path: &'a Path, text: &'a str) -> Locator<'a> {
+        Locator { path, text }
+    }
 }
 
 impl Locator<'_> {
@@ -64,6 +72,8 @@ pub struct Config {
     pub rules: Vec<policy::EnglishRule>,
     /// `[channels.NAME]`: messaging channels for agents in shell mode.
     pub channels: channels::ChannelsSection,
+    /// `[mcp]` and `[[mcp.servers]]`: MCP tool servers.
+    pub mcp: mcp::McpSection,
 }
 
 #[derive(Debug, Deserialize)]
@@ -527,6 +537,7 @@ fn validate(path: &Path, text: &str, c: &Config) -> anyhow::Result<()> {
     c.policy.build(&at)?;
     policy::tool_overrides(&at, &c.tools)?;
     c.channels.validate(&at)?;
+    c.mcp.validate(&at, &c.sandbox)?;
     for (i, r) in c.rules.iter().enumerate() {
         let text = r.text.get_ref().trim();
         if text.is_empty() || text.len() > 1000 {

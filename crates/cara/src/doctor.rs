@@ -126,6 +126,31 @@ pub async fn doctor(dd: &DataDir) -> anyhow::Result<ExitCode> {
         );
     }
 
+    // MCP servers outside the sandbox run with the daemon's rights.
+    if let Ok(f) = config::load(&dd.config()) {
+        let total = f.mcp.servers.len();
+        let bare = f.mcp.unsandboxed();
+        if !bare.is_empty() {
+            r.line(
+                Level::Warn,
+                "mcp",
+                &format!(
+                    "{} of {total} server(s) run WITHOUT the sandbox (sandbox = \"none\"): {}; \
+                     such a server can read your files and keys and reach the network as \
+                     the daemon's user",
+                    bare.len(),
+                    bare.join(", ")
+                ),
+            );
+        } else if total > 0 {
+            r.line(
+                Level::Ok,
+                "mcp",
+                &format!("{total} server(s), each stdio one in the sandbox; `cara mcp list` shows their state"),
+            );
+        }
+    }
+
     // The running gateway, if any: its environment may differ from this shell's.
     let daemon = Daemon::find(dd).await;
     let daemon_model = match &daemon {

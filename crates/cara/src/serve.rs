@@ -102,6 +102,69 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
     );
     scrubber.add(&secrets);
     tracing::info!(secrets = preloaded, "vault loaded");
+    // MCP servers: secrets for their processes come from the vault now; the hub starts
+    // them in the background (a slow or broken server never delays the daemon).
+    let mcp_servers = {
+        let path = dd.config();
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let at = config::Locator::new(&path, &text);
+        let sandbox = (!file.mcp.servers.is_empty())
+            .then(|| crate::sandbox_cmd::init_program().map(carapace_sandbox::Sandbox::new))
+            .transpose()?;
+        let egress = Egress::new(file.egress.to_config())
+            .map_err(|e| anyhow::anyhow!("{}: [egress]: {e}", dd.config().display()))?;
+        let read = |name: &str| vault.file_value(name);
+        let workspace = dd.workspace();
+        file.mcp.build(
+            &at,
+            &file.sandbox,
+            &config::mcp::BuildEnv {
+                vault: &read,
+                sandbox,
+                base_env: crate::sandbox_cmd::base_env(),
+                workspace: &workspace,
+                egress: Some(egress),
+            },
+        )?
+    };
+    let mcp_secrets: Vec<carapace_types::Secret<String>> = mcp_servers
+        .iter()
+        .flat_map(|s| match &s.transport {
+            carapace_mcp::Transport::Stdio { env, .. } => env
+                .iter()
+                .map(|(_, v)| carapace_types::Secret::new(v.clone()))
+                .collect::<Vec<_>>(),
+            carapace_mcp::Transport::Http { scope, .. } => {
+                scope.injections.iter().map(|i| i.value.clone()).collect()
+            }
+        })
+        .filter(|v: &carapace_types::Secret<String>| {
+            v.expose().len() >= carapace_vault::MIN_SECRET_LEN
+        })
+        .collect();
+    scrubber.add(&mcp_secrets);
+    let mcp = (!mcp_servers.is_empty()).then(|| {
+        let info = mcp_servers
+            .iter()
+            .map(|s| carapace_gate::McpServerInfo {
+                name: s.name.clone(),
+                host: config::mcp::http_host(s),
+                max_result_bytes: s.max_result_bytes,
+                call_timeout: s.call_timeout,
+            })
+            .collect();
+        let shared = scrubber.clone();
+        let hub = carapace_mcp::Hub::start(
+            mcp_servers,
+            carapace_mcp::HubEnv {
+                scrub: Arc::new(move |s: &mut String| {
+                    shared.current().scrub_string(s);
+                }),
+            },
+        );
+        carapace_gate::McpSetup { hub, servers: info }
+    });
+    let mcp_hub = mcp.as_ref().map(|m| m.hub.clone());
     let net = NetSetup {
         egress: Egress::new(file.egress.to_config())
             .map_err(|e| anyhow::anyhow!("{}: [egress]: {e}", dd.config().display()))?,
@@ -178,6 +241,7 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
                 dead_letter_key,
             }
         }),
+        mcp,
     })?;
     let (agent, provider_hint) = match settings.provider {
         ProviderSetup::Ready(p) => {
@@ -304,6 +368,9 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
             Ok(())
         }
     };
+    if let Some(hub) = mcp_hub {
+        hub.shutdown().await;
+    }
     let _ = gate.record("daemon_stopped", json!({}));
     // Remove the address file only if it is still ours.
     if std::fs::read_to_string(dd.daemon_file())

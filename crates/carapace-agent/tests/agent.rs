@@ -90,6 +90,7 @@ async fn fixture_with(script: Vec<Reply>, options: Options) -> Fixture {
         exec: None,
         net: None,
         channels: None,
+        mcp: None,
     })
     .unwrap();
     let fake = FakeOpenAi::start(script).await;

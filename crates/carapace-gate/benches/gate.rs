@@ -55,6 +55,7 @@ fn setup(on_disk: bool) -> Bench {
         exec: None,
         net: None,
         channels: None,
+        mcp: None,
     })
     .unwrap();
     Bench {

@@ -1,5 +1,6 @@
 //! Tool definitions: name, closed schema, effect class, executor.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -63,15 +64,12 @@ pub(crate) type ExecFn = Arc<dyn Fn(ExecCtx, Value) -> ExecFuture + Send + Sync>
 
 /// Extracts where a call reaches from its validated arguments; paths are resolved by the
 /// same check the file tools use.
-pub(crate) type DestFn = fn(&Value, &Workspace) -> Vec<Destination>;
-
-fn nowhere(_: &Value, _: &Workspace) -> Vec<Destination> {
-    Vec::new()
-}
+pub(crate) type DestFn = Arc<dyn Fn(&Value, &Workspace) -> Vec<Destination> + Send + Sync>;
 
 pub(crate) struct ToolDef {
-    pub name: &'static str,
-    pub description: &'static str,
+    /// Built-in names are static; MCP tools' (`SERVER__TOOL`) are made at run time.
+    pub name: Cow<'static, str>,
+    pub description: Cow<'static, str>,
     pub schema: Value,
     pub effect: EffectClass,
     /// The least label of every result (joined with the executor's own label).
@@ -104,26 +102,41 @@ impl ToolDef {
             schema_is_closed(&schema),
             "schema of {name} accepts unknown fields"
         );
-        let validator = jsonschema::validator_for(&schema)
-            .unwrap_or_else(|e| panic!("schema of {name} does not compile: {e}"));
-        ToolDef {
+        ToolDef::dynamic(name.into(), description.into(), effect, schema, exec)
+            .unwrap_or_else(|e| panic!("schema of {name} does not compile: {e}"))
+    }
+
+    /// A definition made at run time (an MCP server's tool), whose schema the caller
+    /// closed; a schema that does not compile is an error, not a panic.
+    pub fn dynamic(
+        name: Cow<'static, str>,
+        description: Cow<'static, str>,
+        effect: EffectClass,
+        schema: Value,
+        exec: ExecFn,
+    ) -> Result<ToolDef, String> {
+        let validator = jsonschema::validator_for(&schema).map_err(|e| e.to_string())?;
+        Ok(ToolDef {
             name,
             description,
             schema,
             effect,
             result_floor: Label::TRUSTED_PUBLIC,
-            destinations: nowhere,
+            destinations: Arc::new(|_: &Value, _: &Workspace| Vec::new()),
             floor_source: None,
             exec,
             timeout: None,
             digest_only: &[],
             validator,
-        }
+        })
     }
 
     /// Declares how the tool's destinations are read from its arguments.
-    pub fn with_destinations(mut self, f: DestFn) -> ToolDef {
-        self.destinations = f;
+    pub fn with_destinations(
+        mut self,
+        f: impl Fn(&Value, &Workspace) -> Vec<Destination> + Send + Sync + 'static,
+    ) -> ToolDef {
+        self.destinations = Arc::new(f);
         self
     }
 
@@ -197,42 +210,37 @@ pub(crate) fn schema_is_closed(schema: &Value) -> bool {
 /// The set of tools the Gate can resolve.
 #[derive(Default)]
 pub(crate) struct Catalog {
-    tools: Vec<ToolDef>,
+    tools: Vec<Arc<ToolDef>>,
 }
 
 impl Catalog {
     pub fn add(&mut self, tool: ToolDef) {
         assert!(
-            self.get(tool.name).is_none(),
+            self.get(&tool.name).is_none(),
             "tool {} defined twice",
             tool.name
         );
-        self.tools.push(tool);
+        self.tools.push(Arc::new(tool));
     }
 
     pub fn retain(&mut self, mut granted: impl FnMut(&str) -> bool) {
-        self.tools.retain(|t| granted(t.name));
+        self.tools.retain(|t| granted(&t.name));
     }
 
+    /// Only while the Gate is being built (nothing else holds the definitions yet).
     pub fn get_mut(&mut self, name: &str) -> Option<&mut ToolDef> {
-        self.tools.iter_mut().find(|t| t.name == name)
+        self.tools
+            .iter_mut()
+            .find(|t| t.name == name)
+            .and_then(Arc::get_mut)
     }
 
-    pub fn get(&self, name: &str) -> Option<&ToolDef> {
+    pub fn get(&self, name: &str) -> Option<&Arc<ToolDef>> {
         self.tools.iter().find(|t| t.name == name)
     }
 
     pub fn specs(&self) -> Vec<ToolSpec> {
-        self.tools
-            .iter()
-            .map(|t| ToolSpec {
-                name: t.name.to_string(),
-                description: t.description.to_string(),
-                parameters: t.schema.clone(),
-                effect: t.effect,
-                result_floor: t.result_floor,
-            })
-            .collect()
+        self.tools.iter().map(|t| spec_of(t)).collect()
     }
 }
 
@@ -310,5 +318,16 @@ mod dest_tests {
         );
         assert_eq!(u("https://xn--exmple-cua.com/"), "host:xn--exmple-cua.com");
         assert_eq!(u("https://exämple.com/"), "host:xn--exmple-cua.com");
+    }
+}
+
+/// A definition as offered to the model.
+pub(crate) fn spec_of(t: &ToolDef) -> ToolSpec {
+    ToolSpec {
+        name: t.name.to_string(),
+        description: t.description.to_string(),
+        parameters: t.schema.clone(),
+        effect: t.effect,
+        result_floor: t.result_floor,
     }
 }

@@ -14,6 +14,7 @@ mod catalog;
 mod channel;
 mod exec;
 mod limiter;
+mod mcp;
 mod net;
 #[cfg(test)]
 mod tests;
@@ -25,6 +26,7 @@ pub use carapace_vault::{Scrubber, SharedScrubber};
 pub use catalog::ToolSpec;
 pub use channel::ChannelSetup;
 pub use exec::ExecSetup;
+pub use mcp::{McpServerInfo, McpSetup};
 pub use net::{InjectRule, NetSetup, SecretSource};
 
 use std::sync::Arc;
@@ -146,6 +148,9 @@ pub struct GateDeps {
     /// do not exist. Configured channels are granted (each has its own allowlists, which
     /// allow nobody until the owner lists someone).
     pub channels: Option<ChannelSetup>,
+    /// MCP servers; their tools (`SERVER__TOOL`) are granted, as the owner configured
+    /// them, and come and go with the servers' lists.
+    pub mcp: Option<McpSetup>,
 }
 
 /// Why the Gate could not be built.
@@ -237,6 +242,7 @@ struct Inner {
     workspace: Arc<Workspace>,
     net: Option<Arc<net::Net>>,
     channels: Option<Arc<channel::Channels>>,
+    mcp: Option<mcp::McpTools>,
     config: GateConfig,
     events: broadcast::Sender<GateEvent>,
 }
@@ -306,6 +312,7 @@ impl Gate {
                 workspace: Arc::new(workspace),
                 net,
                 channels,
+                mcp: deps.mcp.map(mcp::McpTools::new),
                 config: deps.config,
                 events,
             }),
@@ -318,9 +325,45 @@ impl Gate {
         self.inner.scrubber.current()
     }
 
-    /// The tools granted to sessions, as offered to the model.
+    /// The tools granted to sessions, as offered to the model: the built-in ones, then
+    /// the MCP servers' tools as they are listed now, by name.
     pub fn tool_specs(&self) -> Vec<ToolSpec> {
-        self.inner.catalog.specs()
+        let mut specs = self.inner.catalog.specs();
+        if let Some(mcp) = &self.inner.mcp {
+            let defs = mcp.defs();
+            let mut names: Vec<&String> = defs.keys().collect();
+            names.sort();
+            specs.extend(names.into_iter().map(|n| catalog::spec_of(&defs[n])));
+        }
+        specs
+    }
+
+    /// The MCP servers' states (`{"servers": [...]}`; empty without servers).
+    pub fn mcp_status(&self) -> Value {
+        match &self.inner.mcp {
+            Some(m) => m.status(),
+            None => json!({ "servers": [] }),
+        }
+    }
+
+    /// One MCP server's tools with the effect class each got and why; `None`: no such
+    /// server.
+    pub fn mcp_tools(&self, server: &str) -> Option<Value> {
+        self.inner.mcp.as_ref()?.tools_of(server)
+    }
+
+    /// Connects to one MCP server anew and lists its tools (and restarts it now if it is
+    /// down); `None`: no such server.
+    pub async fn mcp_test(&self, server: &str) -> Option<Value> {
+        self.inner.mcp.as_ref()?.test(server).await
+    }
+
+    /// A tool by name: a built-in one, or an MCP server's as listed now.
+    fn resolve(&self, name: &str) -> Option<Arc<ToolDef>> {
+        if let Some(t) = self.inner.catalog.get(name) {
+            return Some(t.clone());
+        }
+        self.inner.mcp.as_ref().and_then(|m| m.get(name))
     }
 
     /// The names of the configured messaging channels.
@@ -705,7 +748,7 @@ impl Gate {
         };
 
         // resolve
-        let Some(tool) = inner.catalog.get(req.tool) else {
+        let Some(tool) = self.resolve(req.tool) else {
             return Err(GateError::new(
                 ErrorCode::UnknownTool,
                 Stage::Resolve,
@@ -715,9 +758,11 @@ impl Gate {
         audit.set("effect", json!(tool.effect.as_str()));
         // Charge the rate limiter before validation, so malformed and denied attempts
         // count too; the verdict is applied at the authorize stage.
-        let rate = inner
-            .limiter
-            .charge(&req.principal.audit_name(), tool.name, Instant::now());
+        let rate = inner.limiter.charge(
+            &req.principal.audit_name(),
+            tool.name.clone(),
+            Instant::now(),
+        );
 
         // validate
         let args = parse_args(req.args, inner.config.max_args_bytes)?;
@@ -749,9 +794,9 @@ impl Gate {
         let channels = inner
             .channels
             .as_ref()
-            .filter(|_| CHANNEL_TOOLS.contains(&tool.name));
+            .filter(|_| CHANNEL_TOOLS.contains(&&*tool.name));
         if let Some(ch) = channels {
-            ch.authorize(tool.name, &mut args)?;
+            ch.authorize(&tool.name, &mut args)?;
         }
 
         // The plan tool has no effect of its own: the owner's answer is its result.
@@ -766,7 +811,7 @@ impl Gate {
             audit.set("destinations", json!(names));
         }
         if let Some(ch) = channels {
-            let warnings = ch.screen(tool.name, &args)?;
+            let warnings = ch.screen(&tool.name, &args)?;
             if !warnings.is_empty() {
                 audit.set("filter_warnings", json!(warnings));
             }
@@ -776,7 +821,7 @@ impl Gate {
         let now = now_ms();
         let preq = carapace_policy::Request {
             principal: req.principal,
-            tool: tool.name,
+            tool: &tool.name,
             effect: tool.effect,
             destinations: &destinations,
             args: &args,
@@ -864,15 +909,15 @@ impl Gate {
                 );
             }
             Decision::Ask { rule, reason } => {
-                let scope = session_scope(tool.name, &destinations);
+                let scope = session_scope(&tool.name, &destinations);
                 let answer = self
-                    .approve(req, tool, &args, &rule, &reason, None, scope, audit)
+                    .approve(req, &tool, &args, &rule, &reason, None, scope, audit)
                     .await?;
                 if let Some(net) = &inner.net {
                     net.approved(req.session, &secret_plan.needs_approval);
                 }
                 if answer == Answer::Session {
-                    self.grant_for_session(req.session, tool.name, &destinations, audit)?;
+                    self.grant_for_session(req.session, &tool.name, &destinations, audit)?;
                 }
             }
         }
@@ -937,7 +982,7 @@ impl Gate {
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_default();
-                tracing::error!(tool = tool.name, panic = %detail, "tool executor panicked");
+                tracing::error!(tool = %tool.name, panic = %detail, "tool executor panicked");
                 return Err(GateError::new(
                     ErrorCode::ToolError,
                     Stage::Execute,
@@ -1158,7 +1203,7 @@ impl Gate {
         let mut infos = Vec::new();
         for (i, step) in plan.steps.iter().enumerate() {
             let n = i + 1;
-            let tool = match inner.catalog.get(&step.tool) {
+            let tool = match self.resolve(&step.tool) {
                 Some(t) if t.name != PLAN_TOOL => t,
                 _ => {
                     return Err(invalid(format!(
@@ -1183,7 +1228,7 @@ impl Gate {
             }
             if tool.effect == EffectClass::Egress && step.destinations.is_empty() {
                 return Err(invalid(format!(
-                    "steps[{n}].destinations: a step of {} sends data out, so it names the hosts it may reach",
+                    "steps[{n}].destinations: a step of {} sends data out, so it names the places it may reach (host:NAME, or mcp:SERVER for an MCP tool)",
                     tool.name
                 )));
             }
@@ -1214,7 +1259,7 @@ impl Gate {
                 &state,
                 &carapace_policy::Request {
                     principal: req.principal,
-                    tool: tool.name,
+                    tool: &tool.name,
                     effect: tool.effect,
                     destinations: &destinations,
                     args: &guess,

@@ -1,12 +1,13 @@
 //! Token-bucket rate limits per principal and tool.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub(crate) struct RateLimiter {
     per_minute: u32,
-    buckets: Mutex<HashMap<(String, &'static str), Bucket>>,
+    buckets: Mutex<HashMap<(String, Cow<'static, str>), Bucket>>,
 }
 
 struct Bucket {
@@ -27,7 +28,7 @@ impl RateLimiter {
     pub fn charge(
         &self,
         principal: &str,
-        tool: &'static str,
+        tool: Cow<'static, str>,
         now: Instant,
     ) -> Result<(), Duration> {
         let capacity = f64::from(self.per_minute);
@@ -60,24 +61,32 @@ mod tests {
         let l = RateLimiter::new(3);
         let t0 = Instant::now();
         for _ in 0..3 {
-            assert!(l.charge("owner@api", "read_file", t0).is_ok());
+            assert!(l.charge("owner@api", "read_file".into(), t0).is_ok());
         }
-        let wait = l.charge("owner@api", "read_file", t0).unwrap_err();
+        let wait = l.charge("owner@api", "read_file".into(), t0).unwrap_err();
         assert!(
             wait > Duration::from_secs(19) && wait <= Duration::from_secs(20),
             "{wait:?}"
         );
         // Another tool and another principal have their own buckets.
-        assert!(l.charge("owner@api", "list_dir", t0).is_ok());
-        assert!(l.charge("owner@openai", "read_file", t0).is_ok());
+        assert!(l.charge("owner@api", "list_dir".into(), t0).is_ok());
+        assert!(l.charge("owner@openai", "read_file".into(), t0).is_ok());
         // A denied attempt was charged: 20 s later there is exactly one token again.
         assert!(
-            l.charge("owner@api", "read_file", t0 + Duration::from_secs(20))
-                .is_ok()
+            l.charge(
+                "owner@api",
+                "read_file".into(),
+                t0 + Duration::from_secs(20)
+            )
+            .is_ok()
         );
         assert!(
-            l.charge("owner@api", "read_file", t0 + Duration::from_secs(20))
-                .is_err()
+            l.charge(
+                "owner@api",
+                "read_file".into(),
+                t0 + Duration::from_secs(20)
+            )
+            .is_err()
         );
     }
 }

@@ -96,6 +96,7 @@ fn fixture_policy(
             exec: None,
             net: None,
             channels: None,
+            mcp: None,
         },
         catalog,
     )

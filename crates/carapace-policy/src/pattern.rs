@@ -11,6 +11,8 @@ pub enum DestKind {
     Path,
     /// A messaging contact (`+14155550100`, `bob@example.com`).
     Contact,
+    /// An MCP server of `[[mcp.servers]]`, by name (`github`): where its tools' calls go.
+    Mcp,
 }
 
 impl DestKind {
@@ -20,6 +22,7 @@ impl DestKind {
             DestKind::Host => "host",
             DestKind::Path => "path",
             DestKind::Contact => "contact",
+            DestKind::Mcp => "mcp",
         }
     }
 
@@ -28,6 +31,7 @@ impl DestKind {
             "host" => Some(DestKind::Host),
             "path" => Some(DestKind::Path),
             "contact" => Some(DestKind::Contact),
+            "mcp" => Some(DestKind::Mcp),
             _ => None,
         }
     }
@@ -67,6 +71,11 @@ impl Destination {
         Destination::new(DestKind::Contact, value)
     }
 
+    /// An MCP server, by its configured name.
+    pub fn mcp(value: impl Into<String>) -> Destination {
+        Destination::new(DestKind::Mcp, value)
+    }
+
     /// Parses `kind:value` as written in test cases and plans; a bare value is a host.
     pub fn parse(text: &str) -> Destination {
         match text.split_once(':') {
@@ -85,7 +94,7 @@ impl fmt::Display for Destination {
 }
 
 /// A glob over names: `*` matches any run of characters (dots and slashes included),
-/// everything else matches itself. An optional `host:`, `path:` or `contact:` prefix
+/// everything else matches itself. An optional `host:`, `path:`, `contact:` or `mcp:` prefix
 /// limits a destination pattern to that kind. Host and contact matching ignores case.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Pattern {

@@ -303,7 +303,7 @@ fn anywhere(pattern: &str) -> bool {
     let glob = pattern
         .trim()
         .split_once(':')
-        .filter(|(kind, _)| matches!(*kind, "host" | "path" | "contact"))
+        .filter(|(kind, _)| matches!(*kind, "host" | "path" | "contact" | "mcp"))
         .map_or(pattern.trim(), |(_, rest)| rest);
     glob.chars().all(|c| c == '*' || c == '.')
 }

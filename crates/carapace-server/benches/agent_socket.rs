@@ -83,6 +83,7 @@ fn start() -> Server {
         exec: None,
         net: None,
         channels: None,
+        mcp: None,
     })
     .unwrap();
     let identify = Arc::new(OneRun(AgentIdentity {

@@ -81,6 +81,7 @@ async fn setup() -> Bench {
         exec: None,
         net: None,
         channels: None,
+        mcp: None,
     })
     .unwrap();
     let fake = FakeOpenAi::start(Vec::new()).await;

@@ -589,3 +589,40 @@ fn dead_letter_error(e: carapace_types::GateError) -> ApiError {
     }
     ApiError::from(e)
 }
+
+/// `GET /api/mcp`: the MCP servers and their states.
+pub(crate) async fn mcp_servers(State(state): State<Arc<AppState>>) -> ApiResult {
+    Ok(Json(state.gate.mcp_status()))
+}
+
+/// `GET /api/mcp/{name}/tools`: one server's tools, effect classes and why.
+pub(crate) async fn mcp_tools(
+    State(state): State<Arc<AppState>>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let Path(name) = name.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    state
+        .gate
+        .mcp_tools(&name)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("no MCP server of that name"))
+}
+
+/// `POST /api/mcp/{name}/test`: connects anew, lists the tools, reports what failed.
+pub(crate) async fn mcp_test(
+    State(state): State<Arc<AppState>>,
+    Extension(Authenticated(principal)): Extension<Authenticated>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let Path(name) = name.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let v = state
+        .gate
+        .mcp_test(&name)
+        .await
+        .ok_or_else(|| ApiError::not_found("no MCP server of that name"))?;
+    let _ = state.gate.record(
+        "mcp_test",
+        json!({ "principal": principal.audit_name(), "server": name, "ok": v["ok"] }),
+    );
+    Ok(Json(v))
+}

@@ -126,7 +126,7 @@ pub fn parse_result_label(text: &str) -> Result<Label, String> {
     Ok(label)
 }
 
-fn effect(text: &str) -> Result<EffectClass, String> {
+pub fn effect(text: &str) -> Result<EffectClass, String> {
     EffectClass::parse(text).ok_or_else(|| {
         format!("`{text}` is not an effect class (read, write, egress, exec, secret, self_modify)")
     })

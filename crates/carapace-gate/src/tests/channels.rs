@@ -171,6 +171,7 @@ fn channel_fixture(policy: Policy) -> ChannelFixture {
                 carapace_vault::SealKey::load_or_create(&dir.join("dlq.key")).unwrap(),
             ),
         }),
+        mcp: None,
     })
     .unwrap();
     f.gate = gate;

@@ -445,6 +445,7 @@ async fn an_override_raises_a_tools_result_label_and_may_change_its_effect() {
         exec: None,
         net: None,
         channels: None,
+        mcp: None,
     })
     .err()
     .unwrap();

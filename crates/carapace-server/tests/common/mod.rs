@@ -84,6 +84,7 @@ pub async fn harness_with(options: Options) -> Harness {
         exec: None,
         net: None,
         channels: None,
+        mcp: None,
     })
     .unwrap();
     let fake = match options.script {

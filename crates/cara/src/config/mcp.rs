@@ -1,0 +1,507 @@
+//! `[[mcp.servers]]`: MCP tool servers whose tools the Gate offers as `SERVER__TOOL`.
+//!
+//! ```toml
+//! [[mcp.servers]]
+//! name = "github"
+//! command = ["github-mcp-server", "stdio"]        # stdio, in the sandbox
+//! env = { GITHUB_TOKEN = { vault = "github" } }   # secrets go to this process only
+//! sandbox = { profile = "tool", workspace = "none", binds = ["/opt/mcp:/opt/mcp:ro"] }
+//! timeout_secs = 60
+//! [mcp.servers.tools.delete_repo]
+//! effect = "egress"
+//! result = "untrusted"
+//!
+//! [[mcp.servers]]
+//! name = "remote"
+//! url = "https://mcp.example.com/mcp"             # streamable HTTP, through egress
+//! credential = { vault = "remote", header = "Authorization", format = "Bearer {}" }
+//! ```
+//!
+//! `sandbox = "none"` runs a stdio server as a plain child of the daemon (`cara doctor`
+//! warns about it).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use carapace_mcp::{ServerConfig, ToolOverride, Transport};
+use carapace_types::Secret;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::Locator;
+use super::sandbox::{SandboxSection, WorkspaceAccess, parse_bind};
+
+/// `[mcp]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpSection {
+    /// `[[mcp.servers]]`.
+    pub servers: Vec<ServerTable>,
+}
+
+/// One `[[mcp.servers]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTable {
+    pub name: Spanned<String>,
+    /// stdio: program and arguments.
+    pub command: Option<Spanned<Vec<String>>>,
+    /// streamable HTTP: the endpoint.
+    pub url: Option<Spanned<String>>,
+    /// stdio: the process's environment beyond the sandbox's base (PATH, HOME, ...).
+    #[serde(default)]
+    pub env: BTreeMap<String, Spanned<EnvValue>>,
+    /// stdio: the sandbox, or `"none"`.
+    pub sandbox: Option<Spanned<SandboxChoice>>,
+    /// HTTP: a vault secret the egress layer adds to every request.
+    pub credential: Option<Spanned<Credential>>,
+    pub timeout_secs: Option<Spanned<u64>>,
+    pub startup_timeout_secs: Option<Spanned<u64>>,
+    pub max_result_bytes: Option<Spanned<u64>>,
+    /// Per-tool overrides, by the server's tool name.
+    #[serde(default)]
+    pub tools: BTreeMap<String, super::policy::ToolSection>,
+}
+
+/// An environment value: text, or a vault secret.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum EnvValue {
+    Text(String),
+    Vault { vault: String },
+}
+
+/// `sandbox = "none"` or a table.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum SandboxChoice {
+    Keyword(String),
+    Table(SandboxTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxTable {
+    /// A `[sandbox.profiles]` name (limits, binds); default `tool`.
+    pub profile: Option<String>,
+    /// `none` (default), `ro` or `rw`: the agent's workspace at /workspace.
+    pub workspace: Option<String>,
+    /// Extra binds, `SRC:DST` or `SRC:DST:ro`.
+    #[serde(default)]
+    pub binds: Vec<String>,
+    /// Only `none`: loopback only.
+    pub network: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credential {
+    pub vault: String,
+    #[serde(default = "authorization")]
+    pub header: String,
+    #[serde(default = "bearer")]
+    pub format: String,
+}
+
+fn authorization() -> String {
+    "Authorization".into()
+}
+
+fn bearer() -> String {
+    "Bearer {}".into()
+}
+
+/// What building needs from the daemon.
+pub struct BuildEnv<'a> {
+    /// Reads a vault entry; `None`: no such entry.
+    pub vault: &'a dyn Fn(&str) -> Option<Secret<String>>,
+    /// The sandbox and the base environment, for stdio servers.
+    pub sandbox: Option<carapace_sandbox::Sandbox>,
+    pub base_env: Vec<(String, String)>,
+    /// The agent's workspace.
+    pub workspace: &'a Path,
+    /// The egress client, for HTTP servers.
+    pub egress: Option<carapace_egress::Egress>,
+}
+
+/// A server's name: the `SERVER` of `SERVER__TOOL`.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 32 {
+        return Err("a server name has 1 to 32 characters".into());
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        || name.starts_with(['_', '-'])
+    {
+        return Err(format!(
+            "`{name}` is not a server name (lowercase letters, digits, `_` and `-`)"
+        ));
+    }
+    if name.contains("__") || name.ends_with('_') {
+        return Err(format!(
+            "`{name}` must not contain `__` or end with `_`: tool names are SERVER__TOOL"
+        ));
+    }
+    Ok(())
+}
+
+impl McpSection {
+    /// Checks every entry as [`McpSection::build`] would, without reading secrets.
+    pub fn validate(&self, at: &Locator<'_>, sandbox: &SandboxSection) -> anyhow::Result<()> {
+        let mut seen = BTreeMap::new();
+        for (i, s) in self.servers.iter().enumerate() {
+            let key = format!("mcp.servers[{i}]");
+            check_name(s.name.get_ref())
+                .map_err(|p| at.span(s.name.span(), &format!("{key}.name"), p))?;
+            if let Some(j) = seen.insert(s.name.get_ref().clone(), i) {
+                return Err(at.span(
+                    s.name.span(),
+                    &format!("{key}.name"),
+                    format!("mcp.servers[{j}] has the same name"),
+                ));
+            }
+            s.check(at, &key, sandbox)?;
+        }
+        Ok(())
+    }
+
+    /// The servers, resolved: secrets read, sandboxes made.
+    pub fn build(
+        &self,
+        at: &Locator<'_>,
+        sandbox: &SandboxSection,
+        env: &BuildEnv<'_>,
+    ) -> anyhow::Result<Vec<ServerConfig>> {
+        self.validate(at, sandbox)?;
+        self.servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| s.build(at, &format!("mcp.servers[{i}]"), sandbox, env))
+            .collect()
+    }
+
+    /// Servers that run without the sandbox, for `cara doctor`.
+    pub fn unsandboxed(&self) -> Vec<String> {
+        self.servers
+            .iter()
+            .filter(|s| {
+                matches!(s.sandbox.as_ref().map(Spanned::get_ref), Some(SandboxChoice::Keyword(k)) if k == "none")
+            })
+            .map(|s| s.name.get_ref().clone())
+            .collect()
+    }
+}
+
+impl ServerTable {
+    fn check(&self, at: &Locator<'_>, key: &str, sandbox: &SandboxSection) -> anyhow::Result<()> {
+        let k = |f: &str| format!("{key}.{f}");
+        match (&self.command, &self.url) {
+            (Some(_), Some(u)) => {
+                return Err(at.span(
+                    u.span(),
+                    &k("url"),
+                    "a server has `command` (stdio) or `url` (streamable HTTP), not both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(at.span(
+                    self.name.span(),
+                    key,
+                    "a server needs `command` (stdio) or `url` (streamable HTTP)".into(),
+                ));
+            }
+            (Some(c), None) => {
+                if c.get_ref().is_empty() || c.get_ref()[0].is_empty() {
+                    return Err(at.span(c.span(), &k("command"), "the program is missing".into()));
+                }
+                if c.get_ref().iter().any(|a| a.contains('\0')) {
+                    return Err(at.span(
+                        c.span(),
+                        &k("command"),
+                        "an argument holds a NUL byte".into(),
+                    ));
+                }
+                if let Some(cred) = &self.credential {
+                    return Err(at.span(cred.span(), &k("credential"), "only an HTTP server (`url`) takes a credential; give a stdio server its secret in `env`".into()));
+                }
+            }
+            (None, Some(u)) => {
+                let parsed = url::Url::parse(u.get_ref())
+                    .map_err(|e| at.span(u.span(), &k("url"), format!("not a URL: {e}")))?;
+                if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+                    return Err(at.span(
+                        u.span(),
+                        &k("url"),
+                        "an http:// or https:// URL with a host".into(),
+                    ));
+                }
+                if !parsed.username().is_empty() || parsed.password().is_some() {
+                    return Err(at.span(
+                        u.span(),
+                        &k("url"),
+                        "no credentials in the URL; use `credential = { vault = \"NAME\" }`".into(),
+                    ));
+                }
+                for (what, present) in [
+                    ("env", !self.env.is_empty()),
+                    ("sandbox", self.sandbox.is_some()),
+                ] {
+                    if present {
+                        return Err(at.span(u.span(), &k(what), format!("`{what}` is for stdio servers (`command`); an HTTP server runs elsewhere")));
+                    }
+                }
+            }
+        }
+        for (name, v) in &self.env {
+            if name.is_empty()
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                || name.starts_with(|c: char| c.is_ascii_digit())
+            {
+                return Err(at.span(
+                    v.span(),
+                    &k(&format!("env.{name}")),
+                    format!("`{name}` is not an environment variable name"),
+                ));
+            }
+            if let EnvValue::Vault { vault } = v.get_ref()
+                && vault.is_empty()
+            {
+                return Err(at.span(
+                    v.span(),
+                    &k(&format!("env.{name}")),
+                    "the vault entry name is empty".into(),
+                ));
+            }
+        }
+        if let Some(sb) = &self.sandbox {
+            let key = k("sandbox");
+            match sb.get_ref() {
+                SandboxChoice::Keyword(w) if w == "none" => {}
+                SandboxChoice::Keyword(w) => {
+                    return Err(at.span(sb.span(), &key, format!("`{w}`: the sandbox is a table ({{ profile = \"tool\", ... }}) or \"none\"")));
+                }
+                SandboxChoice::Table(t) => {
+                    let profile = t.profile.as_deref().unwrap_or("tool");
+                    if sandbox.profile(profile).is_none() {
+                        return Err(at.span(
+                            sb.span(),
+                            &format!("{key}.profile"),
+                            format!(
+                                "no profile `{profile}`; profiles: {}",
+                                sandbox.profile_names().join(", ")
+                            ),
+                        ));
+                    }
+                    if let Some(w) = &t.workspace
+                        && !matches!(w.as_str(), "none" | "ro" | "rw")
+                    {
+                        return Err(at.span(
+                            sb.span(),
+                            &format!("{key}.workspace"),
+                            format!("`{w}`: none, ro or rw"),
+                        ));
+                    }
+                    for b in &t.binds {
+                        parse_bind(b)
+                            .map_err(|p| at.span(sb.span(), &format!("{key}.binds"), p))?;
+                    }
+                    match t.network.as_deref() {
+                        None | Some("none") => {}
+                        Some("egress") => {
+                            return Err(at.span(sb.span(), &format!("{key}.network"), "\"egress\" for a stdio server is not built yet: a sandboxed stdio server has loopback only. Use a streamable HTTP server (`url`, through the egress layer), or sandbox = \"none\"".into()));
+                        }
+                        Some(other) => {
+                            return Err(at.span(
+                                sb.span(),
+                                &format!("{key}.network"),
+                                format!("`{other}`: only \"none\" (loopback only)"),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        for (field, v, lo, hi) in [
+            ("timeout_secs", &self.timeout_secs, 1, 3600),
+            ("startup_timeout_secs", &self.startup_timeout_secs, 1, 600),
+            ("max_result_bytes", &self.max_result_bytes, 1024, 16 << 20),
+        ] {
+            if let Some(v) = v
+                && !(lo..=hi).contains(v.get_ref())
+            {
+                return Err(at.span(
+                    v.span(),
+                    &k(field),
+                    format!("{} is out of range {lo}..={hi}", v.get_ref()),
+                ));
+            }
+        }
+        for (tool, t) in &self.tools {
+            let tk = k(&format!("tools.{tool}"));
+            if let Some(e) = &t.effect {
+                super::policy::effect(e.get_ref())
+                    .map_err(|p| at.span(e.span(), &format!("{tk}.effect"), p))?;
+            }
+            if let Some(r) = &t.result {
+                super::policy::parse_result_label(r.get_ref())
+                    .map_err(|p| at.span(r.span(), &format!("{tk}.result"), p))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn build(
+        &self,
+        at: &Locator<'_>,
+        key: &str,
+        sandbox: &SandboxSection,
+        env: &BuildEnv<'_>,
+    ) -> anyhow::Result<ServerConfig> {
+        let k = |f: &str| format!("{key}.{f}");
+        let transport = match (&self.command, &self.url) {
+            (Some(command), _) => {
+                let mut vars = env.base_env.clone();
+                for (name, v) in &self.env {
+                    let value = match v.get_ref() {
+                        EnvValue::Text(t) => t.clone(),
+                        EnvValue::Vault { vault } => (env.vault)(vault)
+                            .ok_or_else(|| {
+                                at.span(
+                                    v.span(),
+                                    &k(&format!("env.{name}")),
+                                    format!(
+                                        "the vault has no entry `{vault}` (cara vault set {vault})"
+                                    ),
+                                )
+                            })?
+                            .expose()
+                            .clone(),
+                    };
+                    vars.retain(|(k, _)| k != name);
+                    vars.push((name.clone(), value));
+                }
+                let sandbox = match self.sandbox.as_ref().map(Spanned::get_ref) {
+                    Some(SandboxChoice::Keyword(_)) => None,
+                    table => {
+                        let t = match table {
+                            Some(SandboxChoice::Table(t)) => Some(t),
+                            _ => None,
+                        };
+                        let profile_name = t.and_then(|t| t.profile.as_deref()).unwrap_or("tool");
+                        let mut profile = sandbox.profile(profile_name).ok_or_else(|| {
+                            at.key(
+                                &k("sandbox.profile"),
+                                format!("no profile `{profile_name}`"),
+                            )
+                        })?;
+                        profile.workspace = match t.and_then(|t| t.workspace.as_deref()) {
+                            Some("rw") => WorkspaceAccess::ReadWrite,
+                            Some("ro") => WorkspaceAccess::ReadOnly,
+                            _ => WorkspaceAccess::None,
+                        };
+                        for b in t.map(|t| t.binds.as_slice()).unwrap_or_default() {
+                            profile
+                                .binds
+                                .push(parse_bind(b).map_err(|p| at.key(&k("sandbox.binds"), p))?);
+                        }
+                        let mut spec = profile.spec(env.workspace, Vec::new(), Vec::new());
+                        // A server lives as long as the daemon: the profile's per-run
+                        // clock and CPU limits are for commands, not for it.
+                        spec.limits.wall_clock = Duration::from_secs(365 * 24 * 3600);
+                        spec.limits.cpu_seconds = 365 * 24 * 3600;
+                        let sb = env.sandbox.clone().ok_or_else(|| {
+                            at.key(&k("sandbox"), "the sandbox is not available here".into())
+                        })?;
+                        Some((sb, spec))
+                    }
+                };
+                Transport::Stdio {
+                    command: command.get_ref().clone(),
+                    env: vars,
+                    sandbox,
+                }
+            }
+            (None, Some(url)) => {
+                let egress = env.egress.clone().ok_or_else(|| {
+                    at.key(&k("url"), "the egress client is not available".into())
+                })?;
+                let parsed =
+                    url::Url::parse(url.get_ref()).map_err(|e| at.key(&k("url"), e.to_string()))?;
+                let host = parsed.host_str().unwrap_or_default().to_string();
+                let mut scope = carapace_egress::Scope {
+                    // This server's requests go to its own host only.
+                    allow_hosts: Some(vec![match parsed.port() {
+                        Some(p) => format!("{host}:{p}"),
+                        None => host.clone(),
+                    }]),
+                    ..Default::default()
+                };
+                if let Some(c) = &self.credential {
+                    let c = c.get_ref();
+                    let value = (env.vault)(&c.vault).ok_or_else(|| {
+                        at.key(
+                            &k("credential.vault"),
+                            format!(
+                                "the vault has no entry `{}` (cara vault set {})",
+                                c.vault, c.vault
+                            ),
+                        )
+                    })?;
+                    scope.injections.push(carapace_egress::Injection {
+                        hosts: vec![host.clone()],
+                        place: carapace_egress::Place::Header {
+                            name: c.header.clone(),
+                            format: c.format.clone(),
+                        },
+                        value,
+                    });
+                }
+                Transport::Http {
+                    url: url.get_ref().clone(),
+                    egress,
+                    scope,
+                }
+            }
+            (None, None) => unreachable!("validated"),
+        };
+        let mut cfg = ServerConfig::new(self.name.get_ref().clone(), transport);
+        if let Some(t) = &self.timeout_secs {
+            cfg.call_timeout = Duration::from_secs(*t.get_ref());
+        }
+        if let Some(t) = &self.startup_timeout_secs {
+            cfg.startup_timeout = Duration::from_secs(*t.get_ref());
+        }
+        if let Some(b) = &self.max_result_bytes {
+            cfg.max_result_bytes = *b.get_ref() as usize;
+        }
+        for (tool, t) in &self.tools {
+            cfg.tools.insert(
+                tool.clone(),
+                ToolOverride {
+                    effect: t
+                        .effect
+                        .as_ref()
+                        .and_then(|e| super::policy::effect(e.get_ref()).ok()),
+                    result: t
+                        .result
+                        .as_ref()
+                        .and_then(|r| super::policy::parse_result_label(r.get_ref()).ok()),
+                },
+            );
+        }
+        Ok(cfg)
+    }
+}
+
+/// The host a server's calls go to, for the Gate's destinations.
+pub fn http_host(cfg: &ServerConfig) -> Option<String> {
+    match &cfg.transport {
+        Transport::Http { url, .. } => url::Url::parse(url).ok().and_then(|u| {
+            u.host_str()
+                .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase())
+        }),
+        Transport::Stdio { .. } => None,
+    }
+}
