@@ -22,6 +22,7 @@ pub const MECHANISM_CRATES: &[&str] = &[
     "carapace-sandbox",
     "carapace-egress",
     "carapace-channels",
+    "carapace-mcp",
     "carapace-vault",
     "carapace-testkit",
 ];
@@ -32,6 +33,7 @@ pub const EXECUTOR_CRATES: &[&str] = &[
     "carapace-sandbox",
     "carapace-egress",
     "carapace-channels",
+    "carapace-mcp",
 ];
 
 /// What the pure policy crate may depend on outside dev-dependencies.
@@ -453,8 +455,9 @@ pub fn check_dependency_directions(tree: &Tree) -> Vec<Violation> {
 }
 
 /// Rule: executor crates are normal dependencies of `carapace-gate` only (and, of the
-/// `cara` binary, the sandbox for its init entry point and `cara sandbox`, and the
-/// channels to build their backends from config), and any crate's dev-dependencies;
+/// `cara` binary, the sandbox for its init entry point and `cara sandbox`, the channels
+/// to build their backends from config and the MCP hub; of the MCP client, the sandbox
+/// and egress it reaches servers through), and any crate's dev-dependencies;
 /// `carapace-testkit` is only ever a dev-dependency.
 pub fn check_executors_only_from_gate(tree: &Tree) -> Vec<Violation> {
     let rule = Rule::ExecutorsOnlyFromGate;
@@ -470,10 +473,18 @@ pub fn check_executors_only_from_gate(tree: &Tree) -> Vec<Violation> {
                 // thread starts) and the owner's own `cara sandbox` commands.
                 // It also builds the channel backends from config.toml and hands them to
                 // the Gate, which alone calls them.
+                // It also starts the MCP servers of config.toml (the hub) and hands the hub
+                // to the Gate, which alone calls their tools; the MCP client runs stdio
+                // servers in the sandbox and reaches HTTP servers through egress.
                 DepKind::Normal => {
                     name == "carapace-gate"
                         || (name == "cara"
-                            && matches!(package, "carapace-sandbox" | "carapace-channels"))
+                            && matches!(
+                                package,
+                                "carapace-sandbox" | "carapace-channels" | "carapace-mcp"
+                            ))
+                        || (name == "carapace-mcp"
+                            && matches!(package, "carapace-sandbox" | "carapace-egress"))
                 }
                 DepKind::Build => false,
             };

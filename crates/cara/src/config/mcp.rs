@@ -122,7 +122,7 @@ pub struct BuildEnv<'a> {
     /// The agent's workspace.
     pub workspace: &'a Path,
     /// The egress client, for HTTP servers.
-    pub egress: Option<carapace_egress::Egress>,
+    pub egress: Option<carapace_gate::Egress>,
 }
 
 /// A server's name: the `SERVER` of `SERVER__TOOL`.
@@ -430,7 +430,7 @@ impl ServerTable {
                 let parsed =
                     url::Url::parse(url.get_ref()).map_err(|e| at.key(&k("url"), e.to_string()))?;
                 let host = parsed.host_str().unwrap_or_default().to_string();
-                let mut scope = carapace_egress::Scope {
+                let mut scope = carapace_gate::Scope {
                     // This server's requests go to its own host only.
                     allow_hosts: Some(vec![match parsed.port() {
                         Some(p) => format!("{host}:{p}"),
@@ -449,9 +449,9 @@ impl ServerTable {
                             ),
                         )
                     })?;
-                    scope.injections.push(carapace_egress::Injection {
+                    scope.injections.push(carapace_gate::Injection {
                         hosts: vec![host.clone()],
-                        place: carapace_egress::Place::Header {
+                        place: carapace_gate::Place::Header {
                             name: c.header.clone(),
                             format: c.format.clone(),
                         },
