@@ -1,1 +1,406 @@
-//! MCP tool servers behind the Gate, end to end.
+//! MCP tool servers behind the Gate, end to end: the daemon starts the Python SDK server
+//! of `carapace-mcp`'s fixtures (and the reference npm servers) in the sandbox, offers
+//! their tools as `SERVER__TOOL`, and every call the scripted model makes goes through
+//! the Gate: schema, policy, approvals, scrubbing, the result cap and the audit log.
+//!
+//! Needs user namespaces, Python with the `mcp` SDK and, for the npm servers, node:
+//! switched on by `CARAPACE_TEST_SANDBOX=1` and `CARAPACE_TEST_MCP=1` (CI sets both, puts
+//! a Python with `mcp` first on `PATH` and the npm packages in `CARAPACE_MCP_NODE_DIR`).
+
+use std::path::{Path, PathBuf};
+
+use carapace_testkit::{FakeOpenAi, Reply};
+use serde_json::{Value, json};
+
+use crate::util::{
+    Daemon, TestDir, cara, json_response, tool_call_records, tool_messages, wait_for, wait_requests,
+};
+
+/// The vault passphrase of the tests that put a secret in a server's environment.
+const PASSPHRASE: &str = "correct horse battery staple";
+
+/// The secret the `py` server gets as `API_TOKEN`.
+const SECRET: &str = "mcp-secret-7f3a9c1e5b2d";
+
+fn enabled() -> bool {
+    let on = |k: &str| std::env::var(k).is_ok_and(|v| v == "1");
+    let both = on("CARAPACE_TEST_SANDBOX") && on("CARAPACE_TEST_MCP");
+    if !both {
+        eprintln!(
+            "skipped: set CARAPACE_TEST_SANDBOX=1 and CARAPACE_TEST_MCP=1 to run the MCP \
+             server tests (user namespaces, python3 with mcp, node)"
+        );
+    }
+    both
+}
+
+/// The fixture directory of `carapace-mcp`, holding `pyserver.py`.
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../carapace-mcp/tests/fixtures")
+        .canonicalize()
+        .expect("the carapace-mcp fixtures exist")
+}
+
+/// The `python3` on `PATH` as the sandbox can run it: its interpreter and the binds that
+/// make it and its `mcp` package visible. A venv's `bin/python3` finds its packages
+/// through the `pyvenv.cfg` next to it, so a venv is run by that path (not the real
+/// interpreter it links to) and both the venv and the base installation are bound.
+fn python() -> (String, Vec<String>) {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys, mcp; print(sys.executable); \
+             print(os.path.realpath(sys.executable)); print(sys.prefix); print(sys.base_prefix)",
+        ])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "CARAPACE_TEST_MCP=1 needs a python3 on PATH with the mcp package: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let (exe, real, prefix, base) = (lines[0], lines[1], lines[2], lines[3]);
+    let base = std::fs::canonicalize(base).unwrap();
+    let base = base.to_str().unwrap();
+    let mut binds = vec![format!("{base}:{base}:ro")];
+    let program = if prefix != lines[3] {
+        let venv = std::fs::canonicalize(prefix).unwrap();
+        let venv = venv.to_str().unwrap();
+        binds.push(format!("{venv}:{venv}:ro"));
+        // The venv's python by the venv's own path, so pyvenv.cfg is found.
+        format!(
+            "{venv}/{}",
+            Path::new(exe).strip_prefix(prefix).unwrap().display()
+        )
+    } else {
+        real.to_string()
+    };
+    (program, binds)
+}
+
+/// The `[[mcp.servers]]` entry of the Python fixture server, named `py`, with these
+/// extra lines (env, limits, tool overrides) and extra binds.
+fn py_server(extra_binds: &[String], extra: &str) -> String {
+    let (program, mut binds) = python();
+    binds.push(format!("{}:/fixtures:ro", fixtures().display()));
+    binds.extend(extra_binds.iter().cloned());
+    format!(
+        "[[mcp.servers]]\nname = \"py\"\ncommand = {}\nsandbox = {{ binds = {} }}\n{extra}\n",
+        json!([program, "/fixtures/pyserver.py"]),
+        json!(binds),
+    )
+}
+
+fn write_config(dir: &TestDir, config: &str) {
+    std::fs::create_dir_all(dir.data()).unwrap();
+    std::fs::write(dir.config(), config).unwrap();
+}
+
+async fn start(dir: &TestDir, fake: &FakeOpenAi) -> Daemon {
+    let base = fake.base_url();
+    Daemon::start_with_env(
+        dir,
+        &[
+            ("OPENAI_BASE_URL", base.as_str()),
+            ("CARAPACE_MODEL", "fake-model"),
+            ("CARAPACE_VAULT_PASSPHRASE", PASSPHRASE),
+        ],
+    )
+    .await
+}
+
+/// Waits until `cara mcp list --json` shows `name` ready, and returns its entry.
+async fn ready(dir: &TestDir, name: &str) -> Value {
+    wait_for(&format!("MCP server {name} ready"), || async {
+        let out = cara(dir).args(["mcp", "list", "--json"]).run().await;
+        assert_eq!(out.code, Some(0), "{out:?}");
+        let v: Value = serde_json::from_str(&out.stdout).unwrap();
+        v["servers"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == name && s["state"] == "ready")
+            .cloned()
+    })
+    .await
+}
+
+/// `cara mcp tools NAME --json`: each tool by its name.
+async fn tools(dir: &TestDir, name: &str) -> Vec<Value> {
+    let out = cara(dir).args(["mcp", "tools", name, "--json"]).run().await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    v["tools"].as_array().cloned().unwrap_or_default()
+}
+
+fn tool<'a>(tools: &'a [Value], name: &str) -> &'a Value {
+    tools
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("no tool {name}: {tools:#?}"))
+}
+
+async fn new_session(daemon: &Daemon) -> String {
+    let (status, body) = daemon.post("/api/sessions", &json!({})).await;
+    assert_eq!(status, 201, "{body}");
+    body["session"]["id"].as_str().unwrap().to_string()
+}
+
+/// One chat turn in which the model makes `calls` (at once) and then says "done";
+/// returns the contents of the tool messages the model got back, in order.
+async fn calls(
+    daemon: &Daemon,
+    fake: &FakeOpenAi,
+    session: &str,
+    calls: &[(&str, Value)],
+) -> Vec<String> {
+    let before = fake.requests().len();
+    fake.push(Reply::ToolCalls(
+        calls
+            .iter()
+            .map(|(n, a)| (n.to_string(), a.clone()))
+            .collect(),
+    ));
+    fake.push(Reply::Text("done".into()));
+    let (status, body) = json_response(
+        daemon
+            .chat(&json!({ "user": session, "messages": [{ "role": "user", "content": "go" }] }))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let requests = wait_requests(fake, before + 2).await;
+    let results: Vec<String> = tool_messages(&requests[before + 1])
+        .iter()
+        .rev()
+        .take(calls.len())
+        .rev()
+        .map(|m| m["content"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(results.len(), calls.len(), "{:#}", requests[before + 1]);
+    results
+}
+
+/// One call; its result as the model saw it.
+async fn call(
+    daemon: &Daemon,
+    fake: &FakeOpenAi,
+    session: &str,
+    name: &str,
+    args: Value,
+) -> String {
+    calls(daemon, fake, session, &[(name, args)])
+        .await
+        .remove(0)
+}
+
+/// The typed error code in a tool message, if it is an error.
+fn error_code(content: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(content).ok()?;
+    v["error"]["code"].as_str().map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_server_tools_are_classed_called_through_the_gate_and_contained() {
+    if !enabled() {
+        return;
+    }
+    let dir = TestDir::new();
+    write_config(
+        &dir,
+        &py_server(
+            &[],
+            "max_result_bytes = 65536\n\
+             env = { API_TOKEN = { vault = \"tok\" } }\n\
+             [mcp.servers.tools.sleep]\neffect = \"write\"\n",
+        ),
+    );
+    let out = cara(&dir)
+        .args(["vault", "set", "tok"])
+        .env("CARAPACE_VAULT_PASSPHRASE", PASSPHRASE)
+        .stdin(&format!("{SECRET}\n"))
+        .run()
+        .await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let fake = FakeOpenAi::start(vec![]).await;
+    let daemon = start(&dir, &fake).await;
+
+    // 1. Discovery: the server's tools under SERVER__TOOL, classed by their annotations.
+    let entry = ready(&dir, "py").await;
+    assert_eq!(entry["tools"], 12, "{entry}");
+    let out = cara(&dir).args(["mcp", "list"]).run().await;
+    assert!(
+        out.stdout
+            .starts_with("py  ready  stdio (sandboxed)  tools: 12  restarts: 0"),
+        "{out:?}"
+    );
+    let listed = tools(&dir, "py").await;
+    let class = |name: &str| {
+        let t = tool(&listed, name);
+        (
+            t["effect"].as_str().unwrap().to_string(),
+            t["result"].as_str().unwrap().to_string(),
+        )
+    };
+    assert_eq!(class("py__echo").0, "read");
+    assert_eq!(class("py__add").0, "egress");
+    assert!(
+        tool(&listed, "py__add")["why"]
+            .as_str()
+            .unwrap()
+            .contains("no annotations")
+    );
+    assert_eq!(class("py__delete_note").0, "write");
+    assert_eq!(class("py__fetch_page").0, "egress");
+    assert!(
+        class("py__fetch_page").1.contains("untrusted"),
+        "{listed:#?}"
+    );
+    assert!(class("py__echo").1.contains("trusted"), "{listed:#?}");
+    assert!(!class("py__echo").1.contains("untrusted"), "{listed:#?}");
+    assert_eq!(class("py__sleep").0, "write", "the config override wins");
+    assert!(
+        tool(&listed, "py__sleep")["why"]
+            .as_str()
+            .unwrap()
+            .contains("config"),
+        "{listed:#?}"
+    );
+
+    // 2. A call through the Gate: the result reaches the model, the audit log has it.
+    let session = new_session(&daemon).await;
+    let r = call(
+        &daemon,
+        &fake,
+        &session,
+        "py__echo",
+        json!({ "text": "hi" }),
+    )
+    .await;
+    eprintln!("echo: {r}");
+    assert!(r.contains("hi") && error_code(&r).is_none(), "{r}");
+    let records = tool_call_records(&dir, "py__echo").await;
+    let last = records.last().unwrap();
+    assert_eq!(last["outcome"], "executed", "{last}");
+    assert_eq!(last["effect"], "read", "{last}");
+    assert_eq!(last["destinations"], json!(["mcp:py"]), "{last}");
+    // An argument the schema does not have never reaches the server.
+    let r = call(
+        &daemon,
+        &fake,
+        &session,
+        "py__echo",
+        json!({ "text": "hi", "extra": 1 }),
+    )
+    .await;
+    assert_eq!(error_code(&r).as_deref(), Some("VALIDATION_FAILED"), "{r}");
+    let last = tool_call_records(&dir, "py__echo").await.pop().unwrap();
+    assert_eq!(
+        (&last["outcome"], &last["code"]),
+        (&json!("denied"), &json!("VALIDATION_FAILED")),
+        "{last}"
+    );
+
+    // 4. A flood is cut to max_result_bytes, with a note (or refused cleanly).
+    let r = call(
+        &daemon,
+        &fake,
+        &session,
+        "py__flood",
+        json!({ "n": 1_000_000 }),
+    )
+    .await;
+    eprintln!("flood: {} bytes: {}", r.len(), &r[..r.len().min(300)]);
+    assert!(
+        r.len() <= 65536 + 1024,
+        "{} bytes reached the model",
+        r.len()
+    );
+    assert!(
+        r.contains("truncated") || error_code(&r).is_some(),
+        "{}",
+        &r[..r.len().min(500)]
+    );
+    daemon.assert_healthy().await;
+
+    // 5. The sandbox hides the daemon's files and the network.
+    let data = dir.data().canonicalize().unwrap();
+    let mut escapes: Vec<(&str, Value)> =
+        ["config.toml", "server.token", "vault.json", "carapace.db"]
+            .iter()
+            .map(|f| ("py__read_file", json!({ "path": data.join(f) })))
+            .collect();
+    escapes.push(("py__reach", json!({ "host": "1.1.1.1", "port": 53 })));
+    escapes.push((
+        "py__reach",
+        json!({ "host": "127.0.0.1", "port": daemon.addr().port() }),
+    ));
+    let results = calls(&daemon, &fake, &session, &escapes).await;
+    for ((name, args), r) in escapes.iter().zip(&results) {
+        eprintln!("{name} {args}: {r}");
+        assert!(r.contains("error"), "{name} {args} gave {r}");
+        assert!(!r.contains(daemon.token()), "{name} {args} gave the token");
+        assert!(!r.contains("connected"), "{name} {args}: {r}");
+    }
+
+    // 6. A vault secret in the server's environment never reaches the model.
+    let r = call(
+        &daemon,
+        &fake,
+        &session,
+        "py__env_value",
+        json!({ "name": "API_TOKEN" }),
+    )
+    .await;
+    eprintln!("env_value: {r}");
+    assert!(!r.contains(SECRET), "{r}");
+    assert!(
+        r.contains("REDACTED"),
+        "the secret was there and was scrubbed: {r}"
+    );
+
+    // 3. A crash mid-call is a tool error; the server is restarted and works again. (A
+    // fresh session: `crash` has no annotations, so it is egress, which the session
+    // above, holding private results, would have to ask for.)
+    let session = new_session(&daemon).await;
+    let r = call(&daemon, &fake, &session, "py__crash", json!({})).await;
+    eprintln!("crash: {r}");
+    assert_eq!(error_code(&r).as_deref(), Some("TOOL_ERROR"), "{r}");
+    let r = call(
+        &daemon,
+        &fake,
+        &session,
+        "py__echo",
+        json!({ "text": "again" }),
+    )
+    .await;
+    eprintln!("echo after crash: {r}");
+    match error_code(&r) {
+        Some(code) => {
+            assert_eq!(code, "TOOL_ERROR", "{r}");
+            assert!(r.contains("being restarted"), "{r}");
+        }
+        None => assert!(r.contains("again"), "{r}"),
+    }
+    wait_for("py restarted", || async {
+        let e = ready(&dir, "py").await;
+        (e["restarts"].as_u64() >= Some(1)).then_some(())
+    })
+    .await;
+    let r = call(
+        &daemon,
+        &fake,
+        &session,
+        "py__echo",
+        json!({ "text": "back" }),
+    )
+    .await;
+    assert!(r.contains("back") && error_code(&r).is_none(), "{r}");
+
+    let out = cara(&dir).args(["audit", "verify"]).run().await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    daemon.assert_healthy().await;
+    daemon.stop().await;
+}
