@@ -462,9 +462,12 @@ async fn connect(
             let p = crate::stdio::spawn(command, env, sandbox.as_ref())
                 .map_err(|e| format!("cannot start {}: {e}", command[0]))?;
             let stderr = crate::stdio::drain_stderr(p.stderr, stderr_tail);
-            let transport =
-                rmcp::transport::async_rw::AsyncRwTransport::new_client(p.stdout, p.stdin)
-                    .with_max_line_length(cfg.max_message_bytes);
+            let transport = rmcp::transport::async_rw::AsyncRwTransport::new_client(
+                crate::stdio::LineLimit::new(p.stdout, cfg.max_message_bytes),
+                p.stdin,
+            )
+            // LineLimit fails first; rmcp would drop the line and leave the call hanging.
+            .with_max_line_length(cfg.max_message_bytes.saturating_add(1));
             let mut exited = p.exited;
             let service = tokio::select! {
                 s = handler.serve(transport) => s.map_err(|e| format!("the MCP handshake failed: {e}")),

@@ -127,3 +127,50 @@ pub(crate) fn drain_stderr(
 }
 
 use tokio::io::AsyncReadExt as _;
+
+/// A server's stdout that fails the read once a message (one line) grows past `max`
+/// bytes. rmcp drops an oversized line and reads on, which leaves the call it answered
+/// waiting for its timeout; a failed read closes the connection instead, so the call
+/// ends now with an error and the server is restarted.
+pub(crate) struct LineLimit<R> {
+    inner: R,
+    max: usize,
+    /// Bytes since the last newline.
+    run: usize,
+}
+
+impl<R> LineLimit<R> {
+    pub(crate) fn new(inner: R, max: usize) -> LineLimit<R> {
+        LineLimit { inner, max, run: 0 }
+    }
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for LineLimit<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        let this = &mut *self;
+        for &b in &buf.filled()[before..] {
+            if b == b'\n' {
+                this.run = 0;
+                continue;
+            }
+            this.run += 1;
+            if this.run > this.max {
+                tracing::warn!(
+                    max = this.max,
+                    "an MCP server sent a message too long to read; closing it"
+                );
+                return std::task::Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("a message longer than {} bytes", this.max),
+                )));
+            }
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+}
