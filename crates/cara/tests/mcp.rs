@@ -312,7 +312,7 @@ async fn python_server_tools_are_classed_called_through_the_gate_and_contained()
         "{last}"
     );
 
-    // 4. A flood is cut to max_result_bytes, with a note (or refused cleanly).
+    // 4. A flood is cut to max_result_bytes, with a note.
     let r = call(
         &daemon,
         &fake,
@@ -321,17 +321,19 @@ async fn python_server_tools_are_classed_called_through_the_gate_and_contained()
         json!({ "n": 1_000_000 }),
     )
     .await;
-    eprintln!("flood: {} bytes: {}", r.len(), &r[..r.len().min(300)]);
     assert!(
         r.len() <= 65536 + 1024,
         "{} bytes reached the model",
         r.len()
     );
-    assert!(
-        r.contains("truncated") || error_code(&r).is_some(),
+    let cut: Value = serde_json::from_str(&r).unwrap();
+    assert_eq!(
+        cut["truncated"],
+        "the result was cut to 65536 bytes",
         "{}",
         &r[..r.len().min(500)]
     );
+    assert!(cut["content"][0]["text"].as_str().unwrap().len() <= 65536);
     daemon.assert_healthy().await;
 
     // 5. The sandbox hides the daemon's files and the network.
@@ -407,6 +409,34 @@ async fn python_server_tools_are_classed_called_through_the_gate_and_contained()
     )
     .await;
     assert!(r.contains("back") && error_code(&r).is_none(), "{r}");
+
+    // 4b. An answer past the message limit (8 MiB; the SDK sends the 5 MB text twice,
+    // as content and as structured content) ends the call at once with an error, not
+    // at its timeout, and the server is restarted.
+    let r = call(
+        &daemon,
+        &fake,
+        &session,
+        "py__flood",
+        json!({ "n": 5_000_000 }),
+    )
+    .await;
+    eprintln!("flood past the limit: {r}");
+    assert_eq!(error_code(&r).as_deref(), Some("TOOL_ERROR"), "{r}");
+    wait_for("py restarted again", || async {
+        let e = ready(&dir, "py").await;
+        (e["restarts"].as_u64() >= Some(2)).then_some(())
+    })
+    .await;
+    let r = call(
+        &daemon,
+        &fake,
+        &session,
+        "py__echo",
+        json!({ "text": "fine" }),
+    )
+    .await;
+    assert!(r.contains("fine") && error_code(&r).is_none(), "{r}");
 
     let out = cara(&dir).args(["audit", "verify"]).run().await;
     assert_eq!(out.code, Some(0), "{out:?}");
