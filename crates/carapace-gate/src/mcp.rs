@@ -21,13 +21,16 @@ use serde_json::{Value, json};
 use crate::Scrubber;
 use crate::catalog::{ExecFn, RawResult, ToolDef, ToolFailure};
 
+/// The Gate's definitions of the MCP tools, by name.
+type Defs = Arc<HashMap<String, Arc<ToolDef>>>;
+
 /// The hub and the Gate's definitions of its current tools.
 pub(crate) struct McpTools {
     hub: Hub,
     /// Hosts of servers reached over HTTP, by server name.
     hosts: HashMap<String, String>,
     /// Rebuilt when the hub's version moves.
-    cache: Mutex<(u64, Arc<HashMap<String, Arc<ToolDef>>>)>,
+    cache: Mutex<(u64, Defs)>,
     /// Bytes of a result kept, by server.
     caps: HashMap<String, usize>,
     /// Call deadlines, by server.
