@@ -13,8 +13,8 @@ use carapace_testkit::{FakeOpenAi, Reply};
 use serde_json::{Value, json};
 
 use crate::util::{
-    Daemon, TestDir, audit_entries, cara, json_response, tool_call_records, tool_messages,
-    wait_for, wait_requests,
+    Daemon, TestDir, audit_entries, cara, json_response, outcomes, tool_call_records,
+    tool_messages, wait_for, wait_requests,
 };
 
 /// The vault passphrase of the tests that put a secret in a server's environment.
@@ -624,6 +624,128 @@ async fn an_injected_page_cannot_make_the_agent_send_out_but_a_plan_can() {
     );
     let (status, body) = daemon.get("/api/approvals").await;
     assert_eq!(body["approvals"], json!([]), "{status} {body}");
+    let out = cara(&dir).args(["audit", "verify"]).run().await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    daemon.stop().await;
+}
+
+/// The `node_modules` holding the reference servers: `CARAPACE_MCP_NODE_DIR` (CI), else
+/// /tmp/mcpdeps/node_modules.
+fn node_modules() -> PathBuf {
+    let dir = std::env::var_os("CARAPACE_MCP_NODE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/mcpdeps/node_modules"));
+    assert!(
+        dir.join("@modelcontextprotocol/server-filesystem").is_dir()
+            && dir.join("@modelcontextprotocol/server-everything").is_dir(),
+        "CARAPACE_TEST_MCP=1 needs @modelcontextprotocol/server-filesystem and \
+         server-everything in CARAPACE_MCP_NODE_DIR ({})",
+        dir.display()
+    );
+    dir.canonicalize().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reference_npm_servers_run_in_the_sandbox_behind_the_gate() {
+    if !enabled() {
+        return;
+    }
+    let dir = TestDir::new();
+    let files = dir.root().join("files");
+    std::fs::create_dir(&files).unwrap();
+    std::fs::write(files.join("notes.txt"), "shopping: flour, salt\n").unwrap();
+    // Node finds packages in a directory named node_modules, so it is bound as one.
+    let node = node_modules();
+    let binds = |extra: &str| {
+        let mut b = vec![format!("{}:/mcp/node_modules:ro", node.display())];
+        b.extend((!extra.is_empty()).then(|| extra.to_string()));
+        json!(b)
+    };
+    write_config(
+        &dir,
+        &format!(
+            "[[mcp.servers]]\n\
+             name = \"fs\"\n\
+             command = [\"node\", \"/mcp/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js\", \"/data\"]\n\
+             sandbox = {{ binds = {} }}\n\
+             \n\
+             [[mcp.servers]]\n\
+             name = \"every\"\n\
+             command = [\"node\", \"/mcp/node_modules/@modelcontextprotocol/server-everything/dist/index.js\", \"stdio\"]\n\
+             sandbox = {{ binds = {} }}\n",
+            binds(&format!("{}:/data", files.display())),
+            binds(""),
+        ),
+    );
+    let fake = FakeOpenAi::start(vec![]).await;
+    let daemon = start(&dir, &fake).await;
+    ready(&dir, "fs").await;
+    ready(&dir, "every").await;
+
+    // Their tools, classed from their own annotations.
+    let fs = tools(&dir, "fs").await;
+    let read = tool(&fs, "fs__read_text_file");
+    assert_eq!(read["effect"], "read", "{read}");
+    assert_eq!(tool(&fs, "fs__write_file")["effect"], "write", "{fs:#?}");
+    let out = cara(&dir).args(["mcp", "test", "fs"]).run().await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.starts_with("fs: ok, "), "{out:?}");
+    let every = tools(&dir, "every").await;
+    assert_eq!(tool(&every, "every__echo")["effect"], "read", "{every:#?}");
+
+    // A read inside the allowed directory works; outside it, the server refuses, and
+    // the host's files are not there to be read anyway.
+    let session = new_session(&daemon).await;
+    let results = calls(
+        &daemon,
+        &fake,
+        &session,
+        &[
+            ("fs__read_text_file", json!({ "path": "/data/notes.txt" })),
+            ("fs__read_text_file", json!({ "path": "/etc/passwd" })),
+            (
+                "fs__read_text_file",
+                json!({ "path": "/data/../etc/passwd" }),
+            ),
+        ],
+    )
+    .await;
+    eprintln!("{results:#?}");
+    assert!(
+        results[0].contains("shopping: flour, salt"),
+        "{}",
+        results[0]
+    );
+    assert!(error_code(&results[0]).is_none(), "{}", results[0]);
+    for r in &results[1..] {
+        assert_eq!(error_code(r).as_deref(), Some("TOOL_ERROR"), "{r}");
+        assert!(r.contains("Access denied"), "the server refused: {r}");
+        assert!(!r.contains("root:"), "{r}");
+    }
+
+    let session = new_session(&daemon).await;
+    let r = call(
+        &daemon,
+        &fake,
+        &session,
+        "every__echo",
+        json!({ "message": "ping" }),
+    )
+    .await;
+    assert!(r.contains("Echo: ping") && error_code(&r).is_none(), "{r}");
+
+    let records = tool_call_records(&dir, "fs__read_text_file").await;
+    assert_eq!(
+        outcomes(&records),
+        ["executed", "failed", "failed"],
+        "{records:#?}"
+    );
+    assert_eq!(records[0]["destinations"], json!(["mcp:fs"]));
+    let records = tool_call_records(&dir, "every__echo").await;
+    assert_eq!(
+        records.last().unwrap()["destinations"],
+        json!(["mcp:every"])
+    );
     let out = cara(&dir).args(["audit", "verify"]).run().await;
     assert_eq!(out.code, Some(0), "{out:?}");
     daemon.stop().await;
