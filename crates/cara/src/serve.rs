@@ -127,20 +127,14 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
             },
         )?
     };
-    let mcp_secrets: Vec<carapace_types::Secret<String>> = mcp_servers
+    // The vault values the servers get join the scrubber (a server may print them);
+    // plain `env` text does not, or every result holding it would be redacted.
+    let mcp_secrets: Vec<carapace_types::Secret<String>> = file
+        .mcp
+        .vault_entries()
         .iter()
-        .flat_map(|s| match &s.transport {
-            carapace_mcp::Transport::Stdio { env, .. } => env
-                .iter()
-                .map(|(_, v)| carapace_types::Secret::new(v.clone()))
-                .collect::<Vec<_>>(),
-            carapace_mcp::Transport::Http { scope, .. } => {
-                scope.injections.iter().map(|i| i.value.clone()).collect()
-            }
-        })
-        .filter(|v: &carapace_types::Secret<String>| {
-            v.expose().len() >= carapace_vault::MIN_SECRET_LEN
-        })
+        .filter_map(|name| vault.file_value(name))
+        .filter(|v| v.expose().len() >= carapace_vault::MIN_SECRET_LEN)
         .collect();
     scrubber.add(&mcp_secrets);
     let mcp = (!mcp_servers.is_empty()).then(|| {

@@ -152,14 +152,14 @@ impl McpSection {
     pub fn validate(&self, at: &Locator<'_>, sandbox: &SandboxSection) -> anyhow::Result<()> {
         let mut seen = BTreeMap::new();
         for (i, s) in self.servers.iter().enumerate() {
-            let key = format!("mcp.servers[{i}]");
+            let key = format!("mcp.servers[{}]", i + 1);
             check_name(s.name.get_ref())
                 .map_err(|p| at.span(s.name.span(), &format!("{key}.name"), p))?;
             if let Some(j) = seen.insert(s.name.get_ref().clone(), i) {
                 return Err(at.span(
                     s.name.span(),
                     &format!("{key}.name"),
-                    format!("mcp.servers[{j}] has the same name"),
+                    format!("mcp.servers[{}] has the same name", j + 1),
                 ));
             }
             s.check(at, &key, sandbox)?;
@@ -178,8 +178,28 @@ impl McpSection {
         self.servers
             .iter()
             .enumerate()
-            .map(|(i, s)| s.build(at, &format!("mcp.servers[{i}]"), sandbox, env))
+            .map(|(i, s)| s.build(at, &format!("mcp.servers[{}]", i + 1), sandbox, env))
             .collect()
+    }
+
+    /// The vault entries the servers use (in `env` and `credential`).
+    pub fn vault_entries(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .servers
+            .iter()
+            .flat_map(|s| {
+                s.env
+                    .values()
+                    .filter_map(|v| match v.get_ref() {
+                        EnvValue::Vault { vault } => Some(vault.clone()),
+                        EnvValue::Text(_) => None,
+                    })
+                    .chain(s.credential.as_ref().map(|c| c.get_ref().vault.clone()))
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// Servers that run without the sandbox, for `cara doctor`.
@@ -503,5 +523,92 @@ pub fn http_host(cfg: &ServerConfig) -> Option<String> {
                 .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase())
         }),
         Transport::Stdio { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::parse;
+
+    fn err(text: &str) -> String {
+        match parse(Path::new("config.toml"), text) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn bad_entries_name_file_line_and_key() {
+        let cases = [
+            (
+                "[[mcp.servers]]\nname = \"Bad Name\"\ncommand = [\"x\"]\n",
+                "config.toml:2:8: key `mcp.servers[1].name`: `Bad Name` is not a server name",
+            ),
+            (
+                "[[mcp.servers]]\nname = \"a__b\"\ncommand = [\"x\"]\n",
+                "must not contain `__`",
+            ),
+            (
+                "[[mcp.servers]]\nname = \"a\"\n",
+                "key `mcp.servers[1]`: a server needs `command` (stdio) or `url`",
+            ),
+            (
+                "[[mcp.servers]]\nname = \"a\"\ncommand = [\"x\"]\nurl = \"https://e.com/mcp\"\n",
+                "config.toml:4:7: key `mcp.servers[1].url`: a server has `command` (stdio) or `url`",
+            ),
+            (
+                "[[mcp.servers]]\nname = \"a\"\nurl = \"https://user:pw@e.com/mcp\"\n",
+                "no credentials in the URL",
+            ),
+            (
+                "[[mcp.servers]]\nname = \"a\"\ncommand = [\"x\"]\nsandbox = { network = \"egress\" }\n",
+                "key `mcp.servers[1].sandbox.network`: \"egress\" for a stdio server is not built yet",
+            ),
+            (
+                "[[mcp.servers]]\nname = \"a\"\ncommand = [\"x\"]\nsandbox = \"off\"\n",
+                "config.toml:4:11: key `mcp.servers[1].sandbox`: `off`",
+            ),
+            (
+                "[[mcp.servers]]\nname = \"a\"\ncommand = [\"x\"]\nsandbox = { profile = \"gone\" }\n",
+                "no profile `gone`",
+            ),
+            (
+                "[[mcp.servers]]\nname = \"a\"\ncommand = [\"x\"]\ntimeout_secs = 0\n",
+                "config.toml:4:16: key `mcp.servers[1].timeout_secs`: 0 is out of range 1..=3600",
+            ),
+            (
+                "[[mcp.servers]]\nname = \"a\"\ncommand = [\"x\"]\n[mcp.servers.tools.t]\neffect = \"send\"\n",
+                "config.toml:5:10: key `mcp.servers[1].tools.t.effect`: `send` is not an effect class",
+            ),
+            (
+                "[[mcp.servers]]\nname = \"a\"\ncommand = [\"x\"]\nunknown = 1\n",
+                "config.toml:4:1: key `mcp.servers[1].unknown`: unknown field `unknown`",
+            ),
+            (
+                "[[mcp.servers]]\nname = \"a\"\ncommand = [\"x\"]\n[[mcp.servers]]\nname = \"a\"\ncommand = [\"y\"]\n",
+                "config.toml:5:8: key `mcp.servers[2].name`: mcp.servers[1] has the same name",
+            ),
+        ];
+        for (text, want) in cases {
+            let got = err(text);
+            assert!(
+                got.contains(want),
+                "for\n{text}\nwant `{want}`\ngot  `{got}`"
+            );
+        }
+    }
+
+    #[test]
+    fn only_vault_values_are_secrets() {
+        let c = parse(
+            Path::new("config.toml"),
+            "[[mcp.servers]]\nname = \"a\"\ncommand = [\"x\"]\nenv = { T = { vault = \"tok\" }, PAGE = \"plain text here\" }\n\
+             [[mcp.servers]]\nname = \"b\"\nurl = \"https://e.com/mcp\"\ncredential = { vault = \"remote\" }\n",
+        )
+        .unwrap();
+        assert_eq!(c.mcp.vault_entries(), ["remote", "tok"]);
+        assert!(c.mcp.unsandboxed().is_empty());
     }
 }
