@@ -283,6 +283,17 @@ pub(crate) fn url_arg(args: &Value, _: &Workspace) -> Vec<Destination> {
     }
 }
 
+/// A definition as offered to the model.
+pub(crate) fn spec_of(t: &ToolDef) -> ToolSpec {
+    ToolSpec {
+        name: t.name.to_string(),
+        description: t.description.to_string(),
+        parameters: t.schema.clone(),
+        effect: t.effect,
+        result_floor: t.result_floor,
+    }
+}
+
 #[cfg(test)]
 mod dest_tests {
     use super::*;
@@ -318,16 +329,5 @@ mod dest_tests {
         );
         assert_eq!(u("https://xn--exmple-cua.com/"), "host:xn--exmple-cua.com");
         assert_eq!(u("https://exämple.com/"), "host:xn--exmple-cua.com");
-    }
-}
-
-/// A definition as offered to the model.
-pub(crate) fn spec_of(t: &ToolDef) -> ToolSpec {
-    ToolSpec {
-        name: t.name.to_string(),
-        description: t.description.to_string(),
-        parameters: t.schema.clone(),
-        effect: t.effect,
-        result_floor: t.result_floor,
     }
 }
