@@ -20,7 +20,9 @@ mod net;
 mod tests;
 
 pub use approvals::{Answer, ApprovalDecisionError, ApprovalInfo, PlanInfo, StepInfo};
-pub use carapace_egress::{Egress, EgressConfig, EgressError, Injection, Place, Scope, check_host_list};
+pub use carapace_egress::{
+    Egress, EgressConfig, EgressError, Injection, Place, Scope, check_host_list,
+};
 pub use carapace_policy::{Level, parse_step_ranges};
 pub use carapace_vault::{Scrubber, SharedScrubber};
 pub use catalog::ToolSpec;
