@@ -895,7 +895,7 @@ mod tests {
         check_err(
             "[unknown]\n",
             expect![
-                "config.toml:1:2: unknown field `unknown`, expected one of `server`, `provider`, `providers`, `agent`, `usage`, `gate`, `sandbox`, `egress`, `vault`, `policy`, `tools`, `rules`, `channels`"
+                "config.toml:1:2: unknown field `unknown`, expected one of `server`, `provider`, `providers`, `agent`, `usage`, `gate`, `sandbox`, `egress`, `vault`, `policy`, `tools`, `rules`, `channels`, `mcp`"
             ],
         );
         check_err(
