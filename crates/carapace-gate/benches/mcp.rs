@@ -10,7 +10,7 @@
 //! Gate's own cost differs:
 //!
 //! 1. `py`: the official Python SDK's server, `carapace-mcp/tests/fixtures/pyserver.py`,
-//!    tool `echo` (`readOnlyHint`, so effect `read` and no approval). Needs `python3`
+//!    tool `echo` (`readOnlyHint`, and an owner's override to `read`, as unsandboxed servers count as networked: no approval). Needs `python3`
 //!    with `mcp` on the PATH; without it this part is skipped. Python's own latency
 //!    (hundreds of µs) dominates and is noisy, so its differences are wide.
 //! 2. `rs`: a trivial rmcp server with the same `echo` tool: this bench's own binary,
@@ -28,10 +28,10 @@ use carapace_gate::{
     CallRequest, Gate, GateConfig, GateDeps, McpServerInfo, McpSetup, RawArgs, Scrubber,
     SharedScrubber,
 };
-use carapace_mcp::{Hub, HubEnv, McpTool, ServerConfig, Transport};
+use carapace_mcp::{Hub, HubEnv, McpTool, ServerConfig, ToolOverride, Transport};
 use carapace_policy::Policy;
 use carapace_store::{AuditKey, Store};
-use carapace_types::{FrontDoor, Principal, Secret, SessionId};
+use carapace_types::{EffectClass, FrontDoor, Principal, Secret, SessionId};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ListToolsResult,
     PaginatedRequestParams, ServerCapabilities, ServerConfig as RmcpServerConfig, Tool,
@@ -126,12 +126,22 @@ async fn setup(name: &str, command: Vec<String>, on_disk: bool) -> Setup {
             env.push((key.to_string(), v));
         }
     }
-    let config = ServerConfig::new(
+    let mut config = ServerConfig::new(
         name,
         Transport::Stdio {
             command,
             env,
             sandbox: None,
+            egress: None,
+        },
+    );
+    // Unsandboxed, the server counts as networked (every tool at least egress); the
+    // owner's override keeps `echo` a read, the path this bench measures.
+    config.tools.insert(
+        "echo".into(),
+        ToolOverride {
+            effect: Some(EffectClass::Read),
+            result: None,
         },
     );
     let info = McpServerInfo {

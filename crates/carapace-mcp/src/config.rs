@@ -7,6 +7,8 @@ use std::time::Duration;
 use carapace_sandbox::{Sandbox, SandboxSpec};
 use carapace_types::{EffectClass, Label};
 
+use crate::tunnel::StdioEgress;
+
 /// One `[[mcp.servers]]` entry, resolved.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -40,9 +42,28 @@ impl ServerConfig {
         }
     }
 
+    /// Whether the server can reach the network: a streamable HTTP server, a stdio
+    /// server with egress, or one outside the sandbox. Only a sandboxed stdio server
+    /// without egress has loopback alone.
+    pub fn networked(&self) -> bool {
+        !matches!(
+            self.transport,
+            Transport::Stdio {
+                sandbox: Some(_),
+                egress: None,
+                ..
+            }
+        )
+    }
+
     /// The transport's one-word name, for listings.
     pub fn transport_name(&self) -> &'static str {
         match &self.transport {
+            Transport::Stdio {
+                sandbox: Some(_),
+                egress: Some(_),
+                ..
+            } => "stdio (sandboxed, egress)",
             Transport::Stdio {
                 sandbox: Some(_), ..
             } => "stdio (sandboxed)",
@@ -64,6 +85,9 @@ pub enum Transport {
         /// The sandbox and the spec template the process runs in (`argv` and `env` are
         /// filled in); `None` runs it as a plain child of the daemon (`sandbox = "none"`).
         sandbox: Option<(Sandbox, SandboxSpec)>,
+        /// Network through the daemon's proxy and the egress layer (sandboxed servers
+        /// only); `None`: loopback only.
+        egress: Option<StdioEgress>,
     },
     /// A streamable HTTP endpoint, every request through the egress client.
     Http {
@@ -84,11 +108,13 @@ impl std::fmt::Debug for Transport {
                 command,
                 env,
                 sandbox,
+                egress,
             } => f
                 .debug_struct("Stdio")
                 .field("command", command)
                 .field("env", &env.iter().map(|(k, _)| k).collect::<Vec<_>>())
                 .field("sandboxed", &sandbox.is_some())
+                .field("egress", egress)
                 .finish(),
             Transport::Http { url, .. } => f.debug_struct("Http").field("url", url).finish(),
         }

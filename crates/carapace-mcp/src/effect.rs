@@ -33,8 +33,27 @@ const UNTRUSTED: Label = Label {
 };
 
 /// Classifies a tool by its annotations, then applies the owner's override.
-pub fn classify(annotations: Option<&ToolAnnotations>, over: Option<&ToolOverride>) -> Classified {
+///
+/// A `networked` server (streamable HTTP, or stdio with `network = "egress"`) can send
+/// whatever a call gives it to the world and answer with what the world says, whatever
+/// its annotations claim: its tools are at least egress with untrusted results, unless
+/// the owner says otherwise for a tool.
+pub fn classify(
+    annotations: Option<&ToolAnnotations>,
+    over: Option<&ToolOverride>,
+    networked: bool,
+) -> Classified {
     let mut c = from_annotations(annotations);
+    if networked && (c.effect != EffectClass::Egress || c.result != UNTRUSTED) {
+        c = Classified {
+            effect: EffectClass::Egress,
+            result: c.result.join(UNTRUSTED),
+            why: format!(
+                "{}; but the server has network, so what it is given can leave (egress, untrusted results)",
+                c.why
+            ),
+        };
+    }
     if let Some(o) = over {
         if let Some(effect) = o.effect {
             c.why = format!(
@@ -115,7 +134,7 @@ mod tests {
 
     #[test]
     fn hints_choose_the_class_and_silence_is_the_strictest() {
-        let c = |a: Option<ToolAnnotations>| classify(a.as_ref(), None);
+        let c = |a: Option<ToolAnnotations>| classify(a.as_ref(), None, false);
         assert_eq!(c(None).effect, EffectClass::Egress);
         assert_eq!(c(None).result.integrity, Integrity::Untrusted);
         assert_eq!(
@@ -150,7 +169,7 @@ mod tests {
             effect: Some(EffectClass::Egress),
             result: Some(UNTRUSTED),
         };
-        let c = classify(Some(&lying), Some(&o));
+        let c = classify(Some(&lying), Some(&o), false);
         assert_eq!(c.effect, EffectClass::Egress);
         assert_eq!(c.result, UNTRUSTED);
         assert!(
@@ -163,7 +182,35 @@ mod tests {
             effect: None,
             result: Some(Label::TRUSTED_PUBLIC),
         };
-        let c = classify(Some(&ann(None, None, Some(true))), Some(&o));
+        let c = classify(Some(&ann(None, None, Some(true))), Some(&o), false);
         assert_eq!(c.result.integrity, Integrity::Untrusted);
+    }
+
+    #[test]
+    fn a_server_with_network_gets_no_read_or_write_tools() {
+        for a in [
+            ann(Some(true), None, None),
+            ann(None, Some(true), None),
+            ann(Some(false), None, Some(false)),
+        ] {
+            let c = classify(Some(&a), None, true);
+            assert_eq!(c.effect, EffectClass::Egress, "{a:?}");
+            assert_eq!(c.result, UNTRUSTED, "{a:?}");
+            assert!(c.why.contains("the server has network"), "{}", c.why);
+        }
+        let c = classify(None, None, true);
+        assert!(
+            !c.why.contains("network"),
+            "already the strictest: {}",
+            c.why
+        );
+        // The owner may still say what one tool does.
+        let o = ToolOverride {
+            effect: Some(EffectClass::Read),
+            result: None,
+        };
+        let c = classify(Some(&ann(Some(true), None, None)), Some(&o), true);
+        assert_eq!(c.effect, EffectClass::Read);
+        assert_eq!(c.result, UNTRUSTED);
     }
 }

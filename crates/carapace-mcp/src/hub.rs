@@ -19,6 +19,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::config::{ServerConfig, Transport};
 use crate::effect::Classified;
+use crate::tunnel::{EgressStats, Tunnels};
 
 /// The separator between a server's name and its tool's: `github__create_issue`.
 pub const SEPARATOR: &str = "__";
@@ -106,6 +107,8 @@ pub struct ServerStatus {
     pub skipped: Vec<Skipped>,
     /// The last lines it wrote to stderr (scrubbed).
     pub stderr: Vec<String>,
+    /// Its tunnels, when it has egress (`network = "egress"`).
+    pub egress: Option<EgressStats>,
 }
 
 /// Why a call did not reach a result.
@@ -160,6 +163,8 @@ struct Server {
     tools: Mutex<Vec<Arc<McpTool>>>,
     stderr: Arc<Mutex<VecDeque<String>>>,
     retry_now: Notify,
+    /// The egress proxy of a stdio server with `network = "egress"`, once listening.
+    tunnels: Mutex<Option<Tunnels>>,
 }
 
 #[derive(Clone)]
@@ -192,6 +197,7 @@ impl Hub {
                         tools: Mutex::new(Vec::new()),
                         stderr: Arc::default(),
                         retry_now: Notify::new(),
+                        tunnels: Mutex::new(None),
                     }),
                 )
             })
@@ -264,6 +270,7 @@ impl Hub {
             tools: lock(&s.tools).len(),
             skipped: st.skipped,
             stderr,
+            egress: lock(&s.tunnels).as_ref().map(|t| lock(&t.stats).clone()),
         }
     }
 
@@ -306,7 +313,9 @@ impl Hub {
     /// running connection would offer them) or what failed.
     pub async fn test(&self, server: &str) -> Option<Result<Vec<Arc<McpTool>>, String>> {
         let s = self.inner.servers.get(server)?;
-        s.retry_now.notify_one();
+        if lock(&s.status).state == State::Down {
+            s.retry_now.notify_one();
+        }
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         let result = match tokio::time::timeout(
             s.cfg.startup_timeout,
@@ -458,8 +467,9 @@ async fn connect(
             command,
             env,
             sandbox,
+            egress,
         } => {
-            let p = crate::stdio::spawn(command, env, sandbox.as_ref())
+            let p = crate::stdio::spawn(command, env, sandbox.as_ref(), egress.as_ref())
                 .map_err(|e| format!("cannot start {}: {e}", command[0]))?;
             let stderr = crate::stdio::drain_stderr(p.stderr, stderr_tail);
             let transport = rmcp::transport::async_rw::AsyncRwTransport::new_client(
@@ -521,6 +531,7 @@ async fn supervise(hub: Hub, server: Arc<Server>) {
         let (relist_tx, mut relist) = mpsc::unbounded_channel();
         let started = tokio::time::Instant::now();
         let attempt = async {
+            listen(&server)?;
             let conn = connect(&server.cfg, relist_tx, server.stderr.clone()).await?;
             match list(&server.cfg, &conn.peer).await {
                 Ok(listed) => Ok((conn, listed)),
@@ -568,7 +579,7 @@ async fn supervise(hub: Hub, server: Arc<Server>) {
                         _ = stop.changed() => {
                             *server.peer.write().unwrap_or_else(|p| p.into_inner()) = None;
                             conn.close().await;
-                            set_state(&server, State::Stopped, None);
+                            stopped(&server);
                             return;
                         }
                     }
@@ -595,7 +606,28 @@ async fn supervise(hub: Hub, server: Arc<Server>) {
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
-    set_state(&server, State::Stopped, None);
+    stopped(&server);
+}
+
+/// Opens the server's egress proxy if it has one and it is not open yet.
+fn listen(server: &Server) -> Result<(), String> {
+    let Transport::Stdio {
+        egress: Some(cfg), ..
+    } = &server.cfg.transport
+    else {
+        return Ok(());
+    };
+    let mut tunnels = lock(&server.tunnels);
+    if tunnels.is_none() {
+        *tunnels = Some(Tunnels::listen(&server.cfg.name, cfg)?);
+    }
+    Ok(())
+}
+
+/// The server is shut down with the daemon: its proxy closes too.
+fn stopped(server: &Server) {
+    lock(&server.tunnels).take();
+    set_state(server, State::Stopped, None);
 }
 
 fn set_state(server: &Server, state: State, error: Option<String>) {

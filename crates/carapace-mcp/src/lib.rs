@@ -3,16 +3,20 @@
 //! [`Hub`] starts the servers of `[[mcp.servers]]` (stdio servers in the Carapace
 //! sandbox, streamable HTTP servers through the egress client), keeps their tool lists
 //! (named `SERVER__TOOL`, schemas closed, effect classes from annotations or the
-//! owner's overrides) and restarts them with backoff. The Gate offers the tools and
+//! owner's overrides) and restarts them with backoff. A sandboxed stdio server may get
+//! network only through the daemon's CONNECT proxy ([`StdioEgress`]), where the egress
+//! layer checks each destination. The Gate offers the tools and
 //! decides every call; this crate only reaches the servers.
 
 mod config;
 mod effect;
 pub mod http;
 mod hub;
+pub mod relay;
 mod schema;
 mod stdio;
 mod tools;
+mod tunnel;
 
 pub use config::{ServerConfig, ToolOverride, Transport};
 pub use effect::{Classified, classify};
@@ -22,6 +26,7 @@ pub use hub::{
 };
 pub use rmcp::model::CallToolResult;
 pub use schema::close as close_schema;
+pub use tunnel::{AUDIT_EVENT as EGRESS_AUDIT_EVENT, Audit, EgressStats, MAX_TUNNELS, StdioEgress};
 
 /// Lines of a server's stderr kept for `cara mcp list` and `test`.
 const STDERR_LINES: usize = 20;

@@ -3,10 +3,12 @@
 
 use std::process::Stdio;
 
-use carapace_sandbox::{Sandbox, SandboxSpec, Stdio3};
+use carapace_sandbox::{Bind, Network, Sandbox, SandboxSpec, Stdio3};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::unix::pipe;
 use tokio::task::JoinHandle;
+
+use crate::tunnel::StdioEgress;
 
 /// A started server process: our ends of its stdin and stdout, and a task that ends
 /// when the process does (aborting it kills the process and everything it started).
@@ -17,11 +19,13 @@ pub(crate) struct Process {
     pub exited: JoinHandle<String>,
 }
 
-/// Starts `command` with exactly `env`.
+/// Starts `command` with exactly `env`. With `egress` (sandboxed servers only) the relay
+/// runs first inside, with the daemon's proxy socket and the relay program shown there.
 pub(crate) fn spawn(
     command: &[String],
     env: &[(String, String)],
     sandbox: Option<&(Sandbox, SandboxSpec)>,
+    egress: Option<&StdioEgress>,
 ) -> std::io::Result<Process> {
     let (in_tx, in_rx) = pipe::pipe()?;
     let (out_tx, out_rx) = pipe::pipe()?;
@@ -31,6 +35,18 @@ pub(crate) fn spawn(
             let mut spec = template.clone();
             spec.argv = command.to_vec();
             spec.env = env.to_vec();
+            if let Some(e) = egress {
+                spec.argv = crate::relay::argv(command);
+                spec.binds.push(Bind {
+                    src: e.relay.clone(),
+                    dst: crate::relay::RELAY_INSIDE.into(),
+                    writable: false,
+                });
+                spec.network = Network::UnixSocket {
+                    host: e.socket.clone(),
+                    inside: crate::relay::SOCKET_INSIDE.into(),
+                };
+            }
             let stdio = Stdio3 {
                 stdin: in_rx.into_blocking_fd()?,
                 stdout: out_tx.into_blocking_fd()?,

@@ -19,6 +19,7 @@ pub(crate) fn convert(
     let mut tools = Vec::new();
     let mut skipped = Vec::new();
     let mut seen = BTreeSet::new();
+    let networked = cfg.networked();
     for t in listed {
         let remote = t.name.to_string();
         let skip = |reason: String| Skipped {
@@ -59,7 +60,7 @@ pub(crate) fn convert(
             )));
             continue;
         }
-        let class = classify(t.annotations.as_ref(), cfg.tools.get(&remote));
+        let class = classify(t.annotations.as_ref(), cfg.tools.get(&remote), networked);
         let description = clean(t.description.as_deref().unwrap_or_default());
         tools.push(Arc::new(McpTool {
             name,
@@ -133,6 +134,7 @@ mod tests {
                 command: vec!["x".into()],
                 env: vec![],
                 sandbox: None,
+                egress: None,
             },
         )
     }

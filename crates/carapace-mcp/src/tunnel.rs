@@ -1,0 +1,417 @@
+//! Network for a sandboxed stdio server whose entry says `network = "egress"`: an HTTP
+//! CONNECT proxy on a Unix socket of the daemon, the sandbox's only way out.
+//!
+//! The server's sandbox has loopback only. Its first program is the relay
+//! ([`crate::relay`]), which listens on a loopback port inside, points the server's
+//! `HTTPS_PROXY` at it, and carries each connection byte for byte to this socket. Here
+//! each connection must open with `CONNECT host:port HTTP/1.1`; the destination is
+//! checked by the egress layer exactly as an HTTP request of the server would be (the
+//! configuration's allowlist narrowed to the entry's `allow_hosts`, the private-address
+//! guard on every resolved address, `deny_ranges`), the decision is written to the audit
+//! log before any connection is made, and the tunnel goes to the checked addresses only,
+//! so a name cannot resolve to one address when checked and another when used. Anything
+//! but CONNECT gets a 405: plain http through the proxy would let one connection carry
+//! requests for other hosts.
+//!
+//! The tunnel carries what the server sends (normally TLS), so the egress layer cannot
+//! inject credentials into it or cap its size: a server that needs a secret gets it in
+//! its environment (`env = { X = { vault = "..." } }`).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use carapace_egress::{Egress, Scope};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+/// Appends one record to the audit log: the event name and its fields. An error refuses
+/// the connection the record was for.
+pub type Audit = Arc<dyn Fn(&str, Value) -> Result<(), String> + Send + Sync>;
+
+/// The audit event of every tunnel decision.
+pub const AUDIT_EVENT: &str = "mcp_egress";
+/// The longest CONNECT request head read.
+const MAX_HEAD: usize = 8 * 1024;
+/// How long a connection may take to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting to one checked address may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Tunnels one server may have open at once.
+pub const MAX_TUNNELS: usize = 32;
+
+/// What a stdio server's egress needs, resolved by the caller.
+#[derive(Clone)]
+pub struct StdioEgress {
+    /// The egress client, with the configuration's allowlists.
+    pub egress: Egress,
+    /// The server's own narrower hosts (`allow_hosts` of its entry), if any.
+    pub scope: Scope,
+    /// Where the daemon listens for this server's tunnels (created at start; its
+    /// directory should be the daemon's own, mode 0700).
+    pub socket: PathBuf,
+    /// The relay program on the host (the `cara` binary), shown read-only inside.
+    pub relay: PathBuf,
+    /// Where the tunnel decisions are recorded.
+    pub audit: Audit,
+}
+
+impl std::fmt::Debug for StdioEgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StdioEgress")
+            .field("allow_hosts", &self.scope.allow_hosts)
+            .field("socket", &self.socket)
+            .field("relay", &self.relay)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `cara mcp list` shows of a server's tunnels.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EgressStats {
+    /// Tunnels opened since the daemon started.
+    pub opened: u64,
+    /// Tunnels open now.
+    pub open: u64,
+    /// Connections refused (destination not allowed, bad request, too many).
+    pub refused: u64,
+    /// The last refusal: destination and reason.
+    pub last_refused: Option<String>,
+}
+
+/// The proxy of one server: its listener task and its counts.
+pub(crate) struct Tunnels {
+    pub stats: Arc<Mutex<EgressStats>>,
+    task: JoinHandle<()>,
+    socket: PathBuf,
+}
+
+impl Tunnels {
+    /// Binds the server's socket (a stale socket at the path is replaced; anything else
+    /// there is an error) and starts accepting.
+    pub fn listen(server: &str, cfg: &StdioEgress) -> Result<Tunnels, String> {
+        let path = &cfg.socket;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+                let _ = std::fs::remove_file(path);
+            }
+            Ok(_) => return Err(format!("{} exists and is not a socket", path.display())),
+            Err(_) => {}
+        }
+        let listener = UnixListener::bind(path)
+            .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
+        let stats = Arc::new(Mutex::new(EgressStats::default()));
+        let proxy = Arc::new(Proxy {
+            server: server.to_string(),
+            egress: cfg.egress.clone(),
+            scope: cfg.scope.clone(),
+            audit: cfg.audit.clone(),
+            stats: stats.clone(),
+            slots: Arc::new(Semaphore::new(MAX_TUNNELS)),
+        });
+        let task = tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((conn, _)) => {
+                        let proxy = proxy.clone();
+                        tokio::spawn(async move { proxy.serve(conn).await });
+                    }
+                    Err(e) => {
+                        tracing::warn!(server = %proxy.server, error = %e, "egress socket accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        Ok(Tunnels {
+            stats,
+            task,
+            socket: path.clone(),
+        })
+    }
+}
+
+impl Drop for Tunnels {
+    /// Stops accepting and removes the socket; open tunnels end with their process.
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+struct Proxy {
+    server: String,
+    egress: Egress,
+    scope: Scope,
+    audit: Audit,
+    stats: Arc<Mutex<EgressStats>>,
+    slots: Arc<Semaphore>,
+}
+
+/// Why a connection got no tunnel: the status line and the reason shown to the server.
+struct Refusal {
+    status: &'static str,
+    dest: Option<String>,
+    reason: String,
+}
+
+impl Refusal {
+    fn new(status: &'static str, dest: Option<&str>, reason: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            dest: dest.map(str::to_string),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Proxy {
+    async fn serve(&self, mut conn: UnixStream) {
+        let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
+            let r = Refusal::new(
+                "503 Service Unavailable",
+                None,
+                format!("more than {MAX_TUNNELS} connections open"),
+            );
+            self.refuse(&mut conn, r).await;
+            return;
+        };
+        let (dest, rest) = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut conn)).await {
+            Err(_) => {
+                let r = Refusal::new("408 Request Timeout", None, "no request head in time");
+                return self.refuse(&mut conn, r).await;
+            }
+            Ok(Err(r)) => return self.refuse(&mut conn, r).await,
+            Ok(Ok(head)) => head,
+        };
+        let upstream = match self.open(&dest).await {
+            Ok(s) => s,
+            Err(r) => return self.refuse(&mut conn, r).await,
+        };
+        let (addr, mut upstream) = upstream;
+        lock(&self.stats).opened += 1;
+        lock(&self.stats).open += 1;
+        let mut sent = rest.len() as u64;
+        let copied = async {
+            conn.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                .await?;
+            upstream.write_all(&rest).await?;
+            tokio::io::copy_bidirectional(&mut conn, &mut upstream).await
+        }
+        .await;
+        lock(&self.stats).open -= 1;
+        let (up, down) = copied.as_ref().map(|c| *c).unwrap_or((0, 0));
+        sent += up;
+        let mut record = json!({
+            "server": self.server, "dest": dest, "addr": addr, "outcome": "closed",
+            "sent_bytes": sent, "received_bytes": down,
+        });
+        if let Err(e) = copied {
+            record["error"] = json!(e.to_string());
+        }
+        if let Err(e) = (self.audit)(AUDIT_EVENT, record) {
+            tracing::warn!(server = %self.server, error = %e, "cannot record a closed tunnel");
+        }
+    }
+
+    /// Checks `dest`, records the decision, connects to a checked address.
+    async fn open(&self, dest: &str) -> Result<(String, TcpStream), Refusal> {
+        let checked = self
+            .egress
+            .check_url(&format!("https://{dest}/"), &self.scope)
+            .await
+            .map_err(|e| Refusal::new("403 Forbidden", Some(dest), e.to_string()))?;
+        let addrs = checked.addrs();
+        // Write-ahead: the decision is on record before a packet leaves.
+        (self.audit)(
+            AUDIT_EVENT,
+            json!({
+                "server": self.server, "dest": dest, "outcome": "allowed",
+                "addrs": addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            }),
+        )
+        .map_err(|e| {
+            Refusal::new(
+                "503 Service Unavailable",
+                Some(dest),
+                format!("cannot record: {e}"),
+            )
+        })?;
+        let mut last = String::from("no address");
+        for addr in addrs {
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => return Ok((addr.to_string(), s)),
+                Ok(Err(e)) => last = format!("{addr}: {e}"),
+                Err(_) => last = format!("{addr}: no answer in {CONNECT_TIMEOUT:?}"),
+            }
+        }
+        Err(Refusal::new(
+            "502 Bad Gateway",
+            Some(dest),
+            format!("cannot connect: {last}"),
+        ))
+    }
+
+    /// Answers with the refusal (plain text, so the server's HTTP library can show it)
+    /// and records it.
+    async fn refuse(&self, conn: &mut UnixStream, r: Refusal) {
+        let body = format!("carapace egress: {}\n", r.reason);
+        let answer = format!(
+            "HTTP/1.1 {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            r.status,
+            body.len()
+        );
+        let _ = conn.write_all(answer.as_bytes()).await;
+        let _ = conn.shutdown().await;
+        let what = match &r.dest {
+            Some(d) => format!("{d}: {}", r.reason),
+            None => r.reason.clone(),
+        };
+        {
+            let mut s = lock(&self.stats);
+            s.refused += 1;
+            s.last_refused = Some(what);
+        }
+        let record = json!({
+            "server": self.server, "dest": r.dest, "outcome": "refused", "reason": r.reason,
+        });
+        if let Err(e) = (self.audit)(AUDIT_EVENT, record) {
+            tracing::warn!(server = %self.server, error = %e, "cannot record a refused tunnel");
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Reads the request head; returns the CONNECT destination (`host:port`) and any bytes
+/// read past the head (the start of the tunnel's payload).
+async fn read_head(conn: &mut UnixStream) -> Result<(String, Vec<u8>), Refusal> {
+    let mut buf = Vec::with_capacity(1024);
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(Refusal::new(
+                "431 Request Header Fields Too Large",
+                None,
+                format!("request head over {MAX_HEAD} bytes"),
+            ));
+        }
+        let mut chunk = [0u8; 1024];
+        let n = conn.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            return Err(Refusal::new(
+                "400 Bad Request",
+                None,
+                "the connection closed before a request",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let rest = buf.split_off(end);
+    let head = String::from_utf8_lossy(&buf);
+    let line = head.lines().next().unwrap_or_default();
+    let dest = parse_connect(line)?;
+    Ok((dest, rest))
+}
+
+/// `CONNECT host:port HTTP/1.x` -> `host:port`, the port required and the host a name
+/// or an address (IPv6 in brackets), nothing else.
+fn parse_connect(line: &str) -> Result<String, Refusal> {
+    let mut parts = line.split(' ');
+    let (method, target, version) = (parts.next(), parts.next(), parts.next());
+    let bad = |why: &str| Refusal::new("400 Bad Request", None, why.to_string());
+    let (Some(method), Some(target), Some(version), None) = (method, target, version, parts.next())
+    else {
+        return Err(bad("a malformed request line"));
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Err(bad("not an HTTP/1 request"));
+    }
+    if method != "CONNECT" {
+        return Err(Refusal::new(
+            "405 Method Not Allowed",
+            None,
+            format!("{method}: only CONNECT (https) goes through this proxy"),
+        ));
+    }
+    let Some((host, port)) = target.rsplit_once(':') else {
+        return Err(bad("the CONNECT target needs host:port"));
+    };
+    let port_ok = !port.is_empty()
+        && port.len() <= 5
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && port.parse::<u16>().is_ok_and(|p| p != 0);
+    let host_ok = match host.strip_prefix('[') {
+        Some(v6) => v6
+            .strip_suffix(']')
+            .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => {
+            !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+        }
+    };
+    if !port_ok || !host_ok {
+        return Err(bad("the CONNECT target is not host:port"));
+    }
+    Ok(target.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dest(line: &str) -> Result<String, (String, String)> {
+        parse_connect(line).map_err(|r| (r.status.to_string(), r.reason))
+    }
+
+    #[test]
+    fn connect_targets_are_host_and_port_only() {
+        assert_eq!(
+            dest("CONNECT api.GitHub.com:443 HTTP/1.1").unwrap(),
+            "api.github.com:443"
+        );
+        assert_eq!(dest("CONNECT [::1]:8443 HTTP/1.1").unwrap(), "[::1]:8443");
+        assert_eq!(dest("CONNECT 10.0.0.1:22 HTTP/1.0").unwrap(), "10.0.0.1:22");
+        for bad in [
+            "CONNECT api.github.com HTTP/1.1",
+            "CONNECT api.github.com:0 HTTP/1.1",
+            "CONNECT api.github.com:65536 HTTP/1.1",
+            "CONNECT user@evil.com:443 HTTP/1.1",
+            "CONNECT evil.com/x:443 HTTP/1.1",
+            "CONNECT evil.com:443#:1 HTTP/1.1",
+            "CONNECT [::1:443 HTTP/1.1",
+            "CONNECT :443 HTTP/1.1",
+            "CONNECT a.com:443 HTTP/2",
+            "CONNECT a.com:443  HTTP/1.1",
+            "CONNECT a.com:443",
+        ] {
+            let (status, _) = dest(bad).unwrap_err();
+            assert!(status.starts_with("400"), "{bad}: {status}");
+        }
+    }
+
+    #[test]
+    fn other_methods_get_405() {
+        let (status, reason) = dest("GET http://example.com/ HTTP/1.1").unwrap_err();
+        assert!(status.starts_with("405"), "{status}");
+        assert!(reason.contains("only CONNECT"), "{reason}");
+    }
+}
