@@ -517,6 +517,13 @@ fn main() -> ExitCode {
     {
         return passthrough::entry_main(std::env::args_os().skip(2).collect());
     }
+    // The first program of an MCP server's sandbox with egress: the relay to the proxy.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == carapace_mcp::relay::ENTRY_ARG)
+    {
+        return carapace_mcp::relay::relay_main(std::env::args_os().skip(2).collect());
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

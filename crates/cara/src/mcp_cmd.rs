@@ -45,6 +45,18 @@ fn render_list(v: &Value) -> String {
         if let Some(e) = s["last_error"].as_str() {
             out.push_str(&format!("    last error: {}\n", printable(e)));
         }
+        if let Some(e) = s["egress"].as_object() {
+            let n = |k: &str| e.get(k).and_then(Value::as_u64).unwrap_or(0);
+            out.push_str(&format!(
+                "    egress: {} connection(s) opened, {} open, {} refused\n",
+                n("opened"),
+                n("open"),
+                n("refused")
+            ));
+            if let Some(r) = e.get("last_refused").and_then(Value::as_str) {
+                out.push_str(&format!("    last refused: {}\n", printable(r)));
+            }
+        }
         let skipped = s["skipped"].as_array().map_or(0, Vec::len);
         if skipped > 0 {
             out.push_str(&format!(
@@ -135,7 +147,8 @@ mod tests {
     fn listings_escape_what_servers_say() {
         let v = json!({ "servers": [{
             "name": "gh", "state": "down", "transport": "stdio (sandboxed)", "tools": 2,
-            "restarts": 3, "last_error": "boom\u{1b}[2J", "skipped": [{ "remote": "x", "reason": "y" }]
+            "restarts": 3, "last_error": "boom\u{1b}[2J", "skipped": [{ "remote": "x", "reason": "y" }],
+            "egress": { "opened": 4, "open": 1, "refused": 2, "last_refused": "evil.com:443: host evil.com is not allowed\u{1b}[2J" }
         }]});
         let out = render_list(&v);
         assert!(
@@ -144,6 +157,10 @@ mod tests {
         );
         assert!(!out.contains('\u{1b}'), "{out}");
         assert!(out.contains("1 tool(s) not offered"), "{out}");
+        assert!(
+            out.contains("egress: 4 connection(s) opened, 1 open, 2 refused\n    last refused: evil.com:443: host evil.com is not allowed"),
+            "{out}"
+        );
         let t = json!({ "tools": [{ "name": "gh__a", "effect": "read", "result": "trusted/private", "why": "readOnlyHint: reads only" }],
                         "skipped": [{ "remote": "b.c", "reason": "its input schema has type \"array\"" }] });
         let out = render_tools(&t);

@@ -115,6 +115,15 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{}: [egress]: {e}", dd.config().display()))?;
         let read = |name: &str| vault.file_value(name);
         let workspace = dd.workspace();
+        let proxy = if file.mcp.servers.is_empty() {
+            None
+        } else {
+            Some(config::mcp::ProxyEnv {
+                socket_dir: mcp_socket_dir(dd)?,
+                relay: std::env::current_exe().context("cannot find the cara executable")?,
+                audit: mcp_audit(store.clone(), audit_key.clone(), scrubber.clone()),
+            })
+        };
         file.mcp.build(
             &at,
             &file.sandbox,
@@ -124,6 +133,7 @@ pub async fn serve(dd: &DataDir, bind: Option<String>) -> anyhow::Result<()> {
                 base_env: crate::sandbox_cmd::base_env(),
                 workspace: &workspace,
                 egress: Some(egress),
+                proxy,
             },
         )?
     };
@@ -402,4 +412,40 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// The directory of the MCP servers' egress sockets, `mcp` in the socket directory;
+/// both are the daemon's alone (0700), as the agent socket's directory is.
+fn mcp_socket_dir(dd: &DataDir) -> anyhow::Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let run = crate::agent_run::socket_dir(dd);
+    let dir = run.join("mcp");
+    for d in [&run, &dir] {
+        if !d.exists() {
+            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("cannot restrict {}", d.display()))?;
+        }
+    }
+    Ok(dir)
+}
+
+/// Records an MCP server's tunnel decisions in the audit chain, as the Gate records its
+/// own events (scrubbed, with the time).
+fn mcp_audit(
+    store: Arc<Store>,
+    key: Arc<AuditKey>,
+    scrubber: SharedScrubber,
+) -> carapace_mcp::Audit {
+    Arc::new(move |event: &str, mut fields: serde_json::Value| {
+        scrubber.current().scrub_json(&mut fields);
+        let mut record = json!({ "ts_ms": carapace_gate::now_ms(), "event": event });
+        if let (Some(map), serde_json::Value::Object(extra)) = (record.as_object_mut(), fields) {
+            map.extend(extra);
+        }
+        store
+            .append_audit(&key, &record)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
 }

@@ -5,7 +5,8 @@
 //! name = "github"
 //! command = ["github-mcp-server", "stdio"]        # stdio, in the sandbox
 //! env = { GITHUB_TOKEN = { vault = "github" } }   # secrets go to this process only
-//! sandbox = { profile = "tool", workspace = "none", binds = ["/opt/mcp:/opt/mcp:ro"] }
+//! sandbox = { profile = "tool", workspace = "none", binds = ["/opt/mcp:/opt/mcp:ro"],
+//!             network = "egress", allow_hosts = ["api.github.com"] }  # default: loopback only
 //! timeout_secs = 60
 //! [mcp.servers.tools.delete_repo]
 //! effect = "egress"
@@ -90,8 +91,13 @@ pub struct SandboxTable {
     /// Extra binds, `SRC:DST` or `SRC:DST:ro`.
     #[serde(default)]
     pub binds: Vec<String>,
-    /// Only `none`: loopback only.
+    /// `none` (default): loopback only; `egress`: outbound connections through the
+    /// daemon's proxy, each destination checked by the egress layer.
     pub network: Option<String>,
+    /// With `network = "egress"`: the hosts this server may reach, narrowing
+    /// `[egress] allow_hosts` (never widening it).
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,8 +127,20 @@ pub struct BuildEnv<'a> {
     pub base_env: Vec<(String, String)>,
     /// The agent's workspace.
     pub workspace: &'a Path,
-    /// The egress client, for HTTP servers.
+    /// The egress client, for HTTP servers and stdio servers with egress.
     pub egress: Option<carapace_gate::Egress>,
+    /// For stdio servers with `network = "egress"`.
+    pub proxy: Option<ProxyEnv>,
+}
+
+/// What a stdio server's egress proxy needs from the daemon.
+pub struct ProxyEnv {
+    /// The daemon's own directory (mode 0700) for the servers' proxy sockets.
+    pub socket_dir: std::path::PathBuf,
+    /// The relay program: this `cara` binary.
+    pub relay: std::path::PathBuf,
+    /// Where tunnel decisions are recorded.
+    pub audit: carapace_mcp::Audit,
 }
 
 /// A server's name: the `SERVER` of `SERVER__TOOL`.
@@ -328,15 +346,27 @@ impl ServerTable {
                             .map_err(|p| at.span(sb.span(), &format!("{key}.binds"), p))?;
                     }
                     match t.network.as_deref() {
-                        None | Some("none") => {}
+                        None | Some("none") => {
+                            if !t.allow_hosts.is_empty() {
+                                return Err(at.span(
+                                    sb.span(),
+                                    &format!("{key}.allow_hosts"),
+                                    "only with network = \"egress\"".into(),
+                                ));
+                            }
+                        }
                         Some("egress") => {
-                            return Err(at.span(sb.span(), &format!("{key}.network"), "\"egress\" for a stdio server is not built yet: a sandboxed stdio server has loopback only. Use a streamable HTTP server (`url`, through the egress layer), or sandbox = \"none\"".into()));
+                            carapace_gate::check_host_list(&t.allow_hosts).map_err(|p| {
+                                at.span(sb.span(), &format!("{key}.allow_hosts"), p)
+                            })?;
                         }
                         Some(other) => {
                             return Err(at.span(
                                 sb.span(),
                                 &format!("{key}.network"),
-                                format!("`{other}`: only \"none\" (loopback only)"),
+                                format!(
+                                    "`{other}`: \"none\" (loopback only) or \"egress\" (through the egress layer)"
+                                ),
                             ));
                         }
                     }
@@ -437,10 +467,32 @@ impl ServerTable {
                         Some((sb, spec))
                     }
                 };
+                let egress = match self.sandbox.as_ref().map(Spanned::get_ref) {
+                    Some(SandboxChoice::Table(t)) if t.network.as_deref() == Some("egress") => {
+                        let missing =
+                            || at.key(&k("sandbox.network"), "egress is not available here".into());
+                        let proxy = env.proxy.as_ref().ok_or_else(missing)?;
+                        Some(carapace_mcp::StdioEgress {
+                            egress: env.egress.clone().ok_or_else(missing)?,
+                            scope: carapace_gate::Scope {
+                                allow_hosts: (!t.allow_hosts.is_empty())
+                                    .then(|| t.allow_hosts.clone()),
+                                ..Default::default()
+                            },
+                            socket: proxy
+                                .socket_dir
+                                .join(format!("{}.sock", self.name.get_ref())),
+                            relay: proxy.relay.clone(),
+                            audit: proxy.audit.clone(),
+                        })
+                    }
+                    _ => None,
+                };
                 Transport::Stdio {
                     command: command.get_ref().clone(),
                     env: vars,
                     sandbox,
+                    egress,
                 }
             }
             (None, Some(url)) => {
@@ -563,8 +615,16 @@ mod tests {
                 "no credentials in the URL",
             ),
             (
-                "[[mcp.servers]]\nname = \"a\"\ncommand = [\"x\"]\nsandbox = { network = \"egress\" }\n",
-                "key `mcp.servers[1].sandbox.network`: \"egress\" for a stdio server is not built yet",
+                "[[mcp.servers]]\nname = \"a\"\ncommand = [\"x\"]\nsandbox = { network = \"host\" }\n",
+                "key `mcp.servers[1].sandbox.network`: `host`: \"none\" (loopback only) or \"egress\"",
+            ),
+            (
+                "[[mcp.servers]]\nname = \"a\"\ncommand = [\"x\"]\nsandbox = { allow_hosts = [\"a.com\"] }\n",
+                "key `mcp.servers[1].sandbox.allow_hosts`: only with network = \"egress\"",
+            ),
+            (
+                "[[mcp.servers]]\nname = \"a\"\ncommand = [\"x\"]\nsandbox = { network = \"egress\", allow_hosts = [\"http://a.com/x\"] }\n",
+                "key `mcp.servers[1].sandbox.allow_hosts`",
             ),
             (
                 "[[mcp.servers]]\nname = \"a\"\ncommand = [\"x\"]\nsandbox = \"off\"\n",
