@@ -238,11 +238,11 @@ async fn python_server_tools_are_classed_called_through_the_gate_and_contained()
 
     // 1. Discovery: the server's tools under SERVER__TOOL, classed by their annotations.
     let entry = ready(&dir, "py").await;
-    assert_eq!(entry["tools"], 12, "{entry}");
+    assert_eq!(entry["tools"], 14, "{entry}");
     let out = cara(&dir).args(["mcp", "list"]).run().await;
     assert!(
         out.stdout
-            .starts_with("py  ready  stdio (sandboxed)  tools: 12  restarts: 0"),
+            .starts_with("py  ready  stdio (sandboxed)  tools: 14  restarts: 0"),
         "{out:?}"
     );
     let listed = tools(&dir, "py").await;
@@ -749,4 +749,175 @@ async fn the_reference_npm_servers_run_in_the_sandbox_behind_the_gate() {
     let out = cara(&dir).args(["audit", "verify"]).run().await;
     assert_eq!(out.code, Some(0), "{out:?}");
     daemon.stop().await;
+}
+
+/// A TCP server on 127.0.0.1 that answers each connection with `echo:` and what it read
+/// (until the client's end of writing); returns its port.
+async fn echo_server() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let _ = s.read_to_end(&mut got).await;
+                let _ = s.write_all(b"echo:").await;
+                let _ = s.write_all(&got).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdio_server_with_egress_reaches_only_checked_hosts_through_the_proxy() {
+    if !enabled() {
+        return;
+    }
+    let port = echo_server().await;
+    let other = echo_server().await;
+    let dir = TestDir::new();
+    // The global allowlist has the echo server by address and by a name that resolves
+    // to the same private address; only the address is allowed to be private, and the
+    // server's own list narrows to `port`.
+    let egress = format!(
+        "[egress]\nallow_hosts = [\"127.0.0.1:{port}\", \"localhost:{port}\", \"127.0.0.1:{other}\"]\n\
+         allow_private = [\"127.0.0.1:{port}\", \"127.0.0.1:{other}\"]\n\n"
+    );
+    let server = py_server(
+        &[],
+        "[mcp.servers.tools.via_proxy]\neffect = \"read\"\n\
+         [mcp.servers.tools.fetch_url]\neffect = \"read\"\n\
+         [mcp.servers.tools.reach]\neffect = \"read\"\n",
+    )
+    .replace(
+        "sandbox = { binds = ",
+        &format!(
+            "sandbox = {{ network = \"egress\", allow_hosts = [\"127.0.0.1:{port}\", \"localhost:{port}\"], binds = "
+        ),
+    );
+    write_config(&dir, &format!("{egress}{server}"));
+    let fake = FakeOpenAi::start(vec![]).await;
+    let daemon = start(&dir, &fake).await;
+
+    let entry = ready(&dir, "py").await;
+    assert_eq!(entry["transport"], "stdio (sandboxed, egress)", "{entry}");
+    // With network, a read-only claim is not enough: what the server is given can leave.
+    let listed = tools(&dir, "py").await;
+    let echo = tool(&listed, "py__echo");
+    assert_eq!(echo["effect"], "egress", "{echo}");
+    assert!(
+        echo["why"]
+            .as_str()
+            .unwrap()
+            .contains("the server has network"),
+        "{echo}"
+    );
+    assert_eq!(tool(&listed, "py__via_proxy")["effect"], "read");
+    // The proxy's socket is the daemon's alone.
+    let socket = dir.data().join("run/mcp/py.sock");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "{}", socket.display());
+
+    let session = new_session(&daemon).await;
+    let via = |host: &str, port: u16| {
+        (
+            "py__via_proxy",
+            json!({ "host": host, "port": port, "payload": "ping" }),
+        )
+    };
+    let tries = [
+        // Allowed: through the proxy to the checked address.
+        via("127.0.0.1", port),
+        // A name on both lists whose address is private, but only the address may be.
+        via("localhost", port),
+        // On the global list, not on the server's.
+        via("127.0.0.1", other),
+        // On no list.
+        via("1.1.1.1", 443),
+        // The same address spelled as a number: the same checks.
+        via("2130706433", other),
+        // Around the proxy: the sandbox's loopback is its own, the world unreachable.
+        ("py__reach", json!({ "host": "127.0.0.1", "port": port })),
+        ("py__reach", json!({ "host": "1.1.1.1", "port": 53 })),
+        // Plain http through the proxy would carry other hosts' requests: refused.
+        // (Loopback names are in NO_PROXY, so the URL names another host.)
+        ("py__fetch_url", json!({ "url": "http://example.com/" })),
+    ];
+    let results = calls(&daemon, &fake, &session, &tries).await;
+    for ((name, args), r) in tries.iter().zip(&results) {
+        eprintln!("{name} {args}: {r}");
+    }
+    assert!(
+        results[0].contains("200 Connection established | echo:ping"),
+        "{}",
+        results[0]
+    );
+    assert!(
+        results[1].contains("403 Forbidden") && results[1].contains("blocked"),
+        "{}",
+        results[1]
+    );
+    for r in &results[2..5] {
+        assert!(
+            r.contains("403 Forbidden") && r.contains("is not allowed") && !r.contains("echo:"),
+            "{r}"
+        );
+    }
+    for r in &results[5..7] {
+        assert!(r.contains("error") && !r.contains("connected"), "{r}");
+    }
+    assert!(
+        results[7].contains("HTTP 405") && results[7].contains("only CONNECT"),
+        "{}",
+        results[7]
+    );
+
+    // Each decision is in the audit log, the allowed one before it connected and again
+    // when it closed, with its bytes.
+    let records: Vec<Value> = wait_for("the tunnel's closing record", || async {
+        let records: Vec<Value> = audit_entries(&dir)
+            .await
+            .into_iter()
+            .map(|e| e["record"].clone())
+            .filter(|r| r["event"] == "mcp_egress")
+            .collect();
+        records
+            .iter()
+            .any(|r| r["outcome"] == "closed")
+            .then_some(records)
+    })
+    .await;
+    let allowed: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["outcome"] == "allowed")
+        .collect();
+    assert_eq!(allowed.len(), 1, "{records:#?}");
+    assert_eq!(allowed[0]["dest"], format!("127.0.0.1:{port}"));
+    assert_eq!(allowed[0]["server"], "py");
+    let closed: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["outcome"] == "closed")
+        .collect();
+    assert_eq!(closed.len(), 1, "{records:#?}");
+    assert_eq!(closed[0]["sent_bytes"], 4, "{records:#?}");
+    assert_eq!(closed[0]["received_bytes"], 9, "{records:#?}");
+    let refused = records.iter().filter(|r| r["outcome"] == "refused").count();
+    assert_eq!(refused, 5, "{records:#?}");
+
+    // `cara mcp list` counts them.
+    let out = cara(&dir).args(["mcp", "list"]).run().await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout
+            .contains("egress: 1 connection(s) opened, 0 open, 5 refused"),
+        "{}",
+        out.stdout
+    );
+    let out = cara(&dir).args(["audit", "verify"]).run().await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    daemon.stop().await;
+    assert!(!socket.exists(), "the socket is removed at shutdown");
 }
