@@ -10,8 +10,9 @@
 //! Gate's own cost differs:
 //!
 //! 1. `py`: the official Python SDK's server, `carapace-mcp/tests/fixtures/pyserver.py`,
-//!    tool `echo` (`readOnlyHint`, and an owner's override to `read`, as unsandboxed servers count as networked: no approval). Needs `python3`
-//!    with `mcp` on the PATH; without it this part is skipped. Python's own latency
+//!    tool `echo` (`readOnlyHint`, and an owner's override to `read`, since an
+//!    unsandboxed server counts as networked; so no approval). Needs `python3` with
+//!    `mcp` on the PATH; without it this part is skipped. Python's own latency
 //!    (hundreds of µs) dominates and is noisy, so its differences are wide.
 //! 2. `rs`: a trivial rmcp server with the same `echo` tool: this bench's own binary,
 //!    started again with `CARAPACE_BENCH_MCP_SERVER=echo`. Its calls are quick and
