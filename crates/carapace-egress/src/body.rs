@@ -85,6 +85,11 @@ impl Redactor {
         Redactor { needles }
     }
 
+    /// The forms replaced, longest first.
+    pub(crate) fn needles(&self) -> &[String] {
+        &self.needles
+    }
+
     /// True when `s` contains a credential in any of the known forms.
     pub(crate) fn found_in(&self, s: &str) -> bool {
         self.needles.iter().any(|n| s.contains(n.as_str()))

@@ -8,6 +8,12 @@
 //! so DNS rebinding cannot swap in a private address. Credentials are added at the last
 //! moment, only for hosts they belong to, and scrubbed from everything returned.
 //!
+//! [`Egress::send_stream`] sends one hop the same way for a protocol client that reads a
+//! long-lived body (MCP's server-sent events): the request timeout bounds everything up
+//! to the response head, the body has no deadline and no size cap of its own (the caller
+//! bounds both), and its text is scrubbed piece by piece, a credential split between two
+//! pieces included.
+//!
 //! This crate must never decide policy (it takes fully resolved allowlists and secrets
 //! from the Gate and depends on neither the policy nor the vault crate), never resolve a
 //! host twice for one hop, never use a proxy from the environment, and never return an
@@ -18,6 +24,7 @@ mod body;
 mod config;
 mod error;
 mod resolve;
+mod stream;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -36,6 +43,7 @@ use crate::resolve::{PinnedResolver, Pins};
 pub use crate::config::EgressConfig;
 pub use crate::error::EgressError;
 pub use crate::resolve::{Resolver, Resolving, SystemResolver};
+pub use crate::stream::EgressStream;
 
 /// Checks a host list in allowlist syntax (`host`, `host:port`, `*.domain`), as a
 /// session's own list is checked before the session is created; the error names the
@@ -302,6 +310,11 @@ impl Egress {
         })
     }
 
+    /// The configuration this client was built with (its limits size the callers' own).
+    pub fn config(&self) -> &EgressConfig {
+        &self.inner.config
+    }
+
     /// Checks without sending: scheme, allowlists (configuration and scope), addresses.
     /// Used by the Gate to refuse early and to name the destination in approvals.
     pub async fn check_url(&self, url: &str, scope: &Scope) -> Result<CheckedUrl, EgressError> {
@@ -358,60 +371,11 @@ impl Egress {
         mode: Mode,
     ) -> Result<EgressResponse, EgressError> {
         let inner = &self.inner;
-        let mut method = parse_method(&req.method)?;
-        let mut headers = caller_headers(&req.headers)?;
-        let mut body = req.body;
-        if body
-            .as_ref()
-            .is_some_and(|b| b.len() as u64 > inner.config.max_request_bytes)
-        {
-            return Err(EgressError::TooLarge);
-        }
-        let narrow = scope_patterns(scope)?;
-        let injections = scope
-            .injections
-            .iter()
-            .map(Prepared::new)
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut url = parse_url(&req.url)?;
+        let mut out = self.prepare(req, scope)?;
         let mut redirects = Vec::new();
 
         loop {
-            let checked = self.check(url, &narrow).await?;
-            let lane = if checked.private {
-                inner.private.as_ref().ok_or_else(|| {
-                    EgressError::Config("no client for private destinations".to_string())
-                })?
-            } else {
-                &inner.public
-            };
-
-            let mut wire_url = checked.url.clone();
-            let mut hop_headers = headers.clone();
-            for inj in injections
-                .iter()
-                .filter(|i| any_match(&i.hosts, &checked.host, checked.port))
-            {
-                inj.apply(&mut wire_url, &mut hop_headers)?;
-            }
-            let mut request = lane
-                .client
-                .request(method.clone(), wire_url)
-                .headers(hop_headers);
-            if let Some(b) = &body {
-                request = request.body(b.clone());
-            }
-            // The pin is what reqwest's resolver answers with while this hop connects.
-            let pin = match (&checked.host, checked.url.host_str()) {
-                (HostKey::Domain(_), Some(name)) => Some(lane.pins.pin(name, &checked.addrs)),
-                _ => None,
-            };
-            let response = request
-                .send()
-                .await
-                .map_err(|e| request_error(e, &checked.destination()))?;
-            drop(pin);
-
+            let (checked, response) = self.send_hop(&out).await?;
             let status = response.status();
             let location = response.headers().get(header::LOCATION);
             let Some(location) = location.filter(|_| is_redirect(status) && mode == Mode::Render)
@@ -432,35 +396,35 @@ impl Egress {
                 .map_err(|e| EgressError::InvalidUrl(format!("redirect target: {e}")))?;
             next.set_fragment(None);
 
-            if (status == StatusCode::SEE_OTHER && method != Method::HEAD)
+            if (status == StatusCode::SEE_OTHER && out.method != Method::HEAD)
                 || (matches!(status, StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND)
-                    && method == Method::POST)
+                    && out.method == Method::POST)
             {
-                method = Method::GET;
-                body = None;
+                out.method = Method::GET;
+                out.body = None;
                 for h in [
                     header::CONTENT_TYPE,
                     header::CONTENT_ENCODING,
                     header::CONTENT_LANGUAGE,
                     header::CONTENT_LOCATION,
                 ] {
-                    headers.remove(h);
+                    out.headers.remove(h);
                 }
             }
             // A body re-sent elsewhere (307, 308) would reach a host the caller's checks
             // (policy decides on the first host) never saw: refused.
-            if body.is_some() && next.host_str() != checked.url.host_str() {
+            if out.body.is_some() && next.host_str() != checked.url.host_str() {
                 return Err(EgressError::Protocol(format!(
                     "a redirect would re-send the request body to another host ({}); send it there yourself if that is intended",
                     next.host_str().unwrap_or("?")
                 )));
             }
             if next.origin() != checked.url.origin() {
-                headers.remove(header::AUTHORIZATION);
-                headers.remove(header::COOKIE);
+                out.headers.remove(header::AUTHORIZATION);
+                out.headers.remove(header::COOKIE);
             }
             if let (Some(host), Some(port)) = (HostKey::of(&next), next.port_or_known_default()) {
-                let carries = injections.iter().any(|i| {
+                let carries = out.injections.iter().any(|i| {
                     i.redactor.found_in(next.as_str()) && !any_match(&i.hosts, &host, port)
                 });
                 if carries {
@@ -470,8 +434,86 @@ impl Egress {
                 }
             }
             redirects.push(redactor.redact(next.as_str()));
-            url = next;
+            out.url = next;
         }
+    }
+
+    /// Validates what every hop of `req` uses: method, headers, body size, the scope's
+    /// lists and injections, the first URL.
+    fn prepare<'a>(
+        &self,
+        req: EgressRequest,
+        scope: &'a Scope,
+    ) -> Result<Outgoing<'a>, EgressError> {
+        let method = parse_method(&req.method)?;
+        let headers = caller_headers(&req.headers)?;
+        if req
+            .body
+            .as_ref()
+            .is_some_and(|b| b.len() as u64 > self.inner.config.max_request_bytes)
+        {
+            return Err(EgressError::TooLarge);
+        }
+        let narrow = scope_patterns(scope)?;
+        let injections = scope
+            .injections
+            .iter()
+            .map(Prepared::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        let url = parse_url(&req.url)?;
+        Ok(Outgoing {
+            method,
+            headers,
+            body: req.body,
+            narrow,
+            injections,
+            url,
+        })
+    }
+
+    /// Checks the hop to `out.url`, adds the credentials that belong to its host and
+    /// sends it; returns the checked destination and the response head.
+    async fn send_hop(
+        &self,
+        out: &Outgoing<'_>,
+    ) -> Result<(CheckedUrl, reqwest::Response), EgressError> {
+        let inner = &self.inner;
+        let checked = self.check(out.url.clone(), &out.narrow).await?;
+        let lane = if checked.private {
+            inner.private.as_ref().ok_or_else(|| {
+                EgressError::Config("no client for private destinations".to_string())
+            })?
+        } else {
+            &inner.public
+        };
+
+        let mut wire_url = checked.url.clone();
+        let mut hop_headers = out.headers.clone();
+        for inj in out
+            .injections
+            .iter()
+            .filter(|i| any_match(&i.hosts, &checked.host, checked.port))
+        {
+            inj.apply(&mut wire_url, &mut hop_headers)?;
+        }
+        let mut request = lane
+            .client
+            .request(out.method.clone(), wire_url)
+            .headers(hop_headers);
+        if let Some(b) = &out.body {
+            request = request.body(b.clone());
+        }
+        // The pin is what reqwest's resolver answers with while this hop connects.
+        let pin = match (&checked.host, checked.url.host_str()) {
+            (HostKey::Domain(_), Some(name)) => Some(lane.pins.pin(name, &checked.addrs)),
+            _ => None,
+        };
+        let response = request
+            .send()
+            .await
+            .map_err(|e| request_error(e, &checked.destination()))?;
+        drop(pin);
+        Ok((checked, response))
     }
 
     /// Resolves (once) and checks one hop.
@@ -563,13 +605,7 @@ impl Egress {
         mode: Mode,
     ) -> Result<EgressResponse, EgressError> {
         let status = response.status().as_u16();
-        let text_of = |v: &HeaderValue| redactor.redact(&String::from_utf8_lossy(v.as_bytes()));
-        let headers = response
-            .headers()
-            .iter()
-            .map(|(n, v)| (redactor.redact(n.as_str()), text_of(v)))
-            .collect();
-        let content_type = response.headers().get(header::CONTENT_TYPE).map(text_of);
+        let (headers, content_type) = redacted_head(&response, redactor);
         let declared = match mode {
             Mode::Render => body::kind(content_type.as_deref()),
             Mode::Raw => Some(Kind::Text),
@@ -606,19 +642,7 @@ impl Egress {
         let text = if kind == Kind::Binary {
             body::binary_summary(content_type.as_deref(), count, truncated)
         } else {
-            if truncated {
-                // Drop a multi-byte character the cut split, so the tail stays comparable.
-                if let Err(e) = std::str::from_utf8(&buf)
-                    && e.error_len().is_none()
-                {
-                    buf.truncate(e.valid_up_to());
-                }
-            }
-            let mut raw = String::from_utf8_lossy(&buf).into_owned();
-            if truncated {
-                redactor.trim_partial(&mut raw);
-            }
-            let raw = redactor.redact(&raw);
+            let raw = body_text(buf, truncated, redactor);
             if kind == Kind::Html {
                 let rendered = tokio::task::spawn_blocking(move || body::html_to_text(&raw))
                     .await
@@ -640,6 +664,51 @@ impl Egress {
             redirects,
         })
     }
+}
+
+/// The response headers and the Content-Type, with injected credentials redacted.
+fn redacted_head(
+    response: &reqwest::Response,
+    redactor: &Redactor,
+) -> (Vec<(String, String)>, Option<String>) {
+    let text_of = |v: &HeaderValue| redactor.redact(&String::from_utf8_lossy(v.as_bytes()));
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(n, v)| (redactor.redact(n.as_str()), text_of(v)))
+        .collect();
+    let content_type = response.headers().get(header::CONTENT_TYPE).map(text_of);
+    (headers, content_type)
+}
+
+/// A body read whole as text with injected credentials redacted; a body cut at the size
+/// limit loses a split character and a trailing start of a credential.
+fn body_text(mut buf: Vec<u8>, truncated: bool, redactor: &Redactor) -> String {
+    if truncated {
+        // Drop a multi-byte character the cut split, so the tail stays comparable.
+        if let Err(e) = std::str::from_utf8(&buf)
+            && e.error_len().is_none()
+        {
+            buf.truncate(e.valid_up_to());
+        }
+    }
+    let mut raw = String::from_utf8_lossy(&buf).into_owned();
+    if truncated {
+        redactor.trim_partial(&mut raw);
+    }
+    redactor.redact(&raw)
+}
+
+/// A request checked for sending: what every hop of it uses.
+struct Outgoing<'a> {
+    method: Method,
+    headers: HeaderMap,
+    body: Option<Vec<u8>>,
+    /// The scope's host lists; a host must match each.
+    narrow: Vec<Vec<HostPattern>>,
+    injections: Vec<Prepared<'a>>,
+    /// The URL of the next hop.
+    url: Url,
 }
 
 /// What [`Egress::send_checked`] does with redirects and the body.

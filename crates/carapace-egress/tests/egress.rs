@@ -7,10 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use carapace_egress::{
-    Egress, EgressConfig, EgressError, EgressRequest, Injection, Place, Resolver, Scope,
+    Egress, EgressConfig, EgressError, EgressRequest, EgressStream, Injection, Place, Resolver,
+    Scope,
 };
 use carapace_types::Secret;
+use futures_util::StreamExt;
 use support::{MapResolver, RebindResolver, Reply, Server};
+use tokio::sync::Semaphore;
 
 const SECRET: &str = "sk-test-4f9a2c71e8";
 
@@ -1190,4 +1193,226 @@ async fn send_raw_checks_like_send() {
         .unwrap();
     assert!(response.truncated);
     assert_eq!(response.text, "int");
+}
+
+// ---------------------------------------------------------------------------------------
+// send_stream: bodies read as they arrive (MCP's server-sent events)
+
+/// The next piece of `stream`, failing instead of hanging when none comes.
+async fn next_piece(stream: &mut EgressStream) -> Option<String> {
+    tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("a piece within 10 s")
+        .map(|piece| piece.unwrap())
+}
+
+/// Pieces until they add up to at least `len` bytes.
+async fn read_at_least(stream: &mut EgressStream, len: usize) -> String {
+    let mut text = String::new();
+    while text.len() < len {
+        text += &next_piece(stream).await.expect("more of the body");
+    }
+    text
+}
+
+/// The rest of the body.
+async fn read_rest(stream: &mut EgressStream) -> String {
+    let mut text = String::new();
+    while let Some(piece) = next_piece(stream).await {
+        text += &piece;
+    }
+    text
+}
+
+#[tokio::test]
+async fn send_stream_checks_before_connecting() {
+    let server = Server::fixed(Reply::text("internal")).await;
+    let entry = format!("127.0.0.1:{}", server.port);
+    let url = format!("http://{entry}/mcp");
+    let not_listed = egress(config(&["example.com"], &[], &[]), no_names());
+    let result = not_listed
+        .send_stream(EgressRequest::get(&url), &Scope::default())
+        .await;
+    assert!(
+        matches!(result, Err(EgressError::HostNotAllowed { .. })),
+        "{result:?}"
+    );
+    let allowed = egress(config(&[&entry], &[&entry], &[&entry]), no_names());
+    let narrowed = Scope {
+        allow_hosts: Some(strings(&["api.example.com"])),
+        ..Scope::default()
+    };
+    let result = allowed
+        .send_stream(EgressRequest::get(&url), &narrowed)
+        .await;
+    assert!(
+        matches!(result, Err(EgressError::HostNotAllowed { .. })),
+        "{result:?}"
+    );
+    let not_private = egress(config(&[&entry], &[], &[&entry]), no_names());
+    let result = not_private
+        .send_stream(EgressRequest::get(&url), &Scope::default())
+        .await;
+    assert_blocked(result, "loopback", "send_stream to loopback");
+    assert_eq!(server.connections(), 0);
+}
+
+#[tokio::test]
+async fn send_stream_returns_a_redirect_without_following_it() {
+    let target = Server::fixed(Reply::text("followed")).await;
+    let location = format!("http://127.0.0.1:{}/", target.port);
+    let start = Server::fixed(Reply::redirect(307, &location)).await;
+    let (a, b) = (
+        format!("127.0.0.1:{}", start.port),
+        format!("127.0.0.1:{}", target.port),
+    );
+    let egress = egress(config(&[&a, &b], &[&a, &b], &[&a, &b]), no_names());
+    let request = EgressRequest {
+        method: "POST".to_string(),
+        url: format!("http://{a}/mcp"),
+        headers: vec![("content-type".to_string(), "application/json".to_string())],
+        body: Some(b"{}".to_vec()),
+    };
+    let mut stream = egress
+        .send_stream(request, &Scope::default())
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 307);
+    assert_eq!(stream.header("Location"), Some(location.as_str()));
+    assert_eq!(read_rest(&mut stream).await, "");
+    assert_eq!(start.requests()[0].body, b"{}");
+    assert_eq!(target.connections(), 0, "the redirect was followed");
+}
+
+#[tokio::test]
+async fn send_stream_hands_pieces_over_before_the_body_ends() {
+    let gate = Arc::new(Semaphore::new(0));
+    let reply = Reply::new(200, "text/event-stream", "data: one\n\n")
+        .then(&["data: two\n\n", "data: three\n\n"], &gate);
+    let server = Server::fixed(reply).await;
+    let entry = format!("127.0.0.1:{}", server.port);
+    let egress = egress(config(&[&entry], &[&entry], &[&entry]), no_names());
+    let mut stream = egress
+        .send_stream(
+            EgressRequest::get(format!("http://{entry}/mcp")),
+            &Scope::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    assert_eq!(stream.content_type(), Some("text/event-stream"));
+    // The server sends nothing more until the gate opens: this piece came first.
+    assert_eq!(read_at_least(&mut stream, 11).await, "data: one\n\n");
+    gate.add_permits(1);
+    assert_eq!(read_at_least(&mut stream, 11).await, "data: two\n\n");
+    gate.add_permits(1);
+    assert_eq!(read_rest(&mut stream).await, "data: three\n\n");
+}
+
+#[tokio::test]
+async fn a_streamed_body_has_no_deadline_but_its_head_has() {
+    let gate = Arc::new(Semaphore::new(0));
+    let server = Server::fixed(Reply::text("first ").then(&["second"], &gate)).await;
+    let entry = format!("127.0.0.1:{}", server.port);
+    let mut cfg = config(&[&entry], &[&entry], &[&entry]);
+    cfg.timeout = Duration::from_millis(300);
+    let egress = egress(cfg.clone(), no_names());
+    let url = format!("http://{entry}/");
+    let mut stream = egress
+        .send_stream(EgressRequest::get(&url), &Scope::default())
+        .await
+        .unwrap();
+    assert_eq!(read_at_least(&mut stream, 6).await, "first ");
+    // Well past the request timeout, the body goes on.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    gate.add_permits(1);
+    assert_eq!(read_rest(&mut stream).await, "second");
+
+    let mut late = Reply::text("late");
+    late.delay = Duration::from_secs(5);
+    let slow = Server::fixed(late).await;
+    let entry = format!("127.0.0.1:{}", slow.port);
+    let mut cfg = config(&[&entry], &[&entry], &[&entry]);
+    cfg.timeout = Duration::from_millis(300);
+    let egress = self::egress(cfg, no_names());
+    let result = egress
+        .send_stream(
+            EgressRequest::get(format!("http://{entry}/")),
+            &Scope::default(),
+        )
+        .await;
+    assert_eq!(result.unwrap_err(), EgressError::Timeout);
+}
+
+#[tokio::test]
+async fn a_credential_split_across_pieces_is_redacted() {
+    let gate = Arc::new(Semaphore::new(0));
+    let handler_gate = Arc::clone(&gate);
+    let server = Server::start(move |req| {
+        let auth = req.header("authorization").unwrap_or("none").to_string();
+        // The reflected credential is cut in two: the second half waits for the gate.
+        let (first, second) = auth.split_at(auth.len() - 6);
+        Reply::new(200, "text/event-stream", format!("data: {first}"))
+            .header("x-echo", &auth)
+            .then(&[&format!("{second} done\n\n")], &handler_gate)
+    })
+    .await;
+    let p = server.port;
+    let resolver = MapResolver::new(&[("api.test", &["127.0.0.1"])]);
+    let entry = format!("api.test:{p}");
+    let egress = egress(config(&[&entry], &[&entry], &[&entry]), resolver);
+    let scope = Scope {
+        injections: vec![header_injection(&["api.test"])],
+        ..Scope::default()
+    };
+    let mut stream = egress
+        .send_stream(
+            EgressRequest::get(format!("http://api.test:{p}/mcp")),
+            &scope,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        server.requests()[0].header("authorization"),
+        Some(&*format!("Bearer {SECRET}"))
+    );
+    assert_eq!(stream.header("x-echo"), Some("Bearer [REDACTED]"));
+    // Everything before the first half of the credential comes at once; the half waits.
+    let before = "data: Bearer ";
+    assert_eq!(read_at_least(&mut stream, before.len()).await, before);
+    gate.add_permits(1);
+    assert_eq!(read_rest(&mut stream).await, "[REDACTED] done\n\n");
+    assert!(!format!("{stream:?}").contains(SECRET));
+}
+
+#[tokio::test]
+async fn into_response_reads_the_rest_like_send_raw() {
+    let body = format!("{{\"token\":\"{SECRET}\",\"pad\":\"{}\"}}", "x".repeat(100));
+    let server = Server::fixed(Reply::new(200, "application/json", body.clone())).await;
+    let p = server.port;
+    let resolver = MapResolver::new(&[("api.test", &["127.0.0.1"])]);
+    let entry = format!("api.test:{p}");
+    let scope = Scope {
+        injections: vec![header_injection(&["api.test"])],
+        ..Scope::default()
+    };
+    let url = format!("http://api.test:{p}/mcp");
+    for max in [10_000, 30, 12] {
+        let mut cfg = config(&[&entry], &[&entry], &[&entry]);
+        cfg.max_response_bytes = max;
+        let egress = egress(cfg, resolver.clone());
+        let raw = egress
+            .send_raw(EgressRequest::get(&url), &scope)
+            .await
+            .unwrap();
+        let streamed = egress
+            .send_stream(EgressRequest::get(&url), &scope)
+            .await
+            .unwrap()
+            .into_response()
+            .await
+            .unwrap();
+        assert_eq!(streamed, raw, "max {max}");
+        assert!(!streamed.text.contains(SECRET), "max {max}");
+    }
 }

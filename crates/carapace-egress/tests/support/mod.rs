@@ -10,6 +10,7 @@ use std::time::Duration;
 use carapace_egress::{Resolver, Resolving};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 /// One request as the server saw it on the wire.
 #[derive(Clone, Debug)]
@@ -36,6 +37,9 @@ pub struct Reply {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub delay: Duration,
+    /// More of the body, sent chunked after `body`; each part waits for a permit of `gate`.
+    pub parts: Vec<Vec<u8>>,
+    pub gate: Option<Arc<Semaphore>>,
 }
 
 impl Reply {
@@ -45,6 +49,8 @@ impl Reply {
             headers: vec![("content-type".to_string(), content_type.to_string())],
             body: body.into(),
             delay: Duration::ZERO,
+            parts: Vec::new(),
+            gate: None,
         }
     }
 
@@ -58,11 +64,21 @@ impl Reply {
             headers: vec![("location".to_string(), location.to_string())],
             body: Vec::new(),
             delay: Duration::ZERO,
+            parts: Vec::new(),
+            gate: None,
         }
     }
 
     pub fn header(mut self, name: &str, value: &str) -> Reply {
         self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// The body followed by `parts`, each sent when `gate` gives one more permit, so a
+    /// test decides when the body goes on (and whether it has ended).
+    pub fn then(mut self, parts: &[&str], gate: &Arc<Semaphore>) -> Reply {
+        self.parts = parts.iter().map(|p| p.as_bytes().to_vec()).collect();
+        self.gate = Some(Arc::clone(gate));
         self
     }
 }
@@ -175,12 +191,30 @@ async fn serve_one(
     for (n, v) in &reply.headers {
         out.push_str(&format!("{n}: {v}\r\n"));
     }
-    out.push_str(&format!(
-        "content-length: {}\r\nconnection: close\r\n\r\n",
-        reply.body.len()
-    ));
+    let Some(gate) = &reply.gate else {
+        out.push_str(&format!(
+            "content-length: {}\r\nconnection: close\r\n\r\n",
+            reply.body.len()
+        ));
+        stream.write_all(out.as_bytes()).await?;
+        stream.write_all(&reply.body).await?;
+        return stream.shutdown().await;
+    };
+    out.push_str("transfer-encoding: chunked\r\nconnection: close\r\n\r\n");
     stream.write_all(out.as_bytes()).await?;
-    stream.write_all(&reply.body).await?;
+    for (i, part) in std::iter::once(&reply.body).chain(&reply.parts).enumerate() {
+        if i > 0 {
+            gate.acquire().await.expect("gate open").forget();
+        }
+        if !part.is_empty() {
+            stream
+                .write_all(format!("{:x}\r\n", part.len()).as_bytes())
+                .await?;
+            stream.write_all(part).await?;
+            stream.write_all(b"\r\n").await?;
+        }
+    }
+    stream.write_all(b"0\r\n\r\n").await?;
     stream.shutdown().await
 }
 
