@@ -87,7 +87,7 @@ pub enum Transport {
         sandbox: Option<(Sandbox, SandboxSpec)>,
         /// Network through the daemon's proxy and the egress layer (sandboxed servers
         /// only); `None`: loopback only.
-        egress: Option<StdioEgress>,
+        egress: Option<Box<StdioEgress>>,
     },
     /// A streamable HTTP endpoint, every request through the egress client.
     Http {

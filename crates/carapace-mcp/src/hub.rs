@@ -469,7 +469,7 @@ async fn connect(
             sandbox,
             egress,
         } => {
-            let p = crate::stdio::spawn(command, env, sandbox.as_ref(), egress.as_ref())
+            let p = crate::stdio::spawn(command, env, sandbox.as_ref(), egress.as_deref())
                 .map_err(|e| format!("cannot start {}: {e}", command[0]))?;
             let stderr = crate::stdio::drain_stderr(p.stderr, stderr_tail);
             let transport = rmcp::transport::async_rw::AsyncRwTransport::new_client(

@@ -266,14 +266,6 @@ impl Proxy {
     /// Answers with the refusal (plain text, so the server's HTTP library can show it)
     /// and records it.
     async fn refuse(&self, conn: &mut UnixStream, r: Refusal) {
-        let body = format!("carapace egress: {}\n", r.reason);
-        let answer = format!(
-            "HTTP/1.1 {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            r.status,
-            body.len()
-        );
-        let _ = conn.write_all(answer.as_bytes()).await;
-        let _ = conn.shutdown().await;
         let what = match &r.dest {
             Some(d) => format!("{d}: {}", r.reason),
             None => r.reason.clone(),
@@ -289,6 +281,24 @@ impl Proxy {
         if let Err(e) = (self.audit)(AUDIT_EVENT, record) {
             tracing::warn!(server = %self.server, error = %e, "cannot record a refused tunnel");
         }
+        let body = format!("carapace egress: {}\n", r.reason);
+        let answer = format!(
+            "HTTP/1.1 {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            r.status,
+            body.len()
+        );
+        let _ = conn.write_all(answer.as_bytes()).await;
+        let _ = conn.shutdown().await;
+        // Closing with unread bytes would reset the connection and lose the answer: read
+        // what the client still sends, a little and briefly, first.
+        let mut sink = [0u8; 4096];
+        let mut left: usize = 64 * 1024;
+        while left > 0 {
+            match tokio::time::timeout(Duration::from_millis(500), conn.read(&mut sink)).await {
+                Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+                _ => break,
+            }
+        }
     }
 }
 
@@ -300,16 +310,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// read past the head (the start of the tunnel's payload).
 async fn read_head(conn: &mut UnixStream) -> Result<(String, Vec<u8>), Refusal> {
     let mut buf = Vec::with_capacity(1024);
+    let too_large = || {
+        Refusal::new(
+            "431 Request Header Fields Too Large",
+            None,
+            format!("request head over {MAX_HEAD} bytes"),
+        )
+    };
     let end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            if i + 4 > MAX_HEAD {
+                return Err(too_large());
+            }
             break i + 4;
         }
         if buf.len() > MAX_HEAD {
-            return Err(Refusal::new(
-                "431 Request Header Fields Too Large",
-                None,
-                format!("request head over {MAX_HEAD} bytes"),
-            ));
+            return Err(too_large());
         }
         let mut chunk = [0u8; 1024];
         let n = conn.read(&mut chunk).await.unwrap_or(0);
@@ -376,7 +392,129 @@ fn parse_connect(line: &str) -> Result<String, Refusal> {
 
 #[cfg(test)]
 mod tests {
+    use carapace_egress::EgressConfig;
+
     use super::*;
+
+    /// A proxy allowing `127.0.0.1:port` of a local server that answers "hi", with its
+    /// audit records.
+    async fn proxy(dir: &std::path::Path) -> (Tunnels, PathBuf, Arc<Mutex<Vec<Value>>>, u16) {
+        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = upstream.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = upstream.accept().await {
+                tokio::spawn(async move {
+                    let _ = s.write_all(b"hi").await;
+                    let mut sink = Vec::new();
+                    let _ = s.read_to_end(&mut sink).await;
+                });
+            }
+        });
+        let dest = format!("127.0.0.1:{port}");
+        let egress = Egress::new(EgressConfig {
+            allow_hosts: vec![dest.clone()],
+            allow_private: vec![dest],
+            ..EgressConfig::default()
+        })
+        .unwrap();
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let sink = records.clone();
+        let socket = dir.join("s.sock");
+        let cfg = StdioEgress {
+            egress,
+            scope: Scope::default(),
+            socket: socket.clone(),
+            relay: PathBuf::from("/nonexistent"),
+            audit: Arc::new(move |event: &str, fields: Value| {
+                assert_eq!(event, AUDIT_EVENT);
+                lock(&sink).push(fields);
+                Ok(())
+            }),
+        };
+        (Tunnels::listen("t", &cfg).unwrap(), socket, records, port)
+    }
+
+    async fn exchange(socket: &std::path::Path, send: &[u8]) -> String {
+        let mut c = UnixStream::connect(socket).await.unwrap();
+        c.write_all(send).await.unwrap();
+        c.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut got)).await;
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    #[tokio::test]
+    async fn bad_heads_are_refused_and_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tunnels, socket, records, port) = proxy(dir.path()).await;
+        let big = format!(
+            "CONNECT 127.0.0.1:{port} HTTP/1.1\r\nX: {}\r\n\r\n",
+            "a".repeat(9000)
+        );
+        let got = exchange(&socket, big.as_bytes()).await;
+        assert!(got.starts_with("HTTP/1.1 431 "), "{got:?}");
+        let garbage = exchange(&socket, b"\x16\x03\x01 hello\r\n\r\n").await;
+        assert!(garbage.starts_with("HTTP/1.1 400 "), "{garbage}");
+        let early = exchange(&socket, b"CONNECT 127.0.0.1:").await;
+        assert!(
+            early.starts_with("HTTP/1.1 400 ") && early.contains("closed before a request"),
+            "{early}"
+        );
+        let ok = exchange(
+            &socket,
+            format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(ok, "HTTP/1.1 200 Connection established\r\n\r\nhi");
+        let stats = lock(&tunnels.stats).clone();
+        assert_eq!((stats.opened, stats.refused), (1, 3), "{stats:?}");
+        // The closing record follows the end of the copy, just after the client saw it.
+        let mut outcomes: Vec<String> = Vec::new();
+        for _ in 0..100 {
+            outcomes = lock(&records)
+                .iter()
+                .map(|r| r["outcome"].as_str().unwrap().to_string())
+                .collect();
+            if outcomes.iter().any(|o| o == "closed") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            outcomes.iter().filter(|o| *o == "refused").count(),
+            3,
+            "{outcomes:?}"
+        );
+        assert!(outcomes.contains(&"allowed".to_string()), "{outcomes:?}");
+        assert!(outcomes.contains(&"closed".to_string()), "{outcomes:?}");
+        drop(tunnels);
+        assert!(!socket.exists());
+    }
+
+    #[tokio::test]
+    async fn at_most_max_tunnels_are_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tunnels, socket, _records, port) = proxy(dir.path()).await;
+        let mut open = Vec::new();
+        for _ in 0..MAX_TUNNELS {
+            let mut c = UnixStream::connect(&socket).await.unwrap();
+            c.write_all(format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut head = [0u8; 41];
+            c.read_exact(&mut head).await.unwrap();
+            assert!(head.starts_with(b"HTTP/1.1 200 "));
+            open.push(c);
+        }
+        let one_more = exchange(
+            &socket,
+            format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(one_more.starts_with("HTTP/1.1 503 "), "{one_more}");
+        assert_eq!(lock(&tunnels.stats).open, MAX_TUNNELS as u64);
+        drop(open);
+    }
 
     fn dest(line: &str) -> Result<String, (String, String)> {
         parse_connect(line).map_err(|r| (r.status.to_string(), r.reason))

@@ -472,7 +472,7 @@ impl ServerTable {
                         let missing =
                             || at.key(&k("sandbox.network"), "egress is not available here".into());
                         let proxy = env.proxy.as_ref().ok_or_else(missing)?;
-                        Some(carapace_mcp::StdioEgress {
+                        Some(Box::new(carapace_mcp::StdioEgress {
                             egress: env.egress.clone().ok_or_else(missing)?,
                             scope: carapace_gate::Scope {
                                 allow_hosts: (!t.allow_hosts.is_empty())
@@ -484,7 +484,7 @@ impl ServerTable {
                                 .join(format!("{}.sock", self.name.get_ref())),
                             relay: proxy.relay.clone(),
                             audit: proxy.audit.clone(),
-                        })
+                        }))
                     }
                     _ => None,
                 };
