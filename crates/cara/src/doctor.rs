@@ -149,6 +149,18 @@ pub async fn doctor(dd: &DataDir) -> anyhow::Result<ExitCode> {
                 &format!("{total} server(s), each stdio one in the sandbox; `cara mcp list` shows their state"),
             );
         }
+        let networked = f.mcp.with_egress();
+        if !networked.is_empty() && f.egress.allow_hosts.get_ref().is_empty() {
+            r.line(
+                Level::Warn,
+                "mcp",
+                &format!(
+                    "server(s) with network = \"egress\" ({}), but [egress] allow_hosts is \
+                     empty: every connection they try is refused",
+                    networked.join(", ")
+                ),
+            );
+        }
     }
 
     // The running gateway, if any: its environment may differ from this shell's.

@@ -921,3 +921,35 @@ async fn a_stdio_server_with_egress_reaches_only_checked_hosts_through_the_proxy
     daemon.stop().await;
     assert!(!socket.exists(), "the socket is removed at shutdown");
 }
+
+/// `cara doctor` reads the configuration alone (no daemon, no server started).
+#[tokio::test]
+async fn the_doctor_warns_about_unsandboxed_servers_and_egress_without_hosts() {
+    let dir = TestDir::new();
+    write_config(
+        &dir,
+        "[[mcp.servers]]\nname = \"bare\"\ncommand = [\"x\"]\nsandbox = \"none\"\n\n\
+         [[mcp.servers]]\nname = \"net\"\ncommand = [\"y\"]\nsandbox = { network = \"egress\" }\n",
+    );
+    let out = cara(&dir).args(["doctor"]).run().await;
+    assert!(
+        out.stdout
+            .contains("1 of 2 server(s) run WITHOUT the sandbox (sandbox = \"none\"): bare"),
+        "{out:#?}"
+    );
+    assert!(
+        out.stdout.contains(
+            "server(s) with network = \"egress\" (net), but [egress] allow_hosts is empty"
+        ),
+        "{out:#?}"
+    );
+    // With hosts to reach, no warning about them.
+    write_config(
+        &dir,
+        "[egress]\nallow_hosts = [\"api.github.com\"]\n\n\
+         [[mcp.servers]]\nname = \"net\"\ncommand = [\"y\"]\nsandbox = { network = \"egress\" }\n",
+    );
+    let out = cara(&dir).args(["doctor"]).run().await;
+    assert!(!out.stdout.contains("allow_hosts is empty"), "{out:#?}");
+    assert!(!out.stdout.contains("WITHOUT the sandbox"), "{out:#?}");
+}

@@ -230,6 +230,17 @@ impl McpSection {
             .map(|s| s.name.get_ref().clone())
             .collect()
     }
+
+    /// Names of the stdio servers with `network = "egress"`, for `cara doctor`.
+    pub fn with_egress(&self) -> Vec<String> {
+        self.servers
+            .iter()
+            .filter(|s| {
+                matches!(s.sandbox.as_ref().map(Spanned::get_ref), Some(SandboxChoice::Table(t)) if t.network.as_deref() == Some("egress"))
+            })
+            .map(|s| s.name.get_ref().clone())
+            .collect()
+    }
 }
 
 impl ServerTable {
