@@ -953,3 +953,89 @@ async fn the_doctor_warns_about_unsandboxed_servers_and_egress_without_hosts() {
     assert!(!out.stdout.contains("allow_hosts is empty"), "{out:#?}");
     assert!(!out.stdout.contains("WITHOUT the sandbox"), "{out:#?}");
 }
+
+/// The WebSocket (and so the chat REPL, its client) shows an MCP tool's call like a
+/// built-in one's: the approval request names `SERVER__TOOL`, the owner answers on the
+/// socket, the result event follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_websocket_shows_an_mcp_call_and_its_approval() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    if !enabled() {
+        return;
+    }
+    let dir = TestDir::new();
+    write_config(
+        &dir,
+        &format!("[policy]\npreset = \"strict\"\n\n{}", py_server(&[], "")),
+    );
+    let fake = FakeOpenAi::start(vec![
+        Reply::ToolCalls(vec![(
+            "py__delete_note".into(),
+            json!({ "name": "groceries" }),
+        )]),
+        Reply::Text("deleted it".into()),
+    ])
+    .await;
+    let daemon = start(&dir, &fake).await;
+    ready(&dir, "py").await;
+    let mut ws = daemon.websocket(Some(daemon.token())).await.unwrap();
+    let send = |v: Value| Message::Text(v.to_string().into());
+    ws.send(send(
+        json!({ "type": "chat", "text": "delete the groceries note" }),
+    ))
+    .await
+    .unwrap();
+    let mut events = Vec::new();
+    let request = loop {
+        let e = next_event(&mut ws).await;
+        events.push(e.clone());
+        assert_ne!(e["type"], "done", "no approval asked: {events:#?}");
+        if e["type"] == "approval_request" {
+            break e;
+        }
+    };
+    assert_eq!(request["tool"], "py__delete_note", "{request}");
+    ws.send(send(
+        json!({ "type": "approval", "id": request["id"], "decision": "approve" }),
+    ))
+    .await
+    .unwrap();
+    let mut events = Vec::new();
+    loop {
+        let e = next_event(&mut ws).await;
+        events.push(e.clone());
+        if e["type"] == "done" || e["type"] == "error" {
+            break;
+        }
+    }
+    assert!(
+        events.iter().any(|e| e["type"] == "tool_result"
+            && e["name"] == "py__delete_note"
+            && e["ok"] == true),
+        "{events:#?}"
+    );
+    assert_eq!(events.last().unwrap()["text"], "deleted it", "{events:#?}");
+    let records = tool_call_records(&dir, "py__delete_note").await;
+    assert_eq!(
+        outcomes(&records),
+        ["asked", "approved", "allowed", "executed"],
+        "{records:#?}"
+    );
+    daemon.stop().await;
+}
+
+async fn next_event(ws: &mut crate::util::Socket) -> Value {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let msg = tokio::time::timeout(crate::util::PATIENCE, ws.next())
+            .await
+            .expect("an event in time")
+            .expect("the socket stays open")
+            .expect("a message");
+        if let Message::Text(t) = msg {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
