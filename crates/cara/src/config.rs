@@ -535,6 +535,7 @@ fn validate(path: &Path, text: &str, c: &Config) -> anyhow::Result<()> {
     c.egress.validate(&at)?;
     c.vault.validate(&at)?;
     c.policy.build(&at)?;
+    c.mcp.check_tool_keys(&at, c.tools.keys())?;
     policy::tool_overrides(&at, &c.tools)?;
     c.channels.validate(&at)?;
     c.mcp.validate(&at, &c.sandbox)?;

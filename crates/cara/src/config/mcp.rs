@@ -231,6 +231,37 @@ impl McpSection {
             .collect()
     }
 
+    /// `[tools.SERVER__TOOL]` for a configured server: the override belongs in the
+    /// server's entry, under the tool's own name (which `SERVER__TOOL` may have changed).
+    pub fn check_tool_keys<'a>(
+        &self,
+        at: &Locator<'_>,
+        keys: impl Iterator<Item = &'a String>,
+    ) -> anyhow::Result<()> {
+        for key in keys {
+            let Some((server, tool)) = key.split_once(carapace_mcp::SEPARATOR) else {
+                continue;
+            };
+            if let Some((i, _)) = self
+                .servers
+                .iter()
+                .enumerate()
+                .find(|(_, s)| s.name.get_ref() == server)
+            {
+                return Err(at.key(
+                    &format!("tools.{key}"),
+                    format!(
+                        "`{key}` is a tool of the MCP server `{server}`: override it in that \
+                         server's entry (mcp.servers[{}]) as [mcp.servers.tools.{tool}], by its \
+                         name on the server (`cara mcp tools {server}` shows both)",
+                        i + 1
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Names of the stdio servers with `network = "egress"`, for `cara doctor`.
     pub fn with_egress(&self) -> Vec<String> {
         self.servers
@@ -628,6 +659,10 @@ mod tests {
             (
                 "[[mcp.servers]]\nname = \"a\"\ncommand = [\"x\"]\nsandbox = { network = \"host\" }\n",
                 "key `mcp.servers[1].sandbox.network`: `host`: \"none\" (loopback only) or \"egress\"",
+            ),
+            (
+                "[tools.gh__create_issue]\neffect = \"write\"\n\n[[mcp.servers]]\nname = \"gh\"\ncommand = [\"x\"]\n",
+                "key `tools.gh__create_issue`: `gh__create_issue` is a tool of the MCP server `gh`: override it in that server's entry (mcp.servers[1]) as [mcp.servers.tools.create_issue]",
             ),
             (
                 "[[mcp.servers]]\nname = \"a\"\ncommand = [\"x\"]\nsandbox = { allow_hosts = [\"a.com\"] }\n",
