@@ -3,7 +3,11 @@
 //! the egress checks must stop before a byte reaches the wrong place (hosts off the
 //! list, loopback without `allow_private`, redirects).
 //!
-//! The tests with the Python server run when `CARAPACE_TEST_MCP` is set (CI installs
+//! The standing GET stream and SSE answers read as they arrive are checked with the same
+//! server (a tool it adds reaches the hub) and `tests/fixtures/progress.py` (progress of a
+//! call arrives while the answer is held back, past the egress timeout).
+//!
+//! The tests with the Python servers run when `CARAPACE_TEST_MCP` is set (CI installs
 //! `mcp` 2.3.0); the attack tests need nothing and always run.
 
 use std::net::TcpListener as StdListener;
@@ -12,16 +16,23 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use std::future::Future;
+
 use carapace_egress::{Egress, EgressConfig, Injection, Place, Scope};
 use carapace_mcp::http::transport;
+use carapace_mcp::{Hub, HubEnv, ServerConfig, Snapshot, State, Transport};
 use carapace_types::Secret;
-use rmcp::ServiceExt;
-use rmcp::model::{CallToolRequestParams, CallToolResult};
-use rmcp::service::{RoleClient, RunningService};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, NumberOrString, ProgressNotificationParam,
+    ProgressToken, RequestMetaObject,
+};
+use rmcp::service::{NotificationContext, RoleClient, RunningService};
+use rmcp::{ClientHandler, ServiceExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
 
 /// Responses above this many bytes are cut by egress (and so refused by the transport).
 const CAP: u64 = 256 * 1024;
@@ -37,8 +48,12 @@ fn enabled() -> bool {
 
 /// An egress client that may reach exactly these loopback `host:port` entries over http.
 fn egress_for(entries: &[&str], private: bool) -> Egress {
+    Egress::new(egress_config(entries, private)).unwrap()
+}
+
+fn egress_config(entries: &[&str], private: bool) -> EgressConfig {
     let list: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
-    Egress::new(EgressConfig {
+    EgressConfig {
         allow_hosts: list.clone(),
         allow_private: if private { list.clone() } else { Vec::new() },
         allow_http: list,
@@ -46,8 +61,7 @@ fn egress_for(entries: &[&str], private: bool) -> Egress {
         connect_timeout: Duration::from_secs(2),
         max_response_bytes: CAP,
         ..EgressConfig::default()
-    })
-    .unwrap()
+    }
 }
 
 fn free_port() -> u16 {
@@ -58,18 +72,23 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// `pyserver.py --http PORT`, killed on drop.
+/// A Python SDK server fixture, killed on drop.
 struct PyServer {
     port: u16,
     _child: Child,
 }
 
 async fn start_pyserver() -> PyServer {
+    start_fixture("pyserver.py", &["--http"]).await
+}
+
+/// `tests/fixtures/SCRIPT ARGS... PORT`, once it listens.
+async fn start_fixture(script: &str, args: &[&str]) -> PyServer {
     let port = free_port();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pyserver.py");
+    let script = format!("{}/tests/fixtures/{script}", env!("CARGO_MANIFEST_DIR"));
     let child = Command::new("python3")
-        .arg(script)
-        .arg("--http")
+        .arg(&script)
+        .args(args)
         .arg(port.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -88,7 +107,7 @@ async fn start_pyserver() -> PyServer {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("pyserver.py did not listen on {port} within 20 s");
+    panic!("{script} did not listen on {port} within 20 s");
 }
 
 async fn connect(url: &str, egress: Egress) -> Result<RunningService<RoleClient, ()>, String> {
@@ -287,4 +306,154 @@ async fn a_redirect_is_not_followed() {
     assert!(error.contains("redirect"), "{error}");
     assert!(asked.load(Ordering::SeqCst) >= 1);
     assert_eq!(followed.load(Ordering::SeqCst), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Streams: the standing GET stream and SSE answers read as they arrive
+
+/// Waits up to `within` for the hub's tools to satisfy `ready`; false when they did not.
+async fn hub_tools_until(hub: &Hub, within: Duration, ready: impl Fn(&Snapshot) -> bool) -> bool {
+    let mut changes = hub.changes();
+    tokio::time::timeout(within, async {
+        while !ready(&hub.snapshot()) {
+            if changes.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+async fn hub_call(hub: &Hub, name: &str, args: Value) -> CallToolResult {
+    let tool = hub.snapshot().tools[name].clone();
+    tokio::time::timeout(Duration::from_secs(30), hub.call(&tool, args))
+        .await
+        .unwrap_or_else(|_| panic!("{name} hung"))
+        .unwrap_or_else(|e| panic!("{name} failed: {e}"))
+}
+
+#[tokio::test]
+async fn a_tool_an_http_server_adds_reaches_the_hub() {
+    if !enabled() {
+        return;
+    }
+    let server = start_pyserver().await;
+    let entry = format!("127.0.0.1:{}", server.port);
+    let transport = Transport::Http {
+        url: format!("http://{entry}/mcp"),
+        egress: egress_for(&[&entry], true),
+        scope: Scope::default(),
+    };
+    let hub = Hub::start(
+        vec![ServerConfig::new("py", transport)],
+        HubEnv {
+            scrub: Arc::new(|_: &mut String| {}),
+        },
+    );
+    let listed = hub_tools_until(&hub, Duration::from_secs(30), |s| {
+        s.tools.contains_key("py__add_tool")
+    })
+    .await;
+    assert!(listed, "the server's tools are listed: {:?}", hub.status());
+    assert!(!hub.snapshot().tools.contains_key("py__late"));
+
+    // `notifications/tools/list_changed` comes on the standing GET stream, which rmcp
+    // opens beside the first requests: should the first one be sent before the stream is
+    // open (the server drops it then), the next one finds it open.
+    let mut relisted = false;
+    for _ in 0..3 {
+        assert_eq!(
+            text(&hub_call(&hub, "py__add_tool", json!({})).await),
+            "added"
+        );
+        relisted = hub_tools_until(&hub, Duration::from_secs(10), |s| {
+            s.tools.contains_key("py__late")
+        })
+        .await;
+        if relisted {
+            break;
+        }
+    }
+    assert!(relisted, "list_changed never reached the hub");
+    // The same connection relisted its tools: nothing restarted.
+    let status = &hub.status()[0];
+    assert_eq!((status.state, status.restarts), (State::Ready, 0));
+    let late = hub_call(&hub, "py__late", json!({"x": "arrival"})).await;
+    assert_eq!(text(&late), "late arrival");
+    hub.shutdown().await;
+}
+
+/// A client that passes on the progress notifications it gets.
+struct Progress(mpsc::UnboundedSender<ProgressNotificationParam>);
+
+impl ClientHandler for Progress {
+    fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) -> impl Future<Output = ()> + Send + '_ {
+        let _ = self.0.send(params);
+        std::future::ready(())
+    }
+}
+
+#[tokio::test]
+async fn an_sse_answer_is_read_as_it_arrives_and_outlives_the_egress_timeout() {
+    if !enabled() {
+        return;
+    }
+    let server = start_fixture("progress.py", &[]).await;
+    let entry = format!("127.0.0.1:{}", server.port);
+    let mut config = egress_config(&[&entry], true);
+    config.timeout = Duration::from_secs(2);
+    let egress = Egress::new(config).unwrap();
+    let (progress_tx, mut progress) = mpsc::unbounded_channel();
+    let client = tokio::time::timeout(
+        Duration::from_secs(30),
+        Progress(progress_tx).serve(transport(
+            &format!("http://{entry}/mcp"),
+            egress,
+            Scope::default(),
+        )),
+    )
+    .await
+    .expect("the handshake hung")
+    .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let release = dir.path().join("release");
+    let Value::Object(args) = json!({"path": release}) else {
+        unreachable!()
+    };
+    let mut params = CallToolRequestParams::new("wait_for").with_arguments(args);
+    params.meta = Some(RequestMetaObject::with_progress_token(ProgressToken(
+        NumberOrString::String("wait-1".into()),
+    )));
+    let peer = client.peer().clone();
+    let call = tokio::spawn(async move { peer.call_tool(params).await });
+
+    // The server holds its answer until the file exists, so this progress came through
+    // while the answer's stream was still open.
+    let first = tokio::time::timeout(Duration::from_secs(30), progress.recv())
+        .await
+        .expect("progress during the call")
+        .unwrap();
+    assert_eq!(first.message.as_deref(), Some("waiting"));
+    assert!(!call.is_finished());
+    // Longer than the egress timeout, which bounds only the response head.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    std::fs::write(&release, b"").unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .expect("the answer after the release")
+        .unwrap()
+        .unwrap();
+    assert_eq!(text(&result), "released");
+    let second = tokio::time::timeout(Duration::from_secs(10), progress.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.message.as_deref(), Some("released"));
+    client.cancel().await.unwrap();
 }
