@@ -43,6 +43,10 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Tunnels one server may have open at once.
 pub const MAX_TUNNELS: usize = 32;
+/// Connections one server may start a minute; past it each is refused with a 429, and
+/// only the first such refusal of the minute is recorded, so a server cannot fill the
+/// audit log.
+pub const MAX_PER_MINUTE: u32 = 120;
 
 /// What a stdio server's egress needs, resolved by the caller.
 #[derive(Clone)]
@@ -119,6 +123,7 @@ impl Tunnels {
             audit: cfg.audit.clone(),
             stats: stats.clone(),
             slots: Arc::new(Semaphore::new(MAX_TUNNELS)),
+            window: Mutex::new((tokio::time::Instant::now(), 0)),
         });
         let task = tokio::spawn(async move {
             loop {
@@ -157,6 +162,8 @@ struct Proxy {
     audit: Audit,
     stats: Arc<Mutex<EgressStats>>,
     slots: Arc<Semaphore>,
+    /// The current minute's start and the connections started in it.
+    window: Mutex<(tokio::time::Instant, u32)>,
 }
 
 /// Why a connection got no tunnel: the status line and the reason shown to the server.
@@ -178,6 +185,23 @@ impl Refusal {
 
 impl Proxy {
     async fn serve(&self, mut conn: UnixStream) {
+        let started = {
+            let mut w = lock(&self.window);
+            if w.0.elapsed() >= Duration::from_secs(60) {
+                *w = (tokio::time::Instant::now(), 0);
+            }
+            w.1 = w.1.saturating_add(1);
+            w.1
+        };
+        if started > MAX_PER_MINUTE {
+            let r = Refusal::new(
+                "429 Too Many Requests",
+                None,
+                format!("more than {MAX_PER_MINUTE} connections a minute"),
+            );
+            let record = started == MAX_PER_MINUTE + 1;
+            return self.refuse_as(&mut conn, r, record).await;
+        }
         let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
             let r = Refusal::new(
                 "503 Service Unavailable",
@@ -266,6 +290,11 @@ impl Proxy {
     /// Answers with the refusal (plain text, so the server's HTTP library can show it)
     /// and records it.
     async fn refuse(&self, conn: &mut UnixStream, r: Refusal) {
+        self.refuse_as(conn, r, true).await;
+    }
+
+    /// Like [`Proxy::refuse`]; `record`: whether the refusal goes to the audit log.
+    async fn refuse_as(&self, conn: &mut UnixStream, r: Refusal, record: bool) {
         let what = match &r.dest {
             Some(d) => format!("{d}: {}", r.reason),
             None => r.reason.clone(),
@@ -275,11 +304,13 @@ impl Proxy {
             s.refused += 1;
             s.last_refused = Some(what);
         }
-        let record = json!({
-            "server": self.server, "dest": r.dest, "outcome": "refused", "reason": r.reason,
-        });
-        if let Err(e) = (self.audit)(AUDIT_EVENT, record) {
-            tracing::warn!(server = %self.server, error = %e, "cannot record a refused tunnel");
+        if record {
+            let fields = json!({
+                "server": self.server, "dest": r.dest, "outcome": "refused", "reason": r.reason,
+            });
+            if let Err(e) = (self.audit)(AUDIT_EVENT, fields) {
+                tracing::warn!(server = %self.server, error = %e, "cannot record a refused tunnel");
+            }
         }
         let body = format!("carapace egress: {}\n", r.reason);
         let answer = format!(
@@ -489,6 +520,26 @@ mod tests {
         assert!(outcomes.contains(&"closed".to_string()), "{outcomes:?}");
         drop(tunnels);
         assert!(!socket.exists());
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_connections_is_cut_and_recorded_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tunnels, socket, records, _port) = proxy(dir.path()).await;
+        for _ in 0..MAX_PER_MINUTE + 10 {
+            let got = exchange(&socket, b"GET / HTTP/1.1\r\n\r\n").await;
+            assert!(
+                got.starts_with("HTTP/1.1 405 ") || got.starts_with("HTTP/1.1 429 "),
+                "{got}"
+            );
+        }
+        let got = exchange(&socket, b"GET / HTTP/1.1\r\n\r\n").await;
+        assert!(got.starts_with("HTTP/1.1 429 "), "{got}");
+        assert!(got.contains("more than 120 connections a minute"), "{got}");
+        let stats = lock(&tunnels.stats).clone();
+        assert_eq!(stats.refused, u64::from(MAX_PER_MINUTE) + 11, "{stats:?}");
+        // 120 refusals of the GET, one of the flood.
+        assert_eq!(lock(&records).len(), MAX_PER_MINUTE as usize + 1);
     }
 
     #[tokio::test]
