@@ -238,11 +238,11 @@ async fn python_server_tools_are_classed_called_through_the_gate_and_contained()
 
     // 1. Discovery: the server's tools under SERVER__TOOL, classed by their annotations.
     let entry = ready(&dir, "py").await;
-    assert_eq!(entry["tools"], 14, "{entry}");
+    assert_eq!(entry["tools"], 15, "{entry}");
     let out = cara(&dir).args(["mcp", "list"]).run().await;
     assert!(
         out.stdout
-            .starts_with("py  ready  stdio (sandboxed)  tools: 14  restarts: 0"),
+            .starts_with("py  ready  stdio (sandboxed)  tools: 15  restarts: 0"),
         "{out:?}"
     );
     let listed = tools(&dir, "py").await;
@@ -770,6 +770,70 @@ async fn echo_server() -> u16 {
     port
 }
 
+/// An HTTPS server on 127.0.0.1 (Python's, with a certificate for 127.0.0.1 made by
+/// `openssl` in `dir/certs`) answering every GET with "hello over tls": its port and the
+/// process (killed when dropped).
+async fn tls_server(dir: &Path) -> (u16, tokio::process::Child) {
+    use tokio::io::AsyncBufReadExt;
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(certs.join("key.pem"))
+        .arg("-out")
+        .arg(certs.join("cert.pem"))
+        .output()
+        .expect("CARAPACE_TEST_MCP=1 needs openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let script = "import http.server, ssl, sys\n\
+        class H(http.server.BaseHTTPRequestHandler):\n\
+        \x20   def do_GET(self):\n\
+        \x20       body = b'hello over tls'\n\
+        \x20       self.send_response(200)\n\
+        \x20       self.send_header('Content-Length', str(len(body)))\n\
+        \x20       self.end_headers()\n\
+        \x20       self.wfile.write(body)\n\
+        \x20   def log_message(self, *a):\n\
+        \x20       pass\n\
+        srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), H)\n\
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
+        ctx.load_cert_chain(sys.argv[1], sys.argv[2])\n\
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)\n\
+        print(srv.server_address[1], flush=True)\n\
+        srv.serve_forever()\n";
+    let mut child = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(certs.join("cert.pem"))
+        .arg(certs.join("key.pem"))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = tokio::time::timeout(crate::util::PATIENCE, lines.next_line())
+        .await
+        .expect("the TLS server starts")
+        .unwrap()
+        .expect("it prints its port")
+        .parse()
+        .unwrap();
+    (port, child)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stdio_server_with_egress_reaches_only_checked_hosts_through_the_proxy() {
     if !enabled() {
@@ -778,23 +842,26 @@ async fn a_stdio_server_with_egress_reaches_only_checked_hosts_through_the_proxy
     let port = echo_server().await;
     let other = echo_server().await;
     let dir = TestDir::new();
+    let (tls, _tls_server) = tls_server(dir.root()).await;
     // The global allowlist has the echo server by address and by a name that resolves
     // to the same private address; only the address is allowed to be private, and the
-    // server's own list narrows to `port`.
+    // server's own list narrows to `port` (and the TLS server).
     let egress = format!(
-        "[egress]\nallow_hosts = [\"127.0.0.1:{port}\", \"localhost:{port}\", \"127.0.0.1:{other}\"]\n\
-         allow_private = [\"127.0.0.1:{port}\", \"127.0.0.1:{other}\"]\n\n"
+        "[egress]\nallow_hosts = [\"127.0.0.1:{port}\", \"localhost:{port}\", \"127.0.0.1:{other}\", \"127.0.0.1:{tls}\"]\n\
+         allow_private = [\"127.0.0.1:{port}\", \"127.0.0.1:{other}\", \"127.0.0.1:{tls}\"]\n\n"
     );
+    let certs = format!("{}:/certs:ro", dir.root().join("certs").display());
     let server = py_server(
-        &[],
+        &[certs],
         "[mcp.servers.tools.via_proxy]\neffect = \"read\"\n\
          [mcp.servers.tools.fetch_url]\neffect = \"read\"\n\
+         [mcp.servers.tools.https_get]\neffect = \"read\"\n\
          [mcp.servers.tools.reach]\neffect = \"read\"\n",
     )
     .replace(
         "sandbox = { binds = ",
         &format!(
-            "sandbox = {{ network = \"egress\", allow_hosts = [\"127.0.0.1:{port}\", \"localhost:{port}\"], binds = "
+            "sandbox = {{ network = \"egress\", allow_hosts = [\"127.0.0.1:{port}\", \"localhost:{port}\", \"127.0.0.1:{tls}\"], binds = "
         ),
     );
     write_config(&dir, &format!("{egress}{server}"));
@@ -845,6 +912,11 @@ async fn a_stdio_server_with_egress_reaches_only_checked_hosts_through_the_proxy
         // Plain http through the proxy would carry other hosts' requests: refused.
         // (Loopback names are in NO_PROXY, so the URL names another host.)
         ("py__fetch_url", json!({ "url": "http://example.com/" })),
+        // A standard client's own tunnelling, TLS end to end through the proxy.
+        (
+            "py__https_get",
+            json!({ "host": "127.0.0.1", "port": tls, "cafile": "/certs/cert.pem" }),
+        ),
     ];
     let results = calls(&daemon, &fake, &session, &tries).await;
     for ((name, args), r) in tries.iter().zip(&results) {
@@ -874,6 +946,11 @@ async fn a_stdio_server_with_egress_reaches_only_checked_hosts_through_the_proxy
         "{}",
         results[7]
     );
+    assert!(
+        results[8].contains("200 | hello over tls"),
+        "{}",
+        results[8]
+    );
 
     // Each decision is in the audit log, the allowed one before it connected and again
     // when it closed, with its bytes.
@@ -884,26 +961,29 @@ async fn a_stdio_server_with_egress_reaches_only_checked_hosts_through_the_proxy
             .map(|e| e["record"].clone())
             .filter(|r| r["event"] == "mcp_egress")
             .collect();
-        records
-            .iter()
-            .any(|r| r["outcome"] == "closed")
-            .then_some(records)
+        (records.iter().filter(|r| r["outcome"] == "closed").count() == 2).then_some(records)
     })
     .await;
     let allowed: Vec<&Value> = records
         .iter()
         .filter(|r| r["outcome"] == "allowed")
         .collect();
-    assert_eq!(allowed.len(), 1, "{records:#?}");
-    assert_eq!(allowed[0]["dest"], format!("127.0.0.1:{port}"));
-    assert_eq!(allowed[0]["server"], "py");
-    let closed: Vec<&Value> = records
+    let dests: Vec<&str> = allowed
         .iter()
-        .filter(|r| r["outcome"] == "closed")
+        .map(|r| r["dest"].as_str().unwrap())
         .collect();
-    assert_eq!(closed.len(), 1, "{records:#?}");
-    assert_eq!(closed[0]["sent_bytes"], 4, "{records:#?}");
-    assert_eq!(closed[0]["received_bytes"], 9, "{records:#?}");
+    assert_eq!(
+        dests,
+        [format!("127.0.0.1:{port}"), format!("127.0.0.1:{tls}")],
+        "{records:#?}"
+    );
+    assert!(allowed.iter().all(|r| r["server"] == "py"), "{records:#?}");
+    let closed = records
+        .iter()
+        .find(|r| r["outcome"] == "closed" && r["dest"] == format!("127.0.0.1:{port}"))
+        .unwrap();
+    assert_eq!(closed["sent_bytes"], 4, "{records:#?}");
+    assert_eq!(closed["received_bytes"], 9, "{records:#?}");
     let refused = records.iter().filter(|r| r["outcome"] == "refused").count();
     assert_eq!(refused, 5, "{records:#?}");
 
@@ -912,7 +992,7 @@ async fn a_stdio_server_with_egress_reaches_only_checked_hosts_through_the_proxy
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(
         out.stdout
-            .contains("egress: 1 connection(s) opened, 0 open, 5 refused"),
+            .contains("egress: 2 connection(s) opened, 0 open, 5 refused"),
         "{}",
         out.stdout
     );
