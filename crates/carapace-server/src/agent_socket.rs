@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use carapace_gate::{CallRequest, Gate, RawArgs};
+use carapace_gate::Gate;
 
 use crate::passthrough::{PassError, PassEvent, PassRequest, Passthrough};
 use carapace_types::{ErrorCode, GateError, Principal, SessionId};
@@ -367,22 +367,7 @@ impl AgentSocket {
                     "channels": self.identify.channels(),
                 }))
             }
-            "tools.list" => {
-                let tools: Vec<Value> = self
-                    .gate
-                    .tool_specs()
-                    .into_iter()
-                    .map(|t| {
-                        json!({
-                            "name": t.name,
-                            "description": t.description,
-                            "input_schema": t.parameters,
-                            "effect": t.effect.as_str(),
-                        })
-                    })
-                    .collect();
-                Ok(json!({ "tools": tools }))
-            }
+            "tools.list" => Ok(crate::tools::list(&self.gate)),
             "tools.call" => {
                 let name = str_param(p, "name")?;
                 let args = match p.get("arguments") {
@@ -578,22 +563,10 @@ impl AgentSocket {
     async fn call(&self, conn: &Conn, tool: &str, args: &Value) -> Result<Value, MethodError> {
         let n = self.calls.fetch_add(1, Ordering::Relaxed);
         let call_id = format!("rpc_{n}");
-        let out = self
-            .gate
-            .call(CallRequest {
-                principal: &conn.principal,
-                session: &conn.identity.session,
-                call_id: &call_id,
-                tool,
-                args: RawArgs::Json(args),
-            })
+        let session = &conn.identity.session;
+        crate::tools::call(&self.gate, &conn.principal, session, &call_id, tool, args)
             .await
-            .map_err(MethodError::Gate)?;
-        Ok(json!({
-            "content": out.content,
-            "label": out.label.to_string(),
-            "source": out.source.as_string(),
-        }))
+            .map_err(MethodError::Gate)
     }
 }
 

@@ -5,10 +5,11 @@ use std::sync::Arc;
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use carapace_gate::{Answer, ApprovalDecisionError, ApprovalInfo, PolicyStatus};
 use carapace_store::{AuditEntry, MessageRecord, SessionRecord, StoreError, UsageTotal, utc_day};
-use carapace_types::{Label, SessionId};
+use carapace_types::{ErrorCode, GateError, Label, SessionId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -340,6 +341,76 @@ pub(crate) async fn post_message(
         "steps": outcome.steps,
         "tool_calls": outcome.tool_calls,
     })))
+}
+
+/// `GET /api/sessions/{id}/tools`: the tools the Gate offers the session, as the agent
+/// socket's `tools.list` lists them (closed schemas, effect classes).
+pub(crate) async fn session_tools(
+    State(state): State<Arc<AppState>>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let Path(id) = id.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    find_session(&state, &id)?;
+    Ok(Json(crate::tools::list(&state.gate)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ToolCall {
+    name: String,
+    /// The tool's arguments; absent or null is `{}`.
+    #[serde(default)]
+    arguments: Option<Value>,
+}
+
+/// `POST /api/sessions/{id}/tools/call`: one Gate call as the authenticated owner in that
+/// session, with the session's labels, plans, policy, approvals and audit. The result is
+/// the agent socket's `tools.call` result (`{content, label, source}`); a refusal is the
+/// Gate's typed error (see [`gate_refusal`]).
+pub(crate) async fn call_tool(
+    State(state): State<Arc<AppState>>,
+    Extension(Authenticated(principal)): Extension<Authenticated>,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Json<ToolCall>, JsonRejection>,
+) -> Result<Json<Value>, Response> {
+    let Path(id) = id.map_err(|e| ApiError::bad_request(e.body_text()).into_response())?;
+    let Json(body) = body.map_err(|e| ApiError::from(e).into_response())?;
+    let s = find_session(&state, &id).map_err(IntoResponse::into_response)?;
+    let args = body.arguments.unwrap_or_else(|| json!({}));
+    let call_id = format!("api_{}", crate::random_hex(8));
+    crate::tools::call(&state.gate, &principal, &s.id, &call_id, &body.name, &args)
+        .await
+        .map(Json)
+        .map_err(gate_refusal)
+}
+
+/// A Gate refusal over HTTP: the API's error shape `{"error": {"code", "message",
+/// "type"}}` holding the Gate's typed error (`stage`, `retriable`, `rule`, `field`, ...),
+/// with a status for its code: the caller's mistake 400, a refusal 403, too many calls
+/// 429 (with `Retry-After`), the tool's own failure 502 or 504, Carapace's 500.
+fn gate_refusal(e: GateError) -> Response {
+    let status = match e.code {
+        ErrorCode::UnknownTool | ErrorCode::ValidationFailed => StatusCode::BAD_REQUEST,
+        ErrorCode::Unauthorized
+        | ErrorCode::PolicyDenied
+        | ErrorCode::ConfirmationDenied
+        | ErrorCode::ConfirmationTimeout => StatusCode::FORBIDDEN,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::ToolTimeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::ToolError => StatusCode::BAD_GATEWAY,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let mut error = e.to_json();
+    error["type"] = json!(e.code.as_str().to_ascii_lowercase());
+    let mut response = (status, Json(json!({ "error": error }))).into_response();
+    if let Some(after) = e.retry_after {
+        let secs = after.as_millis().div_ceil(1000).max(1);
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from(secs as u64),
+        );
+    }
+    response
 }
 
 /// `GET /api/rules`: the plain-English rules as loaded at start.

@@ -12,6 +12,7 @@ mod api;
 mod error;
 mod openai;
 pub mod passthrough;
+mod tools;
 mod ws;
 
 pub use api::usage_report;
@@ -189,6 +190,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/sessions/{id}", get(api::get_session))
         .route("/api/sessions/{id}/model", put(api::set_session_model))
         .route("/api/sessions/{id}/reset", post(api::reset_session))
+        .route("/api/sessions/{id}/tools", get(api::session_tools))
+        .route("/api/sessions/{id}/tools/call", post(api::call_tool))
         .route(
             "/api/sessions/{id}/messages",
             get(api::list_messages).post(api::post_message),
