@@ -30,6 +30,8 @@ async fn every_other_route_refuses_a_missing_or_wrong_token_and_audits_it() {
         ("GET", "/api/sessions/s_x"),
         ("GET", "/api/sessions/s_x/messages"),
         ("POST", "/api/sessions/s_x/messages"),
+        ("GET", "/api/sessions/s_x/tools"),
+        ("POST", "/api/sessions/s_x/tools/call"),
         ("GET", "/api/approvals"),
         ("POST", "/api/approvals/ap_x"),
         ("GET", "/api/audit"),
@@ -600,6 +602,7 @@ async fn bodies_are_bounded_parsed_strictly_and_must_be_json() {
         format!("/api/sessions/{id}/messages"),
         "/v1/chat/completions".to_string(),
         "/api/approvals/ap_x".to_string(),
+        format!("/api/sessions/{id}/tools/call"),
         "/api/sessions".to_string(),
     ];
     for path in &posts {
@@ -624,7 +627,7 @@ async fn bodies_are_bounded_parsed_strictly_and_must_be_json() {
         );
         assert_eq!(answer.code(), "BAD_REQUEST", "{path}");
     }
-    for path in &posts[..3] {
+    for path in &posts[..4] {
         for ct in [Some("text/plain"), None] {
             let answer = Call::post(path)
                 .raw(ct, r#"{"text":"hi"}"#)
