@@ -183,9 +183,13 @@ enum McpCommand {
         /// The server's name.
         name: String,
     },
-    /// Speak MCP on stdin/stdout and offer the session's tools to the client (Claude
-    /// Code, Cursor, ...); every call goes through the Gate. Runs inside `cara agent
-    /// run`, where it uses the agent socket ($CARAPACE_SOCKET).
+    /// Speak MCP on stdin/stdout and offer a session's tools to the client (Claude
+    /// Code, Cursor, ...); every call goes through the Gate.
+    ///
+    /// Inside `cara agent run` it uses the agent socket ($CARAPACE_SOCKET) and the run's
+    /// session. Anywhere else (an editor starting it as your user) it uses the running
+    /// gateway's API with your token, in the session of --session or in a new one whose
+    /// id it prints on stderr (stdout is the MCP channel). Exits 2 when no gateway runs.
     Serve(mcp_serve::ServeArgs),
 }
 

@@ -1,38 +1,53 @@
-//! `cara mcp serve`: MCP on stdin/stdout, every call through the agent socket's Gate.
+//! `cara mcp serve`: MCP on stdin/stdout, every call through the Gate of one session.
 //!
-//! It runs inside a Carapace sandbox (`cara agent run`), where `CARAPACE_SOCKET` names the
-//! agent socket (when the MCP client dropped that variable, the socket is found at its
-//! place in the sandbox, `/run/carapace/agent.sock`), and offers an MCP client (Claude
-//! Code, Cursor, OpenClaw) the tools of the run's session: `tools/list` is the socket's `tools.list` (the Gate's closed schemas,
-//! with hints derived from each tool's effect class), `tools/call` is `tools.call` with
-//! the same arguments. So every call is the Gate's: the session's labels, plans, policy,
-//! the owner's approvals and the audit log, as principal `agent:RUN@socket`. This file
-//! only translates; it never decides, never names a principal, and never retries a call.
+//! It offers an MCP client (Claude Code, Cursor, OpenClaw) the Gate's tools of one session:
+//! `tools/list` is the Gate's list (closed schemas, with hints derived from each tool's
+//! effect class), `tools/call` is one Gate call with the same arguments. So every call is
+//! the Gate's: the session's labels, plans, policy, the owner's approvals and the audit
+//! log. This file only translates; it never decides, never names a principal, and never
+//! retries a call. The Gate is reached one of two ways ([`Backend`]), with one translation
+//! for both:
+//!
+//! - Inside a Carapace sandbox (`cara agent run`), where `CARAPACE_SOCKET` names the agent
+//!   socket (when the MCP client dropped that variable, the socket is found at its place in
+//!   the sandbox, `/run/carapace/agent.sock`): the socket's `tools.list` and `tools.call`,
+//!   in the run's session, as principal `agent:RUN@socket`.
+//! - Anywhere else, as the owner's user (an editor that starts its MCP servers itself): the
+//!   daemon's API with the owner's token, as every other `cara` command talks to it (`GET
+//!   /api/sessions/{id}/tools`, `POST /api/sessions/{id}/tools/call`), as principal
+//!   `owner@api`. The session is `--session ID`, or one created at start (its id goes to
+//!   stderr: stdout is the MCP channel). The daemon must be running; it is not started.
 //!
 //! Refusals follow MCP's split between protocol errors and tool errors. A call the Gate
-//! cannot route (`UNKNOWN_TOOL`) or whose arguments break the schema
-//! (`VALIDATION_FAILED`) is a JSON-RPC error `-32602` whose `data` is the Gate's error.
-//! Every other refusal (`POLICY_DENIED`, `CONFIRMATION_DENIED`, `RATE_LIMITED`,
-//! `TOOL_ERROR`, ...) is a tool result with `isError: true`, the text `CODE at STAGE:
-//! message` and the Gate's error as `structuredContent`, so the model reads it and can
-//! adapt (propose a plan, wait, ask the owner).
+//! cannot route (`UNKNOWN_TOOL`) or whose arguments break the schema (`VALIDATION_FAILED`)
+//! is a JSON-RPC error `-32602` whose `data` is the Gate's error. Every other refusal
+//! (`POLICY_DENIED`, `CONFIRMATION_DENIED`, `RATE_LIMITED`, `TOOL_ERROR`, ...) is a tool
+//! result with `isError: true`, the text `CODE at STAGE: message` and the Gate's error as
+//! `structuredContent`, so the model reads it and can adapt (propose a plan, wait, ask the
+//! owner).
 //!
-//! One socket connection serves the whole process; MCP calls in flight share it and are
-//! matched to their answers by id (the daemon runs 16 of a connection at once, the
-//! others wait). A call waiting for the owner's approval simply waits. An MCP
-//! cancellation (`notifications/cancelled`) stops waiting for the answer at once, but the
-//! socket has no per-request cancel, so the daemon finishes the Gate call (a pending
-//! approval stays in the owner's queue) and its late answer is dropped. Lines are bounded
-//! both ways: requests by the socket's own limit (a longer one would close the
-//! connection for every call), answers by the `cara ipc` client's.
+//! On the socket, one connection serves the whole process; MCP calls in flight share it and
+//! are matched to their answers by id (the daemon runs 16 of a connection at once, the
+//! others wait). Over the API each call is one HTTP request. A call waiting for the owner's
+//! approval simply waits. An MCP cancellation (`notifications/cancelled`) stops waiting for
+//! the answer at once. Over the API that drops the call's HTTP request, and the daemon
+//! cancels the Gate call with it (recorded as cancelled, a pending approval withdrawn); the
+//! socket has no per-request cancel, so there the daemon finishes the Gate call (a pending
+//! approval stays in the owner's queue) and its late answer is dropped. Requests and
+//! answers are bounded both ways: on the socket by its own line limit (a longer request
+//! would close the connection for every call) and the `cara ipc` client's, over the API by
+//! the daemon's body limit (`server.max_body_bytes`) and the same answer limit.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context as _;
+use carapace_types::Secret;
 use rmcp::ErrorData as McpError;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
@@ -46,29 +61,57 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, AsyncWriteExt as _, BufReade
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::client::Daemon;
+use crate::datadir::DataDir;
 use crate::ipc::{RpcError, SOCKET_ENV};
 
 /// The longest request line the agent socket takes; a longer one closes the connection.
 const MAX_REQUEST: usize = carapace_server::agent_socket::MAX_LINE;
-/// The longest answer line read from the daemon (as `cara ipc` reads).
+/// The longest answer read from the daemon (as `cara ipc` reads), on either way.
 const MAX_ANSWER: usize = crate::ipc::MAX_LINE;
 
 /// Arguments of `cara mcp serve`.
 #[derive(clap::Args, Debug)]
-pub struct ServeArgs {}
+pub struct ServeArgs {
+    /// Outside a sandbox: the session whose tools to offer (like s_1a2b3c...; `cara
+    /// session list` shows them). Without it a new session is created at start and its
+    /// id printed on stderr. Inside a sandbox the session is the run's, and this is
+    /// refused.
+    #[arg(long, value_name = "ID", value_parser = session_id)]
+    session: Option<String>,
+    // The global `--data-dir` (or CARAPACE_DATA_DIR): `main` dispatches this command
+    // before it reads the data directory, because in a sandbox there is none.
+    #[arg(from_global)]
+    data_dir: Option<PathBuf>,
+}
 
-/// Runs the server until the client closes stdin: exit 0; 2 when the agent socket cannot
-/// be reached or refuses this process; 1 when the MCP transport fails.
-pub fn run(_args: ServeArgs) -> ExitCode {
-    let Some(path) = socket_path() else {
+/// Session ids are generated by the daemon; anything else would only reach a 404, but
+/// refusing it here keeps odd text out of the request path.
+fn session_id(id: &str) -> Result<String, String> {
+    let ok = !id.is_empty()
+        && id.len() <= 100
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(id.to_string())
+    } else {
+        Err("not a session id (like s_1a2b3c...; `cara session list` shows them)".into())
+    }
+}
+
+/// Runs the server until the client closes stdin: exit 0; 2 when the Gate cannot be
+/// reached (no daemon, no such session) or refuses this process; 1 when the MCP
+/// transport fails.
+pub fn run(args: ServeArgs) -> ExitCode {
+    let socket = socket_path();
+    if socket.is_some() && args.session.is_some() {
         eprintln!(
-            "cara mcp serve: {SOCKET_ENV} is not set; it runs inside a Carapace sandbox, \
-             where it reaches the Gate through the agent socket: start it as \
-             `cara agent run -- cara mcp serve`, or name `cara mcp serve` in the MCP \
-             configuration of an agent that runs under `cara agent run`"
+            "cara mcp serve: --session is for the owner's side; inside a sandbox the tools \
+             are those of the run's session"
         );
         return ExitCode::from(2);
-    };
+    }
     init_logging();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -81,7 +124,11 @@ pub fn run(_args: ServeArgs) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let server = match Server::connect(Path::new(&path)).await {
+        let server = match socket {
+            Some(path) => Server::over_socket(&path).await,
+            None => Server::over_api(args).await,
+        };
+        let server = match server {
             Ok(server) => server,
             Err(e) => {
                 eprintln!("cara mcp serve: {e:#}");
@@ -102,7 +149,8 @@ pub fn run(_args: ServeArgs) -> ExitCode {
 /// place the sandbox binds the socket. MCP clients start their servers with a few
 /// variables only (the SDKs pass `HOME`, `PATH`, `USER`, ...), so the variable is often
 /// lost on the way. (On a host with `cara system install` the daemon's own socket has
-/// the same path; that one is not taken, as this `cara` is not the sandbox's.)
+/// the same path; that one is not taken, as this `cara` is not the sandbox's.) `None`:
+/// not in a sandbox, so the owner's side.
 fn socket_path() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os(SOCKET_ENV).filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(p));
@@ -136,15 +184,176 @@ async fn serve(server: Server) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Why a socket call has no result.
+/// Why a request to the Gate has no result, the same whichever way it went.
 #[derive(Debug)]
-enum SocketError {
-    /// The daemon answered with a JSON-RPC error (a Gate refusal, bad params).
-    Rpc(RpcError),
-    /// The request was too large for the socket.
-    TooLarge(usize),
-    /// The connection is gone or spoke something other than the protocol.
-    Broken(String),
+enum Failure {
+    /// The Gate refused or failed the call: its message and typed error (`code` like
+    /// `POLICY_DENIED`, `stage`, `retriable`, `rule`, ...).
+    Gate { message: String, error: Value },
+    /// The request was not one the Gate could be asked: bad params, too large.
+    Invalid(String),
+    /// The way to the Gate broke or refused this process; with the answer's data, if any.
+    Broken(String, Option<Value>),
+}
+
+impl Failure {
+    /// A JSON-RPC error of the agent socket.
+    fn from_rpc(e: RpcError) -> Failure {
+        match e.code {
+            // UNKNOWN_TOOL .. INTERNAL: the Gate's typed errors.
+            -32010..=-32001 => {
+                let error = if e.data.is_object() {
+                    e.data
+                } else {
+                    json!({"code": e.name()})
+                };
+                Failure::Gate {
+                    message: e.message,
+                    error,
+                }
+            }
+            -32602 => Failure::Invalid(e.message),
+            _ => {
+                let data = (!e.data.is_null()).then(|| e.data.clone());
+                Failure::Broken(format!("the agent socket refused: {e}"), data)
+            }
+        }
+    }
+
+    /// An error answer of the daemon's API: a Gate error names its stage; a body the
+    /// daemon would not take is the request's fault; anything else is the way's.
+    fn from_http(status: u16, body: &Value) -> Failure {
+        let error = &body["error"];
+        let message = error["message"]
+            .as_str()
+            .unwrap_or("no message")
+            .to_string();
+        if error["stage"].is_string() {
+            // The Gate's error as the socket sends it: without the API's `type`.
+            let mut error = error.clone();
+            if let Some(fields) = error.as_object_mut() {
+                fields.remove("type");
+            }
+            return Failure::Gate { message, error };
+        }
+        let code = error["code"].as_str().unwrap_or("ERROR");
+        match status {
+            400 => Failure::Invalid(message),
+            413 => Failure::Invalid(format!(
+                "{message}: the daemon takes bodies up to server.max_body_bytes (config.toml)"
+            )),
+            _ => Failure::Broken(format!("the daemon refused: {code}: {message}"), None),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Gate { message, error } => {
+                let code = error["code"].as_str().unwrap_or("GATE_ERROR");
+                let stage = error["stage"].as_str().unwrap_or("gate");
+                write!(f, "{code} at {stage}: {message}")
+            }
+            Failure::Invalid(why) | Failure::Broken(why, _) => f.write_str(why),
+        }
+    }
+}
+
+/// The way to the Gate.
+enum Backend {
+    /// Inside a sandbox: the agent socket, as the run's agent in the run's session.
+    Socket(Socket),
+    /// On the owner's side: the daemon's API, as the owner in one session.
+    Api(Api),
+}
+
+impl Backend {
+    /// The Gate's tools: `{"tools": [{name, description, input_schema, effect}]}`.
+    async fn list_tools(&self) -> Result<Value, Failure> {
+        match self {
+            Backend::Socket(s) => s.call("tools.list", json!({})).await,
+            Backend::Api(a) => a.get("/tools").await,
+        }
+    }
+
+    /// One Gate call: `{content, label, source}`.
+    async fn call_tool(&self, name: &str, arguments: Value) -> Result<Value, Failure> {
+        let params = json!({"name": name, "arguments": arguments});
+        match self {
+            Backend::Socket(s) => s.call("tools.call", params).await,
+            Backend::Api(a) => a.post("/tools/call", &params).await,
+        }
+    }
+}
+
+/// The daemon's API for one session, with the owner's token.
+struct Api {
+    http: reqwest::Client,
+    /// `http://ADDR/api/sessions/ID`.
+    session_url: String,
+    token: Secret<String>,
+}
+
+impl Api {
+    fn new(daemon: &Daemon, session: &str) -> anyhow::Result<Api> {
+        // Like the other commands' client: never a proxy (the token goes to the daemon
+        // only), and no overall timeout (a call may wait minutes for the owner).
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .context("cannot build an HTTP client")?;
+        Ok(Api {
+            http,
+            session_url: format!("http://{}/api/sessions/{session}", daemon.addr),
+            token: daemon.token().clone(),
+        })
+    }
+
+    async fn get(&self, path: &str) -> Result<Value, Failure> {
+        self.send(self.http.get(format!("{}{path}", self.session_url)))
+            .await
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> Result<Value, Failure> {
+        let url = format!("{}{path}", self.session_url);
+        self.send(self.http.post(url).json(body)).await
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, Failure> {
+        let broken = |why: String| Failure::Broken(why, None);
+        let mut response = request
+            .bearer_auth(self.token.expose())
+            .send()
+            .await
+            .map_err(|e| broken(format!("the daemon did not answer: {e}")))?;
+        let status = response.status();
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| broken(format!("the daemon's answer broke off: {e}")))?
+        {
+            if body.len() + chunk.len() > MAX_ANSWER {
+                return Err(broken(format!(
+                    "the daemon sent an answer longer than {MAX_ANSWER} bytes"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+            return Err(broken(format!(
+                "the daemon answered {status} with a body that is not JSON"
+            )));
+        };
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(Failure::from_http(status.as_u16(), &body))
+        }
+    }
 }
 
 /// Calls waiting for their answers, by request id.
@@ -210,20 +419,24 @@ impl Socket {
         })
     }
 
-    async fn call(&self, method: &str, params: Value) -> Result<Value, SocketError> {
+    async fn call(&self, method: &str, params: Value) -> Result<Value, Failure> {
+        let broken = |why: String| Failure::Broken(why, None);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let request = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
         let mut line = serde_json::to_vec(&request)
-            .map_err(|e| SocketError::Broken(format!("cannot encode the request: {e}")))?;
+            .map_err(|e| broken(format!("cannot encode the request: {e}")))?;
         if line.len() > MAX_REQUEST {
-            return Err(SocketError::TooLarge(line.len()));
+            return Err(Failure::Invalid(format!(
+                "the request is {} bytes; the agent socket takes at most {MAX_REQUEST} bytes",
+                line.len()
+            )));
         }
         line.push(b'\n');
         let (tx, rx) = oneshot::channel();
         {
             let mut p = lock(&self.pending);
             if let Some(why) = &p.closed {
-                return Err(SocketError::Broken(why.clone()));
+                return Err(broken(why.clone()));
             }
             p.calls.insert(id, tx);
         }
@@ -232,13 +445,13 @@ impl Socket {
             id,
         };
         if self.lines.send(line).await.is_err() {
-            return Err(SocketError::Broken("the agent socket is closed".into()));
+            return Err(broken("the agent socket is closed".into()));
         }
         match rx.await {
-            Ok(outcome) => outcome.map_err(SocketError::Rpc),
+            Ok(outcome) => outcome.map_err(Failure::from_rpc),
             Err(_) => {
                 let why = lock(&self.pending).closed.clone();
-                Err(SocketError::Broken(
+                Err(broken(
                     why.unwrap_or_else(|| "the agent socket is closed".into()),
                 ))
             }
@@ -331,58 +544,81 @@ async fn read_line<R: AsyncBufRead + Unpin>(
     }
 }
 
-/// The MCP server: the socket, and what `session.info` said at the start.
+/// The MCP server: the way to the Gate, and what to tell the client about it.
 #[derive(Clone)]
 struct Server {
-    socket: Arc<Socket>,
+    backend: Arc<Backend>,
     instructions: String,
 }
+
+/// What every client is told, after naming the session.
+const INSTRUCTIONS: &str = "Every call passes Carapace's Gate: schema, policy, the \
+     owner's approval and the audit log. A refusal comes back as a tool error naming its \
+     code and the rule; a call that waits for the owner's approval may take minutes. \
+     Before reading untrusted content, propose_plan lets the owner approve the calls you \
+     will make.";
 
 impl Server {
     /// Connects and asks `session.info`, so a refused caller fails at once and not at
     /// the client's first call.
-    async fn connect(path: &Path) -> anyhow::Result<Server> {
+    async fn over_socket(path: &Path) -> anyhow::Result<Server> {
         let socket = Socket::connect(path).await?;
         let info = socket
             .call("session.info", json!({}))
             .await
-            .map_err(|e| anyhow::anyhow!(describe(&e)))?;
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let session = info["session"].as_str().unwrap_or("?");
         let agent = info["agent"].as_str().unwrap_or("?");
-        let instructions = format!(
-            "These are the tools of Carapace session {session} (run {agent}). Every call \
-             passes Carapace's Gate: schema, policy, the owner's approval and the audit log. \
-             A refusal comes back as a tool error naming its code and the rule; a call that \
-             waits for the owner's approval may take minutes. Before reading untrusted \
-             content, propose_plan lets the owner approve the calls you will make."
-        );
         Ok(Server {
-            socket: Arc::new(socket),
-            instructions,
+            backend: Arc::new(Backend::Socket(socket)),
+            instructions: format!(
+                "These are the tools of Carapace session {session} (run {agent}). {INSTRUCTIONS}"
+            ),
         })
     }
-}
 
-fn describe(e: &SocketError) -> String {
-    match e {
-        SocketError::Rpc(e) => format!("the agent socket refused: {e}"),
-        SocketError::TooLarge(n) => {
-            format!("the request is {n} bytes; the agent socket takes at most {MAX_REQUEST} bytes")
-        }
-        SocketError::Broken(why) => why.clone(),
-    }
-}
-
-/// A socket failure that is not a Gate refusal, as a protocol error.
-fn socket_failure(e: SocketError) -> McpError {
-    match e {
-        SocketError::Rpc(e) if e.code == -32602 => McpError::invalid_params(e.message, None),
-        SocketError::TooLarge(_) => McpError::invalid_params(describe(&e), None),
-        SocketError::Rpc(ref rpc) => {
-            let data = (!rpc.data.is_null()).then(|| rpc.data.clone());
-            McpError::internal_error(describe(&e), data)
-        }
-        SocketError::Broken(_) => McpError::internal_error(describe(&e), None),
+    /// Finds the daemon of the data directory, then checks the session of `--session`
+    /// or creates one, so a wrong setup fails at once and not at the client's first call.
+    async fn over_api(args: ServeArgs) -> anyhow::Result<Server> {
+        let root = match args.data_dir {
+            Some(dir) => dir,
+            None => crate::datadir::default_root()?,
+        };
+        let dd = DataDir::new(root);
+        let daemon = Daemon::require(&dd).await?;
+        let session = match args.session {
+            Some(id) => {
+                daemon
+                    .get(&format!("/api/sessions/{id}"))
+                    .await
+                    .with_context(|| {
+                        format!("cannot use session {id} (`cara session list` shows the sessions)")
+                    })?;
+                id
+            }
+            None => {
+                let created = daemon
+                    .post("/api/sessions", &json!({"title": "cara mcp serve"}))
+                    .await
+                    .context("cannot create a session")?;
+                let id = created["session"]["id"]
+                    .as_str()
+                    .context("the daemon created a session without an id")?
+                    .to_string();
+                // stdout is the MCP channel: the id goes to stderr, which clients log.
+                eprintln!(
+                    "cara mcp serve: created session {id}; pass `--session {id}` to use it again"
+                );
+                id
+            }
+        };
+        Ok(Server {
+            backend: Arc::new(Backend::Api(Api::new(&daemon, &session)?)),
+            instructions: format!(
+                "These are the tools of Carapace session {session}, called as its owner. \
+                 {INSTRUCTIONS}"
+            ),
+        })
     }
 }
 
@@ -405,10 +641,10 @@ impl ServerHandler for Server {
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
         let answer = tokio::select! {
-            answer = self.socket.call("tools.list", json!({})) => answer,
+            answer = self.backend.list_tools() => answer,
             () = context.ct.cancelled() => return Err(cancelled()),
         };
-        let answer = answer.map_err(socket_failure)?;
+        let answer = answer.map_err(protocol_error)?;
         Ok(ListToolsResult::with_all_items(tools_from_gate(&answer)))
     }
 
@@ -418,9 +654,8 @@ impl ServerHandler for Server {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let arguments = Value::Object(request.arguments.unwrap_or_default());
-        let params = json!({"name": request.name, "arguments": arguments});
         let answer = tokio::select! {
-            answer = self.socket.call("tools.call", params) => answer,
+            answer = self.backend.call_tool(&request.name, arguments) => answer,
             () = context.ct.cancelled() => return Err(cancelled()),
         };
         call_result(answer).map(CallToolResponse::from)
@@ -430,6 +665,18 @@ impl ServerHandler for Server {
 /// The answer to a request the client cancelled (the client ignores it).
 fn cancelled() -> McpError {
     McpError::internal_error("the request was cancelled", None)
+}
+
+/// A failure that is not a tool error the model reads, as a protocol error.
+fn protocol_error(e: Failure) -> McpError {
+    match e {
+        Failure::Invalid(why) => McpError::invalid_params(why, None),
+        Failure::Broken(why, data) => McpError::internal_error(why, data),
+        Failure::Gate { ref error, .. } => {
+            let data = Some(error.clone());
+            McpError::internal_error(e.to_string(), data)
+        }
+    }
 }
 
 /// The Gate's tools as MCP tools; an entry without a name or an object schema (never
@@ -469,13 +716,13 @@ fn annotations(effect: &str) -> ToolAnnotations {
     }
 }
 
-/// The MCP answer to a `tools.call`: the Gate's result, a tool error the model sees, or
-/// a protocol error.
-fn call_result(answer: Result<Value, SocketError>) -> Result<CallToolResult, McpError> {
+/// The MCP answer to a Gate call: the Gate's result, a tool error the model sees, or a
+/// protocol error.
+fn call_result(answer: Result<Value, Failure>) -> Result<CallToolResult, McpError> {
     match answer {
         Ok(out) => Ok(success(out)),
-        Err(SocketError::Rpc(e)) => gate_refusal(e),
-        Err(e) => Err(socket_failure(e)),
+        Err(Failure::Gate { message, error }) => gate_refusal(message, error),
+        Err(e) => Err(protocol_error(e)),
     }
 }
 
@@ -503,22 +750,16 @@ fn success(out: Value) -> CallToolResult {
 
 /// A Gate refusal: unroutable calls and bad arguments are protocol errors (`-32602`),
 /// every other refusal is a tool error the model reads.
-fn gate_refusal(e: RpcError) -> Result<CallToolResult, McpError> {
-    let data = (!e.data.is_null()).then(|| e.data.clone());
-    match e.code {
-        // UNKNOWN_TOOL, VALIDATION_FAILED, and the socket's own invalid params.
-        -32001 | -32002 | -32602 => Err(McpError::invalid_params(e.message, data)),
-        // UNAUTHORIZED .. INTERNAL: the Gate's typed errors.
-        -32010..=-32003 => {
-            let code = e.name();
-            let stage = e.data["stage"].as_str().unwrap_or("gate");
-            let text = format!("{code} at {stage}: {}", e.message);
-            let mut result = CallToolResult::error(vec![ContentBlock::text(text)]);
-            result.structured_content = Some(data.unwrap_or_else(|| json!({"code": code})));
-            Ok(result)
-        }
-        _ => Err(socket_failure(SocketError::Rpc(e))),
+fn gate_refusal(message: String, error: Value) -> Result<CallToolResult, McpError> {
+    let code = error["code"].as_str().unwrap_or("GATE_ERROR").to_string();
+    if code == "UNKNOWN_TOOL" || code == "VALIDATION_FAILED" {
+        return Err(McpError::invalid_params(message, Some(error)));
     }
+    let stage = error["stage"].as_str().unwrap_or("gate");
+    let text = format!("{code} at {stage}: {message}");
+    let mut result = CallToolResult::error(vec![ContentBlock::text(text)]);
+    result.structured_content = Some(error);
+    Ok(result)
 }
 
 #[cfg(test)]
@@ -530,7 +771,7 @@ mod tests {
     /// The MCP answer to a socket answer, as the JSON the client receives.
     fn check(answer: Value, expected: Expect) {
         let answer = match answer.get("error") {
-            Some(error) => Err(SocketError::Rpc(rpc_error(error).unwrap())),
+            Some(error) => Err(Failure::from_rpc(rpc_error(error).unwrap())),
             None => Ok(answer["result"].clone()),
         };
         let got = match call_result(answer) {
@@ -690,13 +931,125 @@ mod tests {
                   }
                 }"#]],
         );
-        let got = call_result(Err(SocketError::Broken(
+        let got = call_result(Err(Failure::Broken(
             "the daemon closed the agent socket".into(),
+            None,
         )))
         .unwrap_err();
         assert_eq!(got.message, "the daemon closed the agent socket");
-        let got = call_result(Err(SocketError::TooLarge(9 << 20))).unwrap_err();
+        let got = call_result(Err(Failure::Invalid("too large".into()))).unwrap_err();
         assert_eq!(got.code.0, -32602);
+    }
+
+    /// The MCP answer to an error of the daemon's API, as JSON.
+    fn over_http(status: u16, body: Value) -> Value {
+        match call_result(Err(Failure::from_http(status, &body))) {
+            Ok(result) => json!({"result": result}),
+            Err(error) => json!({"error": error}),
+        }
+    }
+
+    /// The MCP answer to a socket error, as JSON.
+    fn over_socket(error: Value) -> Value {
+        match call_result(Err(Failure::from_rpc(rpc_error(&error).unwrap()))) {
+            Ok(result) => json!({"result": result}),
+            Err(error) => json!({"error": error}),
+        }
+    }
+
+    #[test]
+    fn a_gate_error_is_the_same_mcp_answer_over_the_api_and_the_socket() {
+        let cases = [
+            (
+                403,
+                -32005,
+                json!({"code": "POLICY_DENIED", "stage": "policy", "retriable": false,
+                       "message": "secret.txt is off limits", "rule": "rules.no-secrets"}),
+            ),
+            (
+                429,
+                -32004,
+                json!({"code": "RATE_LIMITED", "stage": "authorize", "retriable": true,
+                       "message": "too many calls", "retry_after_ms": 1500}),
+            ),
+            (
+                400,
+                -32002,
+                json!({"code": "VALIDATION_FAILED", "stage": "validate", "retriable": false,
+                       "message": "path must be a string", "field": "/path"}),
+            ),
+            (
+                400,
+                -32001,
+                json!({"code": "UNKNOWN_TOOL", "stage": "resolve", "retriable": false,
+                       "message": "no tool named `nope` is available"}),
+            ),
+        ];
+        for (status, rpc_code, error) in cases {
+            // The API's error shape adds `type`; the socket puts the error in `data`.
+            let mut api = error.clone();
+            api["type"] = json!(error["code"].as_str().unwrap().to_ascii_lowercase());
+            let http = over_http(status, json!({"error": api}));
+            let socket =
+                over_socket(json!({"code": rpc_code, "message": error["message"], "data": error}));
+            assert_eq!(http, socket, "{error}");
+        }
+    }
+
+    #[test]
+    fn api_errors_that_are_not_the_gates_are_protocol_errors() {
+        let error = |code: &str, message: &str| {
+            json!({"error": {"code": code, "message": message,
+                             "type": code.to_ascii_lowercase()}})
+        };
+        expect![[r#"
+            {
+              "error": {
+                "code": -32602,
+                "message": "Failed to deserialize the JSON body into the target type: name: invalid type"
+              }
+            }"#]]
+        .assert_eq(
+            &serde_json::to_string_pretty(&over_http(
+                400,
+                error(
+                    "BAD_REQUEST",
+                    "Failed to deserialize the JSON body into the target type: name: invalid type",
+                ),
+            ))
+            .unwrap(),
+        );
+        let too_large = over_http(413, error("PAYLOAD_TOO_LARGE", "request body is too large"));
+        assert_eq!(too_large["error"]["code"], -32602, "{too_large}");
+        assert!(
+            too_large["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("server.max_body_bytes"),
+            "{too_large}"
+        );
+        expect![[r#"
+            {
+              "error": {
+                "code": -32603,
+                "message": "the daemon refused: NOT_FOUND: no such session"
+              }
+            }"#]]
+        .assert_eq(
+            &serde_json::to_string_pretty(&over_http(404, error("NOT_FOUND", "no such session")))
+                .unwrap(),
+        );
+        let garbled = over_http(502, json!("bad gateway"));
+        assert_eq!(garbled["error"]["code"], -32603, "{garbled}");
+    }
+
+    #[test]
+    fn session_ids_are_checked_before_they_reach_a_path() {
+        assert!(session_id("s_1a2b3c").is_ok());
+        assert!(session_id("agent_00ff").is_ok());
+        for bad in ["", "../api/status", "s_1?x=1", "s 1", &"a".repeat(101)] {
+            assert!(session_id(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -803,7 +1156,7 @@ mod tests {
         let c = socket.call("tools.list", json!({}));
         let (c, _) = tokio::join!(c, daemon);
         assert!(
-            matches!(&c, Err(SocketError::Broken(why)) if why.contains("closed")),
+            matches!(&c, Err(Failure::Broken(why, None)) if why.contains("closed")),
             "{c:?}"
         );
         assert!(lock(&socket.pending).calls.is_empty());
