@@ -1,16 +1,20 @@
 //! `cara mcp serve` driven by the Python SDK client.
 //!
 //! The official MCP Python SDK's `stdio_client` (fixture `fixtures/mcp_serve/client.py`)
-//! starts `cara mcp serve` in a run of `cara agent run`, from outside the sandbox (`cara
-//! agent run ... -- cara mcp serve`, as Cursor would) or from inside it (the client is
-//! the run's program, as Claude Code under `cara agent run` would be). The server
-//! reaches the Gate through the agent socket. The client lists the tools, calls them,
-//! and prints what the SDK parsed; the tests check the Gate's schemas and effect
-//! classes, a file read, refusals as MCP tool errors and protocol errors, a call that
-//! waits for the owner's answer, and the audit log.
+//! starts `cara mcp serve` three ways: in a run of `cara agent run`, from outside the
+//! sandbox (`cara agent run ... -- cara mcp serve`) or from inside it (the client is the
+//! run's program, as Claude Code under `cara agent run` would be), where the server
+//! reaches the Gate through the agent socket; and on the owner's side with no sandbox
+//! (`cara mcp serve [--session ID]`, as an editor such as Cursor starts it), where the
+//! server uses the daemon's API with the owner's token. The client lists the tools,
+//! calls them, and prints what the SDK parsed; the tests check the Gate's schemas and
+//! effect classes, a file read, refusals as MCP tool errors and protocol errors, a call
+//! that waits for the owner's answer, the session the calls land in, and the audit log.
 //!
-//! Needs user namespaces and the SDK: switched on by `CARAPACE_TEST_SANDBOX=1` and
-//! `CARAPACE_TEST_MCP=1` (CI sets both and puts a Python with `mcp` first on `PATH`).
+//! The sandboxed ways need user namespaces and the SDK: switched on by
+//! `CARAPACE_TEST_SANDBOX=1` and `CARAPACE_TEST_MCP=1` (CI sets both and puts a Python
+//! with `mcp` first on `PATH`). The owner's side needs the SDK only
+//! (`CARAPACE_TEST_MCP=1`); the refusal without a daemon needs nothing.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,8 +28,12 @@ const CLIENT: &str = concat!(
     "/tests/fixtures/mcp_serve/client.py"
 );
 
+fn on(key: &str) -> bool {
+    std::env::var_os(key).is_some_and(|v| v == "1")
+}
+
+/// The tests with a sandbox and the SDK.
 fn enabled() -> bool {
-    let on = |k: &str| std::env::var_os(k).is_some_and(|v| v == "1");
     let both = on("CARAPACE_TEST_SANDBOX") && on("CARAPACE_TEST_MCP");
     if !both {
         eprintln!(
@@ -34,6 +42,14 @@ fn enabled() -> bool {
         );
     }
     both
+}
+
+/// The tests of the owner's side, which need the SDK but no sandbox.
+fn sdk_enabled() -> bool {
+    if !on("CARAPACE_TEST_MCP") {
+        eprintln!("skipped: set CARAPACE_TEST_MCP=1 to run the cara mcp serve tests");
+    }
+    on("CARAPACE_TEST_MCP")
 }
 
 /// The interpreter of the `python3` on `PATH`, which must import the SDK.
@@ -50,9 +66,11 @@ fn python() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
-/// What the client printed, one JSON value per line.
+/// What the client printed, one JSON value per line, and the stderr it shares with the
+/// server.
 struct Seen {
     lines: Vec<Value>,
+    stderr: String,
 }
 
 impl Seen {
@@ -84,30 +102,28 @@ impl Seen {
 /// Where the MCP client runs.
 #[derive(Clone, Copy)]
 enum Client {
-    /// On the owner's side: it starts `cara agent run ... -- cara mcp serve` (Cursor, or
-    /// any client outside the box).
+    /// On the owner's side: it starts `cara agent run ... -- cara mcp serve` (any client
+    /// outside the box).
     Outside,
     /// In the sandbox, next to the server it starts (Claude Code under `cara agent
     /// run`): `cara agent run ... -- python3 client.py -- cara mcp serve`.
     Inside,
+    /// On the owner's side with no sandbox at all: it starts `cara mcp serve` itself
+    /// (Cursor's `mcp.json`), which uses the daemon's API.
+    Owner,
 }
 
-/// Runs the client, with the server in a run of `cara agent run [RUN_ARGS] --workspace
-/// PROJECT`, making the rounds of calls `rounds`.
-async fn client(
-    dir: &TestDir,
-    project: &Path,
-    run_args: &[&str],
-    rounds: Value,
-    at: Client,
-) -> Seen {
+/// Runs the client making the rounds of calls `rounds`, with the server in a run of
+/// `cara agent run [ARGS] --workspace PROJECT`, or for [`Client::Owner`] as `cara mcp
+/// serve [ARGS]`.
+async fn client(dir: &TestDir, project: &Path, args: &[&str], rounds: Value, at: Client) -> Seen {
     let calls = project.join("calls.json");
     std::fs::write(&calls, rounds.to_string()).unwrap();
     let agent_run = |cmd: &mut tokio::process::Command| {
         cmd.arg("--data-dir")
             .arg(dir.data())
             .args(["agent", "run"])
-            .args(run_args)
+            .args(args)
             .arg("--workspace")
             .arg(project)
             .arg("--");
@@ -128,6 +144,12 @@ async fn client(
                 .arg(format!("PYTHONPATH={}", project.join(".pylib").display()))
                 .args(["python3", "client.py", "calls.json", "--"])
                 .args(["cara", "mcp", "serve"]);
+        }
+        Client::Owner => {
+            cmd = tokio::process::Command::new(python());
+            cmd.arg(CLIENT).arg(&calls).args(["--", CARA]);
+            cmd.arg("--data-dir").arg(dir.data());
+            cmd.args(["mcp", "serve"]).args(args);
         }
     }
     cmd.env_clear()
@@ -150,7 +172,10 @@ async fn client(
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}\n{stderr}")))
         .collect();
-    let seen = Seen { lines };
+    let seen = Seen {
+        lines,
+        stderr: stderr.into_owned(),
+    };
     seen.one("done");
     seen
 }
@@ -446,16 +471,245 @@ async fn an_agent_in_the_sandbox_starts_the_server_next_to_it() {
     );
 }
 
+/// The audit records of tool calls, in order.
+async fn tool_calls(dir: &TestDir) -> Vec<Value> {
+    audit_entries(dir)
+        .await
+        .into_iter()
+        .map(|e| e["record"].clone())
+        .filter(|r| r["event"] == "tool_call")
+        .collect()
+}
+
 #[tokio::test]
-async fn outside_a_sandbox_it_says_where_it_runs() {
+async fn outside_a_sandbox_an_mcp_client_uses_the_given_session_through_the_daemons_api() {
+    if !sdk_enabled() {
+        return;
+    }
+    let dir = TestDir::new();
+    std::fs::create_dir_all(dir.data()).unwrap();
+    std::fs::write(dir.config(), POLICY).unwrap();
+    let daemon = Daemon::start_with_env(&dir, &[]).await;
+    std::fs::write(
+        dir.workspace().join("notes.txt"),
+        "hello from the workspace\n",
+    )
+    .unwrap();
+    std::fs::write(dir.workspace().join("secret.txt"), "the launch code\n").unwrap();
+    // Two sessions; the client is given the second.
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (status, created) = daemon.post("/api/sessions", &json!({})).await;
+        assert_eq!(status, 201, "{created}");
+        ids.push(created["session"]["id"].as_str().unwrap().to_string());
+    }
+    let session = ids[1].as_str();
+    let project = project(&dir);
+
+    let seen = client(
+        &dir,
+        &project,
+        &["--session", session],
+        json!([
+            [
+                {"name": "read_file", "arguments": {"path": "notes.txt"}},
+                {"name": "list_dir", "arguments": {}},
+            ],
+            [{"name": "read_file", "arguments": {"path": "secret.txt"}}],
+            [{"name": "no_such_tool", "arguments": {}}],
+            [{"name": "read_file", "arguments": {"path": 5}}],
+        ]),
+        Client::Owner,
+    )
+    .await;
+
+    let init = &seen.one("initialize")["result"];
+    assert_eq!(init["serverInfo"]["name"], "carapace", "{init}");
+    assert!(
+        init["instructions"]
+            .as_str()
+            .is_some_and(|i| i.contains(session) && i.contains("Gate")),
+        "{init}"
+    );
+    // The Gate's tools, as in a sandbox.
+    for name in ["read_file", "write_file", "list_dir", "propose_plan"] {
+        let tool = seen.tool(name);
+        assert_eq!(tool["inputSchema"]["additionalProperties"], false, "{tool}");
+    }
+    assert_eq!(seen.tool("read_file")["annotations"]["readOnlyHint"], true);
+    assert_eq!(seen.tool("write_file")["_meta"]["carapace/effect"], "write");
+
+    let ok = &seen.calls("read_file")[0]["result"];
+    assert_eq!(ok["isError"], false, "{ok}");
+    assert_eq!(
+        ok["structuredContent"]["content"], "hello from the workspace\n",
+        "{ok}"
+    );
+    assert!(
+        seen.calls("list_dir")[0]["result"]
+            .to_string()
+            .contains("notes.txt")
+    );
+    // The Gate's denial: a tool error the model reads, the Gate's error as data.
+    let denied = &seen.calls("read_file")[1]["result"];
+    assert_eq!(denied["isError"], true, "{denied}");
+    let text = denied["content"][0]["text"].as_str().unwrap();
+    assert!(text.starts_with("POLICY_DENIED at policy: "), "{text}");
+    assert!(!text.contains("launch code"));
+    assert_eq!(denied["structuredContent"]["rule"], "rules.no-secrets");
+    assert!(
+        denied["structuredContent"].get("type").is_none(),
+        "the Gate's error, not the API's wrapping: {denied}"
+    );
+    let unknown = &seen.calls("no_such_tool")[0]["error"];
+    assert_eq!(unknown["code"], -32602, "{unknown}");
+    assert_eq!(unknown["data"]["code"], "UNKNOWN_TOOL", "{unknown}");
+    let invalid = &seen.calls("read_file")[2]["error"];
+    assert_eq!(invalid["code"], -32602, "{invalid}");
+    assert_eq!(invalid["data"]["code"], "VALIDATION_FAILED", "{invalid}");
+    assert_eq!(invalid["data"]["field"], "/path", "{invalid}");
+    assert!(
+        !seen.stderr.contains("created session"),
+        "no session is created when one is given: {}",
+        seen.stderr
+    );
+
+    // Every call is the owner's, in the given session, and audited there.
+    let calls = tool_calls(&dir).await;
+    let summary: Vec<(&str, &str)> = calls
+        .iter()
+        .map(|r| (r["tool"].as_str().unwrap(), r["outcome"].as_str().unwrap()))
+        .filter(|(tool, _)| *tool == "read_file" || *tool == "no_such_tool")
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("read_file", "executed"),
+            ("read_file", "denied"),
+            ("no_such_tool", "denied"),
+            ("read_file", "denied"),
+        ],
+        "{calls:#?}"
+    );
+    for r in &calls {
+        assert_eq!(r["session"], session, "{r}");
+        assert_eq!(r["principal"], "owner@api", "{r}");
+    }
+    // The read raised the given session's label, and only that one's.
+    let label = |id: &str| {
+        let id = id.to_string();
+        let daemon = &daemon;
+        async move {
+            let (status, s) = daemon.get(&format!("/api/sessions/{id}")).await;
+            assert_eq!(status, 200, "{s}");
+            s["session"]["label"]["confidentiality"].clone()
+        }
+    };
+    assert_eq!(label(session).await, "private");
+    assert_eq!(label(&ids[0]).await, "public");
+    let verify = cara(&dir).args(["audit", "verify"]).run().await;
+    assert_eq!(verify.code, Some(0), "{verify:?}");
+}
+
+#[tokio::test]
+async fn without_a_session_it_creates_one_names_it_on_stderr_and_waits_for_the_owner() {
+    if !sdk_enabled() {
+        return;
+    }
+    // The strict preset asks before a write.
+    let dir = TestDir::strict();
+    let daemon = Daemon::start_with_env(&dir, &[]).await;
+    std::fs::write(dir.workspace().join("notes.txt"), "milk\n").unwrap();
+    let project = project(&dir);
+    let run = client(
+        &dir,
+        &project,
+        &[],
+        json!([
+            [{"name": "read_file", "arguments": {"path": "notes.txt"}}],
+            [{"name": "write_file", "arguments": {"path": "out.txt", "content": "x"}}],
+        ]),
+        Client::Owner,
+    );
+    let answer = async {
+        let pending = daemon.pending_approval().await;
+        assert_eq!(pending["tool"], "write_file", "{pending}");
+        let id = pending["id"].as_str().unwrap();
+        let (status, _) = daemon
+            .post(
+                &format!("/api/approvals/{id}"),
+                &json!({"decision": "deny"}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        pending["session"].as_str().unwrap().to_string()
+    };
+    let (seen, asked_in) = tokio::join!(run, answer);
+
+    // The session it created is on stderr, never on the protocol's stdout.
+    let created = seen
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("cara mcp serve: created session "))
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("no session on stderr: {}", seen.stderr));
+    assert!(created.starts_with("s_"), "{created}");
+    assert_eq!(asked_in, created, "the approval is asked in that session");
+    let (status, session) = daemon.get(&format!("/api/sessions/{created}")).await;
+    assert_eq!(status, 200, "{session}");
+    assert_eq!(session["session"]["title"], "cara mcp serve");
+
+    let read = &seen.calls("read_file")[0]["result"];
+    assert_eq!(read["structuredContent"]["content"], "milk\n", "{read}");
+    let refused = &seen.calls("write_file")[0]["result"];
+    assert_eq!(refused["isError"], true, "{refused}");
+    assert_eq!(
+        refused["structuredContent"]["code"], "CONFIRMATION_DENIED",
+        "{refused}"
+    );
+    assert!(!dir.workspace().join("out.txt").exists());
+    let calls = tool_calls(&dir).await;
+    assert_eq!(
+        outcomes(&calls),
+        ["executed", "asked", "denied"],
+        "{calls:#?}"
+    );
+    assert!(calls.iter().all(|r| r["session"] == created), "{calls:#?}");
+}
+
+#[tokio::test]
+async fn without_a_running_daemon_it_exits_2_and_says_so() {
+    let expect_refusal = |out: &crate::util::Output| {
+        assert_eq!(out.code, Some(2), "{out:?}");
+        assert!(
+            out.stderr.contains("no gateway is running for") && out.stderr.contains("cara serve"),
+            "{}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+        assert!(out.stdout.is_empty(), "nothing on the protocol's stdout");
+    };
+    // Never started here.
     let dir = TestDir::new();
     let out = cara(&dir).args(["mcp", "serve"]).run().await;
+    expect_refusal(&out);
+    // Started once and stopped: the token and a stale daemon.json are left.
+    let daemon = Daemon::start_with_env(&dir, &[]).await;
+    daemon.stop().await;
+    for args in [
+        &["mcp", "serve"][..],
+        &["mcp", "serve", "--session", "s_0011"],
+    ] {
+        let out = cara(&dir).args(args).run().await;
+        expect_refusal(&out);
+    }
+    // In a sandbox the session is the run's: --session is refused before anything.
+    let out = cara(&dir)
+        .env("CARAPACE_SOCKET", "/nonexistent/agent.sock")
+        .args(["mcp", "serve", "--session", "s_0011"])
+        .run()
+        .await;
     assert_eq!(out.code, Some(2), "{out:?}");
-    assert!(
-        out.stderr.contains("CARAPACE_SOCKET is not set")
-            && out.stderr.contains("cara agent run -- cara mcp serve"),
-        "{}",
-        out.stderr
-    );
-    assert!(out.stdout.is_empty(), "nothing on the protocol's stdout");
+    assert!(out.stderr.contains("--session"), "{}", out.stderr);
+    assert!(out.stdout.is_empty());
 }
