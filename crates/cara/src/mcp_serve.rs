@@ -30,10 +30,9 @@
 //! are matched to their answers by id (the daemon runs 16 of a connection at once, the
 //! others wait). Over the API each call is one HTTP request. A call waiting for the owner's
 //! approval simply waits. An MCP cancellation (`notifications/cancelled`) stops waiting for
-//! the answer at once. Over the API that drops the call's HTTP request, and the daemon
-//! cancels the Gate call with it (recorded as cancelled, a pending approval withdrawn); the
-//! socket has no per-request cancel, so there the daemon finishes the Gate call (a pending
-//! approval stays in the owner's queue) and its late answer is dropped. Requests and
+//! the answer at once, and the daemon cancels the Gate call with it (recorded as
+//! cancelled, a pending approval withdrawn): over the API the call's HTTP request is
+//! dropped, on the socket a `$/cancelRequest` notification names it. Requests and
 //! answers are bounded both ways: on the socket by its own line limit (a longer request
 //! would close the connection for every call) and the `cara ipc` client's, over the API by
 //! the daemon's body limit (`server.max_body_bytes`) and the same answer limit.
@@ -372,15 +371,25 @@ struct Socket {
     next_id: AtomicU64,
 }
 
-/// Removes a call from [`Pending`] when its waiter goes away (answered or cancelled).
+/// Removes a call from [`Pending`] when its waiter goes away; a call still unanswered
+/// then (an MCP cancellation dropped it) is cancelled on the daemon too, which ends its
+/// Gate call and withdraws a pending approval.
 struct Waiting<'a> {
     pending: &'a Mutex<Pending>,
+    lines: &'a mpsc::Sender<Vec<u8>>,
     id: u64,
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        lock(self.pending).calls.remove(&self.id);
+        if lock(self.pending).calls.remove(&self.id).is_some() {
+            let cancel = json!({"jsonrpc": "2.0", "method": carapace_server::agent_socket::CANCEL_METHOD,
+                "params": {"id": self.id}});
+            let mut line = cancel.to_string().into_bytes();
+            line.push(b'\n');
+            // Best effort: a full or closed queue means the connection is going anyway.
+            let _ = self.lines.try_send(line);
+        }
     }
 }
 
@@ -442,6 +451,7 @@ impl Socket {
         }
         let _waiting = Waiting {
             pending: &self.pending,
+            lines: &self.lines,
             id,
         };
         if self.lines.send(line).await.is_err() {

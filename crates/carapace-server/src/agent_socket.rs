@@ -53,6 +53,18 @@ pub mod codes {
     pub const INVALID_PARAMS: i64 = -32602;
     /// The connection is not from a sandbox this daemon started.
     pub const CALLER_UNKNOWN: i64 = -32020;
+    /// The caller cancelled the request (`$/cancelRequest`), as in LSP.
+    pub const REQUEST_CANCELLED: i64 = -32800;
+}
+
+/// The notification that cancels a request in flight: `{"method": "$/cancelRequest",
+/// "params": {"id": ID}}` (LSP's name). A Gate call cancelled so is recorded as cancelled
+/// and its pending approval withdrawn; the request is answered with
+/// [`codes::REQUEST_CANCELLED`].
+pub const CANCEL_METHOD: &str = "$/cancelRequest";
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The stable JSON-RPC code of a Gate error code.
@@ -241,6 +253,8 @@ impl AgentSocket {
         let mut buf = Vec::new();
         let slots = Arc::new(Semaphore::new(IN_FLIGHT));
         let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
+        // Requests in flight that may be cancelled, by their id's JSON text.
+        let cancels: Arc<Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>> = Arc::default();
         let ctx = Arc::new(Conn {
             principal,
             identity,
@@ -269,6 +283,28 @@ impl AgentSocket {
                     continue;
                 }
             };
+            if request.method == CANCEL_METHOD {
+                match &request.id {
+                    None => {
+                        let target = request.params.get("id").map(Value::to_string);
+                        let cancel = target.and_then(|t| lock(&cancels).remove(&t));
+                        if let Some(cancel) = cancel {
+                            let _ = cancel.send(());
+                        }
+                    }
+                    Some(id) => {
+                        let msg = format!("{CANCEL_METHOD} is a notification (no id)");
+                        if tx
+                            .send(error_line(id, codes::INVALID_REQUEST, &msg, None))
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                }
+                continue;
+            }
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 break;
             };
@@ -280,13 +316,32 @@ impl AgentSocket {
             };
             let (this, ctx, tx) = (self.clone(), ctx.clone(), tx.clone());
             let mut closed = closed_rx.clone();
+            let key = request.id.as_ref().map(Value::to_string);
+            let cancelled = key.as_ref().map(|k| {
+                let (cancel, cancelled) = tokio::sync::oneshot::channel();
+                lock(&cancels).insert(k.clone(), cancel);
+                cancelled
+            });
+            let cancels = cancels.clone();
             tokio::spawn(async move {
-                // A request in flight ends with its connection: a watch stops, a model
-                // call is dropped, a Gate call records its cancellation.
+                // A request in flight ends with its connection, or when the caller
+                // cancels it: a watch stops, a model call is dropped, a Gate call records
+                // its cancellation.
                 let line = tokio::select! {
                     line = this.dispatch(&ctx, &request, &tx) => line,
                     _ = async { closed.wait_for(|c| *c).await.map(drop) } => None,
+                    Ok(()) = async {
+                        match cancelled {
+                            Some(c) => c.await,
+                            None => std::future::pending().await,
+                        }
+                    } => request.id.as_ref().map(|id| {
+                        error_line(id, codes::REQUEST_CANCELLED, "the request was cancelled", None)
+                    }),
                 };
+                if let Some(k) = key {
+                    lock(&cancels).remove(&k);
+                }
                 if let Some(line) = line {
                     let _ = tx.send(line).await;
                 }

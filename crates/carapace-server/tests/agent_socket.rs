@@ -184,3 +184,47 @@ async fn one_run_cannot_hold_more_than_its_share_of_connections() {
     let mut again = Client::connect(&path).await;
     assert!(again.call("session.info", json!({})).await["result"].is_object());
 }
+
+#[tokio::test]
+async fn a_cancelled_request_ends_its_gate_call_and_withdraws_the_approval() {
+    let (h, path) = socket(false).await;
+    let mut c = Client::connect(&path).await;
+    // The strict policy asks before a write; nobody answers.
+    let req = json!({"jsonrpc": "2.0", "id": "w1", "method": "tools.call",
+        "params": {"name": "write_file", "arguments": {"path": "late.txt", "content": "x"}}});
+    c.send(&req.to_string()).await;
+    common::eventually("the approval request", || {
+        !h.gate.pending_approvals().is_empty()
+    })
+    .await;
+    // A cancel for another id, and one sent as a request, change nothing.
+    c.send(r#"{"jsonrpc":"2.0","method":"$/cancelRequest","params":{"id":"w2"}}"#)
+        .await;
+    c.send(r#"{"jsonrpc":"2.0","id":9,"method":"$/cancelRequest","params":{"id":"w1"}}"#)
+        .await;
+    let v = c.recv().await.unwrap();
+    assert_eq!(
+        (v["id"].clone(), v["error"]["code"].clone()),
+        (json!(9), json!(-32600))
+    );
+    assert_eq!(h.gate.pending_approvals().len(), 1);
+    c.send(r#"{"jsonrpc":"2.0","method":"$/cancelRequest","params":{"id":"w1"}}"#)
+        .await;
+    let v = c.recv().await.unwrap();
+    assert_eq!(v["id"], "w1", "{v}");
+    assert_eq!(v["error"]["code"], -32800, "{v}");
+    common::eventually("the approval withdrawn", || {
+        h.gate.pending_approvals().is_empty()
+    })
+    .await;
+    let calls = audit_events(&h.store, "tool_call");
+    let outcomes: Vec<&str> = calls
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["asked", "cancelled"], "{calls:#?}");
+    assert!(!h.dir.path().join("workspace/late.txt").exists());
+    // The connection goes on.
+    let info = c.call("session.info", json!({})).await;
+    assert_eq!(info["result"]["agent"], "run_t");
+}
