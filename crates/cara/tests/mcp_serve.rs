@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::util::{CARA, Daemon, TestDir, audit_entries, cara, outcomes, tool_call_records};
+use crate::util::{
+    CARA, Daemon, TestDir, audit_entries, cara, outcomes, tool_call_records, wait_for,
+};
 
 const CLIENT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -421,6 +423,61 @@ async fn a_call_waits_for_the_owner_and_a_no_is_a_tool_error() {
             .any(|e| e["record"]["tool"] == "write_file"),
         "the refused write is audited"
     );
+}
+
+/// An MCP cancellation ends the Gate call on the daemon (over the agent socket's
+/// `$/cancelRequest`): the approval it waited for leaves the owner's queue, and the audit
+/// says it was cancelled.
+#[tokio::test]
+async fn a_cancelled_call_leaves_no_approval_behind() {
+    if !enabled() {
+        return;
+    }
+    let dir = TestDir::new();
+    let daemon = Daemon::start_with_env(&dir, &[]).await;
+    let project = project(&dir);
+    let run = client(
+        &dir,
+        &project,
+        &[],
+        json!([
+            [{"name": "write_file", "cancel_after": 3,
+              "arguments": {"path": "out.txt", "content": "from the agent"}}],
+            // The session stays open: the cancellation, not a closed connection, must
+            // end the call.
+            [{"sleep": 8}],
+        ]),
+        Client::Outside,
+    );
+    tokio::pin!(run);
+    let withdrawn = async {
+        let pending = daemon.pending_approval().await;
+        assert_eq!(pending["tool"], "write_file", "{pending}");
+        wait_for("the approval withdrawn", || async {
+            let (_, body) = daemon.get("/api/approvals").await;
+            body["approvals"].as_array()?.is_empty().then_some(())
+        })
+        .await;
+    };
+    tokio::select! {
+        seen = &mut run => panic!("the client ended with the approval still there: {:?}", seen.lines),
+        () = withdrawn => {}
+    }
+    let seen = run.await;
+    assert_eq!(
+        seen.calls("write_file")[0]["cancelled"],
+        true,
+        "{:?}",
+        seen.lines
+    );
+    let outcomes: Vec<String> = tool_calls(&dir)
+        .await
+        .iter()
+        .filter(|r| r["tool"] == "write_file")
+        .map(|r| r["outcome"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(outcomes, ["asked", "cancelled"]);
+    assert!(!dir.workspace().join("out.txt").exists());
 }
 
 #[tokio::test]
