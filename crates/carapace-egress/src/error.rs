@@ -21,6 +21,17 @@ pub enum EgressError {
         /// The refused host.
         host: String,
     },
+    /// A tunnel (CONNECT) to a port other than 443 or 80 that no allowlist entry names:
+    /// an entry without a port stands for web traffic, not every service of the host.
+    #[error(
+        "port {port} of {host} is not named in any allowlist entry (an entry without a port allows 443, and 80 with allow_http)"
+    )]
+    PortNotNamed {
+        /// The host of the tunnel.
+        host: String,
+        /// The port no entry names.
+        port: u16,
+    },
     /// The host resolved to an address the egress layer will not connect to.
     #[error("address {addr} of {host} is blocked ({range})")]
     AddressBlocked {
@@ -64,6 +75,7 @@ impl EgressError {
             EgressError::InvalidUrl(_) => "invalid_url",
             EgressError::SchemeNotAllowed { .. } => "scheme_not_allowed",
             EgressError::HostNotAllowed { .. } => "host_not_allowed",
+            EgressError::PortNotNamed { .. } => "port_not_named",
             EgressError::AddressBlocked { .. } => "address_blocked",
             EgressError::TooManyRedirects(_) => "too_many_redirects",
             EgressError::Timeout => "timeout",
@@ -91,6 +103,10 @@ impl EgressError {
                 host: f(&host),
             },
             EgressError::HostNotAllowed { host } => EgressError::HostNotAllowed { host: f(&host) },
+            EgressError::PortNotNamed { host, port } => EgressError::PortNotNamed {
+                host: f(&host),
+                port,
+            },
             EgressError::AddressBlocked { host, addr, range } => EgressError::AddressBlocked {
                 host: f(&host),
                 addr,

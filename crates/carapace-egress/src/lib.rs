@@ -325,6 +325,38 @@ impl Egress {
             .unwrap_or(Err(EgressError::Timeout))
     }
 
+    /// Checks a raw TCP tunnel to `dest` (`host:port`, as in an HTTP CONNECT) as the
+    /// request it most likely carries: port 443 as `https://`, port 80 as `http://` (so
+    /// `allow_http` must list it). Any other port is allowed only where an allowlist entry
+    /// names that port (`host:PORT` in `allow_hosts`, `allow_private` or the scope's
+    /// list): an entry without a port means web traffic, not every service of the host.
+    pub async fn check_tunnel(&self, dest: &str, scope: &Scope) -> Result<CheckedUrl, EgressError> {
+        let mut url = parse_url(&format!("https://{dest}/"))?;
+        if url.port() == Some(80) {
+            let _ = url.set_scheme("http");
+        }
+        let narrow = scope_patterns(scope)?;
+        if let (Some(host), Some(port)) = (HostKey::of(&url), url.port_or_known_default())
+            && port != 443
+            && port != 80
+        {
+            let named =
+                |list: &[HostPattern]| list.iter().any(|p| p.has_port() && p.matches(&host, port));
+            if !named(&self.inner.allow_hosts)
+                && !named(&self.inner.allow_private)
+                && !narrow.iter().any(|n| named(n))
+            {
+                return Err(EgressError::PortNotNamed {
+                    host: host.to_string(),
+                    port,
+                });
+            }
+        }
+        tokio::time::timeout(self.inner.config.timeout, self.check(url, &narrow))
+            .await
+            .unwrap_or(Err(EgressError::Timeout))
+    }
+
     /// Sends `req`, following redirects, each hop checked like the first.
     pub async fn send(
         &self,

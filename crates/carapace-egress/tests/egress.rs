@@ -1416,3 +1416,68 @@ async fn into_response_reads_the_rest_like_send_raw() {
         assert!(!streamed.text.contains(SECRET), "max {max}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Tunnels (HTTP CONNECT of a sandboxed MCP server)
+
+#[tokio::test]
+async fn a_tunnel_reaches_only_web_ports_unless_an_entry_names_the_port() {
+    let resolver = MapResolver::new(&[
+        ("api.example.com", &["93.184.216.34"]),
+        ("db.example.com", &["93.184.216.35"]),
+        ("plain.example.com", &["93.184.216.36"]),
+    ]);
+    let egress = egress(
+        config(
+            &[
+                "api.example.com",
+                "db.example.com:5432",
+                "plain.example.com",
+            ],
+            &[],
+            &["plain.example.com"],
+        ),
+        resolver,
+    );
+    let none = Scope::default();
+    let ok = egress
+        .check_tunnel("api.example.com:443", &none)
+        .await
+        .unwrap();
+    assert_eq!(ok.addrs(), vec!["93.184.216.34:443".parse().unwrap()]);
+    // An entry without a port is web traffic: not SSH, SMTP or any other service.
+    for dest in [
+        "api.example.com:22",
+        "api.example.com:25",
+        "api.example.com:8443",
+    ] {
+        let refused = egress.check_tunnel(dest, &none).await;
+        assert!(
+            matches!(refused, Err(EgressError::PortNotNamed { .. })),
+            "{dest}: {refused:?}"
+        );
+    }
+    // Port 80 is plain http: only where allow_http lists the host.
+    let refused = egress.check_tunnel("api.example.com:80", &none).await;
+    assert!(
+        matches!(refused, Err(EgressError::SchemeNotAllowed { .. })),
+        "{refused:?}"
+    );
+    let plain = egress.check_tunnel("plain.example.com:80", &none).await;
+    assert_eq!(plain.unwrap().port(), 80);
+    // A port named by the entry, in the configuration or in the server's own list.
+    let db = egress.check_tunnel("db.example.com:5432", &none).await;
+    assert_eq!(db.unwrap().port(), 5432);
+    let own = Scope {
+        allow_hosts: Some(strings(&["api.example.com:8443"])),
+        ..Scope::default()
+    };
+    let named = egress.check_tunnel("api.example.com:8443", &own).await;
+    assert_eq!(named.unwrap().port(), 8443);
+    // The server's list still narrows: a host it does not name is refused.
+    let refused = egress.check_tunnel("db.example.com:5432", &own).await;
+    assert!(
+        matches!(refused, Err(EgressError::HostNotAllowed { .. })),
+        "{refused:?}"
+    );
+}
