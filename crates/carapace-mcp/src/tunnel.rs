@@ -43,6 +43,12 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Tunnels one server may have open at once.
 pub const MAX_TUNNELS: usize = 32;
+/// Connections of one server the daemon holds at once, whatever their state (waiting
+/// for a head, being refused, tunnelling). Past it a connection is closed at once,
+/// unanswered, so a server cannot spend the daemon's file descriptors.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long a refused connection is read from (so the refusal is not lost to a reset).
+const DRAIN_TIME: Duration = Duration::from_secs(1);
 /// Connections one server may start a minute; past it each is refused with a 429, and
 /// only the first such refusal of the minute is recorded, so a server cannot fill the
 /// audit log.
@@ -124,13 +130,23 @@ impl Tunnels {
             stats: stats.clone(),
             slots: Arc::new(Semaphore::new(MAX_TUNNELS)),
             window: Mutex::new((tokio::time::Instant::now(), 0)),
+            overflow_recorded: Mutex::new(None),
         });
+        let held = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let task = tokio::spawn(async move {
             loop {
                 match listener.accept().await {
                     Ok((conn, _)) => {
+                        let Ok(hold) = held.clone().try_acquire_owned() else {
+                            drop(conn);
+                            proxy.overflow();
+                            continue;
+                        };
                         let proxy = proxy.clone();
-                        tokio::spawn(async move { proxy.serve(conn).await });
+                        tokio::spawn(async move {
+                            proxy.serve(conn).await;
+                            drop(hold);
+                        });
                     }
                     Err(e) => {
                         tracing::warn!(server = %proxy.server, error = %e, "egress socket accept failed");
@@ -164,6 +180,8 @@ struct Proxy {
     slots: Arc<Semaphore>,
     /// The current minute's start and the connections started in it.
     window: Mutex<(tokio::time::Instant, u32)>,
+    /// When a connection past [`MAX_CONNECTIONS`] was last recorded (once a minute).
+    overflow_recorded: Mutex<Option<tokio::time::Instant>>,
 }
 
 /// Why a connection got no tunnel: the status line and the reason shown to the server.
@@ -184,6 +202,33 @@ impl Refusal {
 }
 
 impl Proxy {
+    /// Counts a connection closed unanswered because [`MAX_CONNECTIONS`] are held, and
+    /// records the first of each minute.
+    fn overflow(&self) {
+        let reason = format!("more than {MAX_CONNECTIONS} connections at once");
+        {
+            let mut s = lock(&self.stats);
+            s.refused += 1;
+            s.last_refused = Some(reason.clone());
+        }
+        let record = {
+            let mut last = lock(&self.overflow_recorded);
+            let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+            if due {
+                *last = Some(tokio::time::Instant::now());
+            }
+            due
+        };
+        if record {
+            let fields = json!({
+                "server": self.server, "dest": null, "outcome": "refused", "reason": reason,
+            });
+            if let Err(e) = (self.audit)(AUDIT_EVENT, fields) {
+                tracing::warn!(server = %self.server, error = %e, "cannot record a refused tunnel");
+            }
+        }
+    }
+
     async fn serve(&self, mut conn: UnixStream) {
         let started = {
             let mut w = lock(&self.window);
@@ -202,15 +247,6 @@ impl Proxy {
             let record = started == MAX_PER_MINUTE + 1;
             return self.refuse_as(&mut conn, r, record).await;
         }
-        let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
-            let r = Refusal::new(
-                "503 Service Unavailable",
-                None,
-                format!("more than {MAX_TUNNELS} connections open"),
-            );
-            self.refuse(&mut conn, r).await;
-            return;
-        };
         let (dest, rest) = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut conn)).await {
             Err(_) => {
                 let r = Refusal::new("408 Request Timeout", None, "no request head in time");
@@ -218,6 +254,15 @@ impl Proxy {
             }
             Ok(Err(r)) => return self.refuse(&mut conn, r).await,
             Ok(Ok(head)) => head,
+        };
+        let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
+            let r = Refusal::new(
+                "503 Service Unavailable",
+                Some(&dest),
+                format!("more than {MAX_TUNNELS} tunnels open"),
+            );
+            self.refuse(&mut conn, r).await;
+            return;
         };
         let upstream = match self.open(&dest).await {
             Ok(s) => s,
@@ -253,7 +298,7 @@ impl Proxy {
     async fn open(&self, dest: &str) -> Result<(String, TcpStream), Refusal> {
         let checked = self
             .egress
-            .check_url(&format!("https://{dest}/"), &self.scope)
+            .check_tunnel(dest, &self.scope)
             .await
             .map_err(|e| Refusal::new("403 Forbidden", Some(dest), e.to_string()))?;
         let addrs = checked.addrs();
@@ -321,15 +366,18 @@ impl Proxy {
         let _ = conn.write_all(answer.as_bytes()).await;
         let _ = conn.shutdown().await;
         // Closing with unread bytes would reset the connection and lose the answer: read
-        // what the client still sends, a little and briefly, first.
-        let mut sink = [0u8; 4096];
-        let mut left: usize = 64 * 1024;
-        while left > 0 {
-            match tokio::time::timeout(Duration::from_millis(500), conn.read(&mut sink)).await {
-                Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
-                _ => break,
+        // what the client still sends, a little and briefly (one deadline for all), first.
+        let drain = async {
+            let mut sink = [0u8; 4096];
+            let mut left: usize = 64 * 1024;
+            while left > 0 {
+                match conn.read(&mut sink).await {
+                    Ok(n) if n > 0 => left = left.saturating_sub(n),
+                    _ => break,
+                }
             }
-        }
+        };
+        let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
     }
 }
 
@@ -430,10 +478,29 @@ mod tests {
     /// A proxy allowing `127.0.0.1:port` of a local server that answers "hi", with its
     /// audit records.
     async fn proxy(dir: &std::path::Path) -> (Tunnels, PathBuf, Arc<Mutex<Vec<Value>>>, u16) {
+        let (tunnels, socket, records, port, _) = proxy_with(dir, Ok(())).await;
+        (tunnels, socket, records, port)
+    }
+
+    /// Like [`proxy`]; every audit append answers `audit`; also returns how many
+    /// connections the local server accepted.
+    async fn proxy_with(
+        dir: &std::path::Path,
+        audit: Result<(), String>,
+    ) -> (
+        Tunnels,
+        PathBuf,
+        Arc<Mutex<Vec<Value>>>,
+        u16,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
         let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = upstream.local_addr().unwrap().port();
+        let accepts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = accepts.clone();
         tokio::spawn(async move {
             while let Ok((mut s, _)) = upstream.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(async move {
                     let _ = s.write_all(b"hi").await;
                     let mut sink = Vec::new();
@@ -459,10 +526,11 @@ mod tests {
             audit: Arc::new(move |event: &str, fields: Value| {
                 assert_eq!(event, AUDIT_EVENT);
                 lock(&sink).push(fields);
-                Ok(())
+                audit.clone()
             }),
         };
-        (Tunnels::listen("t", &cfg).unwrap(), socket, records, port)
+        let tunnels = Tunnels::listen("t", &cfg).unwrap();
+        (tunnels, socket, records, port, accepts)
     }
 
     async fn exchange(socket: &std::path::Path, send: &[u8]) -> String {
@@ -565,6 +633,64 @@ mod tests {
         assert!(one_more.starts_with("HTTP/1.1 503 "), "{one_more}");
         assert_eq!(lock(&tunnels.stats).open, MAX_TUNNELS as u64);
         drop(open);
+    }
+
+    #[tokio::test]
+    async fn no_record_no_tunnel() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_tunnels, socket, records, port, accepts) =
+            proxy_with(dir.path(), Err("disk full".to_string())).await;
+        let got = exchange(
+            &socket,
+            format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(got.starts_with("HTTP/1.1 503 "), "{got}");
+        assert!(got.contains("cannot record: disk full"), "{got}");
+        // The decision was attempted first; nothing was connected.
+        assert_eq!(lock(&records)[0]["outcome"], "allowed");
+        assert_eq!(accepts.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_hold_limit_are_closed_unanswered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tunnels, socket, records, _port) = proxy(dir.path()).await;
+        // Silent clients: each is held while the proxy waits for its head.
+        let mut silent = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            silent.push(UnixStream::connect(&socket).await.unwrap());
+        }
+        for _ in 0..3 {
+            let mut c = UnixStream::connect(&socket).await.unwrap();
+            let mut got = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut got)).await;
+            assert!(matches!(read, Ok(Ok(0))), "{read:?} {got:?}");
+        }
+        let stats = lock(&tunnels.stats).clone();
+        assert_eq!(stats.refused, 3, "{stats:?}");
+        assert_eq!(
+            stats.last_refused.as_deref(),
+            Some("more than 64 connections at once")
+        );
+        // Recorded once, not once per connection.
+        let refused: Vec<Value> = lock(&records)
+            .iter()
+            .filter(|r| r["outcome"] == "refused")
+            .cloned()
+            .collect();
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        // Once the silent ones go, connections are served again.
+        drop(silent);
+        let mut answer = String::new();
+        for _ in 0..100 {
+            answer = exchange(&socket, b"GET / HTTP/1.1\r\n\r\n").await;
+            if !answer.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(answer.starts_with("HTTP/1.1 405 "), "{answer:?}");
     }
 
     fn dest(line: &str) -> Result<String, (String, String)> {
