@@ -414,19 +414,32 @@ fn init_logging() {
         .try_init();
 }
 
-/// The directory of the MCP servers' egress sockets, `mcp` in the socket directory;
-/// both are the daemon's alone (0700), as the agent socket's directory is.
+/// The directory of the MCP servers' egress sockets, `mcp` in the socket directory: the
+/// daemon's alone (0700, set at every start, whoever created it). The socket directory
+/// itself is created 0700 when missing and otherwise left as it is (a system install
+/// shares it with a group).
 fn mcp_socket_dir(dd: &DataDir) -> anyhow::Result<std::path::PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let run = crate::agent_run::socket_dir(dd);
-    let dir = run.join("mcp");
-    for d in [&run, &dir] {
-        if !d.exists() {
-            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
-            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
-                .with_context(|| format!("cannot restrict {}", d.display()))?;
-        }
+    if !run.exists() {
+        std::fs::create_dir_all(&run)
+            .with_context(|| format!("cannot create {}", run.display()))?;
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict {}", run.display()))?;
     }
+    let dir = run.join("mcp");
+    if let Err(e) = std::fs::create_dir(&dir)
+        && e.kind() != std::io::ErrorKind::AlreadyExists
+    {
+        return Err(e).with_context(|| format!("cannot create {}", dir.display()));
+    }
+    let meta = std::fs::symlink_metadata(&dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?;
+    if !meta.is_dir() {
+        anyhow::bail!("{} is not a directory (a symlink?)", dir.display());
+    }
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict {}", dir.display()))?;
     Ok(dir)
 }
 

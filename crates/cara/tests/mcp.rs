@@ -887,6 +887,12 @@ async fn a_stdio_server_with_egress_reaches_only_checked_hosts_through_the_proxy
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "{}", socket.display());
+    let dir_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(socket.parent().unwrap())
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(dir_mode & 0o777, 0o700);
 
     let session = new_session(&daemon).await;
     let via = |host: &str, port: u16| {
@@ -904,8 +910,9 @@ async fn a_stdio_server_with_egress_reaches_only_checked_hosts_through_the_proxy
         via("127.0.0.1", other),
         // On no list.
         via("1.1.1.1", 443),
-        // The same address spelled as a number: the same checks.
-        via("2130706433", other),
+        // The allowed address spelled as a number: normalised, then the same checks
+        // (without normalising, it would be an unlisted name and refused).
+        via("2130706433", port),
         // Around the proxy: the sandbox's loopback is its own, the world unreachable.
         ("py__reach", json!({ "host": "127.0.0.1", "port": port })),
         ("py__reach", json!({ "host": "1.1.1.1", "port": 53 })),
@@ -932,12 +939,17 @@ async fn a_stdio_server_with_egress_reaches_only_checked_hosts_through_the_proxy
         "{}",
         results[1]
     );
-    for r in &results[2..5] {
+    for r in &results[2..4] {
         assert!(
             r.contains("403 Forbidden") && r.contains("is not allowed") && !r.contains("echo:"),
             "{r}"
         );
     }
+    assert!(
+        results[4].contains("200 Connection established | echo:ping"),
+        "{}",
+        results[4]
+    );
     for r in &results[5..7] {
         assert!(r.contains("error") && !r.contains("connected"), "{r}");
     }
@@ -961,7 +973,7 @@ async fn a_stdio_server_with_egress_reaches_only_checked_hosts_through_the_proxy
             .map(|e| e["record"].clone())
             .filter(|r| r["event"] == "mcp_egress")
             .collect();
-        (records.iter().filter(|r| r["outcome"] == "closed").count() == 2).then_some(records)
+        (records.iter().filter(|r| r["outcome"] == "closed").count() == 3).then_some(records)
     })
     .await;
     let allowed: Vec<&Value> = records
@@ -974,7 +986,16 @@ async fn a_stdio_server_with_egress_reaches_only_checked_hosts_through_the_proxy
         .collect();
     assert_eq!(
         dests,
-        [format!("127.0.0.1:{port}"), format!("127.0.0.1:{tls}")],
+        [
+            format!("127.0.0.1:{port}"),
+            format!("2130706433:{port}"),
+            format!("127.0.0.1:{tls}")
+        ],
+        "{records:#?}"
+    );
+    assert_eq!(
+        allowed[1]["addrs"],
+        json!([format!("127.0.0.1:{port}")]),
         "{records:#?}"
     );
     assert!(allowed.iter().all(|r| r["server"] == "py"), "{records:#?}");
@@ -985,14 +1006,14 @@ async fn a_stdio_server_with_egress_reaches_only_checked_hosts_through_the_proxy
     assert_eq!(closed["sent_bytes"], 4, "{records:#?}");
     assert_eq!(closed["received_bytes"], 9, "{records:#?}");
     let refused = records.iter().filter(|r| r["outcome"] == "refused").count();
-    assert_eq!(refused, 5, "{records:#?}");
+    assert_eq!(refused, 4, "{records:#?}");
 
     // `cara mcp list` counts them.
     let out = cara(&dir).args(["mcp", "list"]).run().await;
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(
         out.stdout
-            .contains("egress: 2 connection(s) opened, 0 open, 5 refused"),
+            .contains("egress: 3 connection(s) opened, 0 open, 4 refused"),
         "{}",
         out.stdout
     );
@@ -1009,7 +1030,7 @@ async fn the_doctor_warns_about_unsandboxed_servers_and_egress_without_hosts() {
     write_config(
         &dir,
         "[[mcp.servers]]\nname = \"bare\"\ncommand = [\"x\"]\nsandbox = \"none\"\n\n\
-         [[mcp.servers]]\nname = \"net\"\ncommand = [\"y\"]\nsandbox = { network = \"egress\" }\n",
+         [[mcp.servers]]\nname = \"net\"\ncommand = [\"y\"]\nsandbox = { network = \"egress\", allow_hosts = [\"api.github.com\"] }\n",
     );
     let out = cara(&dir).args(["doctor"]).run().await;
     assert!(
@@ -1027,7 +1048,7 @@ async fn the_doctor_warns_about_unsandboxed_servers_and_egress_without_hosts() {
     write_config(
         &dir,
         "[egress]\nallow_hosts = [\"api.github.com\"]\n\n\
-         [[mcp.servers]]\nname = \"net\"\ncommand = [\"y\"]\nsandbox = { network = \"egress\" }\n",
+         [[mcp.servers]]\nname = \"net\"\ncommand = [\"y\"]\nsandbox = { network = \"egress\", allow_hosts = [\"api.github.com\"] }\n",
     );
     let out = cara(&dir).args(["doctor"]).run().await;
     assert!(!out.stdout.contains("allow_hosts is empty"), "{out:#?}");

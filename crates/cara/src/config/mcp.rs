@@ -94,8 +94,8 @@ pub struct SandboxTable {
     /// `none` (default): loopback only; `egress`: outbound connections through the
     /// daemon's proxy, each destination checked by the egress layer.
     pub network: Option<String>,
-    /// With `network = "egress"`: the hosts this server may reach, narrowing
-    /// `[egress] allow_hosts` (never widening it).
+    /// With `network = "egress"` (and required then): the hosts this server may reach,
+    /// narrowing `[egress] allow_hosts` (never widening it).
     #[serde(default)]
     pub allow_hosts: Vec<String>,
 }
@@ -398,6 +398,16 @@ impl ServerTable {
                             }
                         }
                         Some("egress") => {
+                            // Deny by default: a server reaches the hosts its entry names,
+                            // never the whole `[egress]` list (which may hold private
+                            // services allowed for other purposes).
+                            if t.allow_hosts.is_empty() {
+                                return Err(at.span(
+                                    sb.span(),
+                                    &format!("{key}.allow_hosts"),
+                                    "network = \"egress\" needs allow_hosts: the hosts this server may reach (each also allowed by [egress] allow_hosts)".into(),
+                                ));
+                            }
                             carapace_gate::check_host_list(&t.allow_hosts).map_err(|p| {
                                 at.span(sb.span(), &format!("{key}.allow_hosts"), p)
                             })?;
@@ -517,8 +527,7 @@ impl ServerTable {
                         Some(Box::new(carapace_mcp::StdioEgress {
                             egress: env.egress.clone().ok_or_else(missing)?,
                             scope: carapace_gate::Scope {
-                                allow_hosts: (!t.allow_hosts.is_empty())
-                                    .then(|| t.allow_hosts.clone()),
+                                allow_hosts: Some(t.allow_hosts.clone()),
                                 ..Default::default()
                             },
                             socket: proxy
@@ -667,6 +676,10 @@ mod tests {
             (
                 "[[mcp.servers]]\nname = \"a\"\ncommand = [\"x\"]\nsandbox = { allow_hosts = [\"a.com\"] }\n",
                 "key `mcp.servers[1].sandbox.allow_hosts`: only with network = \"egress\"",
+            ),
+            (
+                "[[mcp.servers]]\nname = \"a\"\ncommand = [\"x\"]\nsandbox = { network = \"egress\" }\n",
+                "config.toml:4:11: key `mcp.servers[1].sandbox.allow_hosts`: network = \"egress\" needs allow_hosts",
             ),
             (
                 "[[mcp.servers]]\nname = \"a\"\ncommand = [\"x\"]\nsandbox = { network = \"egress\", allow_hosts = [\"http://a.com/x\"] }\n",
