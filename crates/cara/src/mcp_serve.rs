@@ -58,7 +58,7 @@ use rmcp::{RoleServer, ServerHandler, ServiceExt as _};
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::client::Daemon;
 use crate::datadir::DataDir;
@@ -68,6 +68,9 @@ use crate::ipc::{RpcError, SOCKET_ENV};
 const MAX_REQUEST: usize = carapace_server::agent_socket::MAX_LINE;
 /// The longest answer read from the daemon (as `cara ipc` reads), on either way.
 const MAX_ANSWER: usize = crate::ipc::MAX_LINE;
+/// Requests queued for the socket's writer at once; a call waits for room. Cancels take
+/// none.
+const QUEUED: usize = 64;
 
 /// Arguments of `cara mcp serve`.
 #[derive(clap::Args, Debug)]
@@ -363,10 +366,18 @@ struct Pending {
     closed: Option<String>,
 }
 
+/// A line for the socket's writer, with the room a request holds in its queue until it is
+/// written.
+type Outgoing = (Vec<u8>, Option<OwnedSemaphorePermit>);
+
 /// The one connection to the agent socket: a writer task takes whole lines (so a call
-/// dropped mid-way never leaves half a line), a reader task routes answers by id.
+/// dropped mid-way never leaves half a line), a reader task routes answers by id. The
+/// writer's queue is one, in order, so a cancel never overtakes the request it names;
+/// requests in it are bounded by `room`, cancels (one per call at most) are not, so none
+/// is lost.
 struct Socket {
-    lines: mpsc::Sender<Vec<u8>>,
+    lines: mpsc::UnboundedSender<Outgoing>,
+    room: Arc<Semaphore>,
     pending: Arc<Mutex<Pending>>,
     next_id: AtomicU64,
 }
@@ -376,7 +387,7 @@ struct Socket {
 /// Gate call and withdraws a pending approval.
 struct Waiting<'a> {
     pending: &'a Mutex<Pending>,
-    lines: &'a mpsc::Sender<Vec<u8>>,
+    lines: &'a mpsc::UnboundedSender<Outgoing>,
     id: u64,
 }
 
@@ -387,8 +398,8 @@ impl Drop for Waiting<'_> {
                 "params": {"id": self.id}});
             let mut line = cancel.to_string().into_bytes();
             line.push(b'\n');
-            // Best effort: a full or closed queue means the connection is going anyway.
-            let _ = self.lines.try_send(line);
+            // Fails only when the connection is gone, which cancels every call anyway.
+            let _ = self.lines.send((line, None));
         }
     }
 }
@@ -403,10 +414,11 @@ impl Socket {
             .await
             .with_context(|| format!("cannot connect to the agent socket {}", path.display()))?;
         let (r, mut w) = stream.into_split();
-        let (lines, mut rx) = mpsc::channel::<Vec<u8>>(64);
+        let (lines, mut rx) = mpsc::unbounded_channel::<Outgoing>();
         let pending = Arc::new(Mutex::new(Pending::default()));
         tokio::spawn(async move {
-            while let Some(line) = rx.recv().await {
+            // A request's room is given back once it is written.
+            while let Some((line, _room)) = rx.recv().await {
                 if w.write_all(&line).await.is_err() {
                     break;
                 }
@@ -423,6 +435,7 @@ impl Socket {
         });
         Ok(Socket {
             lines,
+            room: Arc::new(Semaphore::new(QUEUED)),
             pending,
             next_id: AtomicU64::new(1),
         })
@@ -454,7 +467,9 @@ impl Socket {
             lines: &self.lines,
             id,
         };
-        if self.lines.send(line).await.is_err() {
+        // The semaphore is never closed.
+        let room = self.room.clone().acquire_owned().await.ok();
+        if self.lines.send((line, room)).is_err() {
             return Err(broken("the agent socket is closed".into()));
         }
         match rx.await {
@@ -1170,5 +1185,51 @@ mod tests {
             "{c:?}"
         );
         assert!(lock(&socket.pending).calls.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_unanswered_is_cancelled_after_its_request_even_with_the_queue_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let (go, start) = oneshot::channel::<()>();
+        // The daemon reads nothing until told to, so requests fill the socket's buffer and
+        // then the writer's queue; then it reads every line until the client closes.
+        let daemon = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let _ = start.await;
+            let mut lines = BufReader::new(stream).lines();
+            let mut got = Vec::new();
+            while let Some(line) = lines.next_line().await.unwrap() {
+                got.push(serde_json::from_str::<Value>(&line).unwrap());
+            }
+            got
+        });
+        let socket = Socket::connect(&path).await.unwrap();
+        let content = "x".repeat(64 * 1024);
+        let calls = (0..QUEUED + 16).map(|_| {
+            let arguments = json!({"path": "a.txt", "content": content});
+            socket.call(
+                "tools.call",
+                json!({"name": "write_file", "arguments": arguments}),
+            )
+        });
+        // Nobody answers; the MCP client cancels every call.
+        let waited = Duration::from_millis(500);
+        let calls = tokio::time::timeout(waited, futures_util::future::join_all(calls)).await;
+        assert!(calls.is_err());
+        go.send(()).unwrap();
+        drop(socket);
+        let got = daemon.await.unwrap();
+        let requests: Vec<&Value> = got.iter().filter(|v| v["method"] == "tools.call").collect();
+        assert!(requests.len() >= QUEUED, "{} requests", requests.len());
+        for request in requests {
+            let at = got.iter().position(|v| v == request).unwrap();
+            let cancelled = got[at..].iter().any(|v| {
+                v["method"] == carapace_server::agent_socket::CANCEL_METHOD
+                    && v["params"]["id"] == request["id"]
+            });
+            assert!(cancelled, "request {} was not cancelled", request["id"]);
+        }
     }
 }

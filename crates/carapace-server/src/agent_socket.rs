@@ -22,14 +22,18 @@ use carapace_types::{ErrorCode, GateError, Principal, SessionId};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// Largest request line accepted, in bytes (without the newline): room for a model
 /// request of about 6 MiB through the provider pass-through, base64-encoded.
 pub const MAX_LINE: usize = 8 * 1024 * 1024;
 
-/// Requests of one connection that may be in flight at once; more wait.
+/// Requests of one connection that may run at once; more wait.
 const IN_FLIGHT: usize = 16;
+
+/// Requests of one connection that may wait to run. While this many wait, the reader
+/// holds the next request and reads no more lines (cancels neither) until one ends.
+const WAITING: usize = 16;
 
 /// Connections one run may hold open at once.
 pub const MAX_CONNECTIONS_PER_RUN: usize = 32;
@@ -58,9 +62,9 @@ pub mod codes {
 }
 
 /// The notification that cancels a request in flight: `{"method": "$/cancelRequest",
-/// "params": {"id": ID}}` (LSP's name). A Gate call cancelled so is recorded as cancelled
-/// and its pending approval withdrawn; the request is answered with
-/// [`codes::REQUEST_CANCELLED`].
+/// "params": {"id": ID}}` (LSP's name). A request still waiting to run never runs; a Gate
+/// call cancelled so is recorded as cancelled and its pending approval withdrawn; either
+/// is answered with [`codes::REQUEST_CANCELLED`].
 pub const CANCEL_METHOD: &str = "$/cancelRequest";
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -251,10 +255,16 @@ impl AgentSocket {
         });
         let mut reader = BufReader::new(r);
         let mut buf = Vec::new();
-        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+        // Requests admitted, running or waiting to: when this many are in, the reader
+        // stops, so a connection holds a bounded number of them.
+        let admitted = Arc::new(Semaphore::new(IN_FLIGHT + WAITING));
+        let running = Arc::new(Semaphore::new(IN_FLIGHT));
         let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
-        // Requests in flight that may be cancelled, by their id's JSON text.
-        let cancels: Arc<Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>> = Arc::default();
+        // Requests admitted that have an id, by their id's JSON text, each with its
+        // cancel until it is cancelled. A request removes its own entry before it is
+        // answered, and no two share an id (a reused one is refused), so an entry is
+        // never another request's.
+        let cancels: Arc<Mutex<HashMap<String, Option<oneshot::Sender<()>>>>> = Arc::default();
         let ctx = Arc::new(Conn {
             principal,
             identity,
@@ -286,8 +296,10 @@ impl AgentSocket {
             if request.method == CANCEL_METHOD {
                 match &request.id {
                     None => {
+                        // Taken, not removed: the entry stays until the request ends.
                         let target = request.params.get("id").map(Value::to_string);
-                        let cancel = target.and_then(|t| lock(&cancels).remove(&t));
+                        let cancel =
+                            target.and_then(|t| lock(&cancels).get_mut(&t).and_then(Option::take));
                         if let Some(cancel) = cancel {
                             let _ = cancel.send(());
                         }
@@ -305,30 +317,45 @@ impl AgentSocket {
                 }
                 continue;
             }
-            let Ok(permit) = slots.clone().acquire_owned().await else {
+            let key = request.id.as_ref().map(Value::to_string);
+            // Only this loop adds entries, so an id free now is still free below.
+            if let (Some(id), Some(k)) = (&request.id, &key)
+                && lock(&cancels).contains_key(k)
+            {
+                let line = error_line(id, codes::INVALID_REQUEST, "id already in flight", None);
+                if tx.send(line).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            let Ok(admission) = admitted.clone().acquire_owned().await else {
                 break;
             };
             // The parsed request is held until it is answered: it counts against the
-            // budget of all connections.
+            // budget of all connections, also while it waits to run.
             let kib = u32::try_from(buf.len() / 1024 + 1).unwrap_or(u32::MAX);
             let Ok(bytes) = self.budget.clone().acquire_many_owned(kib).await else {
                 break;
             };
-            let (this, ctx, tx) = (self.clone(), ctx.clone(), tx.clone());
-            let mut closed = closed_rx.clone();
-            let key = request.id.as_ref().map(Value::to_string);
             let cancelled = key.as_ref().map(|k| {
-                let (cancel, cancelled) = tokio::sync::oneshot::channel();
-                lock(&cancels).insert(k.clone(), cancel);
+                let (cancel, cancelled) = oneshot::channel();
+                lock(&cancels).insert(k.clone(), Some(cancel));
                 cancelled
             });
-            let cancels = cancels.clone();
+            let (this, ctx, tx) = (self.clone(), ctx.clone(), tx.clone());
+            let (running, cancels) = (running.clone(), cancels.clone());
+            let mut closed = closed_rx.clone();
             tokio::spawn(async move {
-                // A request in flight ends with its connection, or when the caller
-                // cancels it: a watch stops, a model call is dropped, a Gate call records
-                // its cancellation.
+                let run = async {
+                    // The semaphore is never closed.
+                    let _slot = running.acquire().await.ok()?;
+                    this.dispatch(&ctx, &request, &tx).await
+                };
+                // A request ends with its connection, or when the caller cancels it:
+                // one still waiting never runs; a watch stops, a model call is
+                // dropped, a Gate call records its cancellation.
                 let line = tokio::select! {
-                    line = this.dispatch(&ctx, &request, &tx) => line,
+                    line = run => line,
                     _ = async { closed.wait_for(|c| *c).await.map(drop) } => None,
                     Ok(()) = async {
                         match cancelled {
@@ -339,13 +366,14 @@ impl AgentSocket {
                         error_line(id, codes::REQUEST_CANCELLED, "the request was cancelled", None)
                     }),
                 };
+                // Before the answer, so the caller may reuse the id once it has it.
                 if let Some(k) = key {
                     lock(&cancels).remove(&k);
                 }
                 if let Some(line) = line {
                     let _ = tx.send(line).await;
                 }
-                drop((permit, bytes));
+                drop((admission, bytes));
             });
         }
         let _ = closed_tx.send(true);

@@ -1,10 +1,12 @@
 //! The agent socket over a real Unix socket: identity decided once per connection,
-//! typed errors with stable codes, params that could name a caller refused, and the
-//! per-run limits that keep one sandbox from exhausting the daemon.
+//! typed errors with stable codes, params that could name a caller refused, the
+//! per-run limits that keep one sandbox from exhausting the daemon, and cancels that
+//! reach their request however full the connection is.
 
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use carapace_server::agent_socket::{
     AgentIdentity, AgentSocket, Identify, MAX_CONNECTIONS_PER_RUN, Refusal,
@@ -77,6 +79,14 @@ impl Client {
             Ok(0) | Err(_) => None,
             Ok(_) => Some(serde_json::from_str(&line).unwrap()),
         }
+    }
+
+    /// The next line, which must come within 10 s.
+    async fn recv_soon(&mut self) -> Value {
+        tokio::time::timeout(Duration::from_secs(10), self.recv())
+            .await
+            .expect("a line within 10 s")
+            .expect("a line")
     }
 
     async fn call(&mut self, method: &str, params: Value) -> Value {
@@ -227,4 +237,121 @@ async fn a_cancelled_request_ends_its_gate_call_and_withdraws_the_approval() {
     // The connection goes on.
     let info = c.call("session.info", json!({})).await;
     assert_eq!(info["result"]["agent"], "run_t");
+}
+
+/// A `write_file` of `ID.txt` with request id `ID`: the strict policy asks the owner,
+/// and nobody answers in these tests, so it waits until it is cancelled.
+fn write(id: &str) -> String {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools.call", "params": {"name": "write_file",
+        "arguments": {"path": format!("{id}.txt"), "content": "x"}}})
+    .to_string()
+}
+
+fn cancel(id: &str) -> String {
+    json!({"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": id}}).to_string()
+}
+
+/// The ids of the writes waiting for the owner, sorted.
+fn asking(h: &common::Harness) -> Vec<String> {
+    let mut ids: Vec<String> = h
+        .gate
+        .pending_approvals()
+        .iter()
+        .map(|a| {
+            let at = a.args_preview.find(".txt").expect("a path in the preview");
+            let start = a.args_preview[..at].rfind('"').unwrap() + 1;
+            a.args_preview[start..at].to_string()
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn cancels_are_read_while_requests_wait_for_a_running_slot() {
+    let (h, path) = socket(false).await;
+    let mut c = Client::connect(&path).await;
+    let first: Vec<String> = (1..=16).map(|n| format!("w{n:02}")).collect();
+    for id in &first {
+        c.send(&write(id)).await;
+    }
+    common::eventually("16 approval requests", || asking(&h) == first).await;
+    // Every running slot is taken: these two wait, and the cancels after them are read.
+    c.send(&write("w17")).await;
+    c.send(&write("w18")).await;
+    c.send(&cancel("w17")).await;
+    let v = c.recv_soon().await;
+    assert_eq!(
+        (&v["id"], &v["error"]["code"]),
+        (&json!("w17"), &json!(-32800)),
+        "{v}"
+    );
+    assert_eq!(asking(&h), first, "a waiting request never runs");
+    c.send(&cancel("w03")).await;
+    let v = c.recv_soon().await;
+    assert_eq!(
+        (&v["id"], &v["error"]["code"]),
+        (&json!("w03"), &json!(-32800)),
+        "{v}"
+    );
+    // The slot it gave back goes to the next waiting request, which a cancel ends too.
+    let mut now: Vec<String> = first.iter().filter(|id| *id != "w03").cloned().collect();
+    now.push("w18".into());
+    common::eventually("w18 asking in w03's place", || asking(&h) == now).await;
+    c.send(&cancel("w18")).await;
+    let v = c.recv_soon().await;
+    assert_eq!(
+        (&v["id"], &v["error"]["code"]),
+        (&json!("w18"), &json!(-32800)),
+        "{v}"
+    );
+    common::eventually("w18's approval withdrawn", || asking(&h).len() == 15).await;
+    let asked = |h: &common::Harness, outcome: &str| {
+        audit_events(&h.store, "tool_call")
+            .iter()
+            .filter(|r| r["outcome"] == outcome)
+            .count()
+    };
+    assert_eq!((asked(&h, "asked"), asked(&h, "cancelled")), (17, 2));
+    assert!(!h.dir.path().join("workspace/w17.txt").exists());
+    // The connection goes on.
+    let info = c.call("session.info", json!({})).await;
+    assert_eq!(info["result"]["agent"], "run_t");
+}
+
+#[tokio::test]
+async fn an_id_in_flight_is_not_reused_and_its_request_stays_cancellable() {
+    let (h, path) = socket(false).await;
+    let mut c = Client::connect(&path).await;
+    c.send(&write("d")).await;
+    common::eventually("the approval request", || asking(&h) == ["d"]).await;
+    c.send(&write("d")).await;
+    let v = c.recv_soon().await;
+    assert_eq!(
+        (&v["id"], &v["error"]["code"]),
+        (&json!("d"), &json!(-32600)),
+        "{v}"
+    );
+    assert_eq!(v["error"]["message"], "id already in flight");
+    assert_eq!(asking(&h), ["d"], "the second request does not run");
+    // The cancel reaches the first request.
+    c.send(&cancel("d")).await;
+    let v = c.recv_soon().await;
+    assert_eq!(
+        (&v["id"], &v["error"]["code"]),
+        (&json!("d"), &json!(-32800)),
+        "{v}"
+    );
+    common::eventually("the approval withdrawn", || asking(&h).is_empty()).await;
+    // Once answered, the id is free again, and its new request cancellable.
+    c.send(&write("d")).await;
+    common::eventually("the approval request again", || asking(&h) == ["d"]).await;
+    c.send(&cancel("d")).await;
+    let v = c.recv_soon().await;
+    assert_eq!(
+        (&v["id"], &v["error"]["code"]),
+        (&json!("d"), &json!(-32800)),
+        "{v}"
+    );
+    common::eventually("the approval withdrawn again", || asking(&h).is_empty()).await;
 }
