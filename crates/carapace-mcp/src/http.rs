@@ -15,8 +15,8 @@
 //! `max_response_bytes`: on a POST's stream an event past it fails the call at once (with
 //! an error made here that names the limit, and the stream is closed); on the GET stream
 //! it is skipped. A JSON answer is read whole within the egress limits (`max_response_bytes`
-//! and `timeout`), as [`Egress::send_raw`] reads it; the DELETE that ends a session uses
-//! that.
+//! and `timeout`, [`carapace_egress::EgressStream::into_response`]); so is the answer to
+//! the DELETE that ends a session.
 //!
 //! The GET stream carries what the server sends on its own:
 //! `notifications/tools/list_changed` outside a call, server requests. A server that
@@ -109,30 +109,6 @@ impl EgressHttp {
             .map_err(StreamableHttpError::Client)?;
         redirect_refused(stream.status())?;
         Ok(stream)
-    }
-
-    /// Sends one request and reads the answer whole; a redirect or a body cut at the
-    /// egress cap is an error.
-    async fn send(
-        &self,
-        method: &str,
-        uri: &str,
-        headers: Vec<(String, String)>,
-        body: Option<Vec<u8>>,
-    ) -> HttpResult<EgressResponse> {
-        let request = EgressRequest {
-            method: method.to_string(),
-            url: uri.to_string(),
-            headers,
-            body,
-        };
-        let response = self
-            .egress
-            .send_raw(request, &self.scope)
-            .await
-            .map_err(StreamableHttpError::Client)?;
-        redirect_refused(response.status)?;
-        whole(response)
     }
 
     /// The size limit of one SSE event: rmcp's, never above the egress response cap.
@@ -590,7 +566,7 @@ impl StreamableHttpClient for EgressHttp {
         custom_headers: HashMap<HeaderName, HeaderValue>,
     ) -> HttpResult<()> {
         let headers = request_headers(Some(&session_id), auth_header, custom_headers);
-        let response = self.send("DELETE", &uri, headers, None).await?;
+        let response = whole(read_whole(self.open("DELETE", &uri, headers, None).await?).await?)?;
         match response.status {
             405 => Ok(()),
             s if (200..300).contains(&s) => Ok(()),
