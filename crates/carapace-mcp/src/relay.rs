@@ -3,11 +3,11 @@
 //!
 //! It listens on an ephemeral port of the sandbox's loopback, runs CMD with
 //! `HTTPS_PROXY` (and its spellings) pointing there, and carries each connection byte
-//! for byte to the daemon's socket at [`SOCKET_INSIDE`], where the proxy
-//! ([`crate::tunnel`]) reads the CONNECT request and decides. Nothing here is trusted:
-//! the server could write to the socket itself, and the decision is the daemon's. CMD's
-//! stdin and stdout are this process's, so the MCP messages pass untouched; its exit
-//! status is this process's.
+//! for byte to the daemon's socket at [`SOCKET_INSIDE`], where the proxy (`tunnel.rs`,
+//! set up from [`crate::StdioEgress`]) reads the CONNECT request and decides. Nothing
+//! here is trusted: the server could write to the socket itself, and the decision is the
+//! daemon's. CMD's stdin and stdout are this process's, so the MCP messages pass
+//! untouched; its exit status is this process's.
 
 use std::ffi::OsString;
 use std::process::ExitCode;
