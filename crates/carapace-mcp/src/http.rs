@@ -23,7 +23,9 @@
 //! answers it with 405 has no such stream, and rmcp then uses POST responses only. rmcp
 //! reopens a GET stream that ends or fails (with `Last-Event-ID` when the server numbers
 //! its events), waiting 1 s, doubling up to 30 s between failed tries; a 401 or 403 stops
-//! it. What the server sends while the stream is closed is lost unless the server replays
+//! it. rmcp does not retry the first opening of a session's stream, so that is retried
+//! here (0.5 s doubling to 30 s, longer if a Retry-After asks) while its failure may pass
+//! (429, 5xx, no connection, a timeout). What the server sends while the stream is closed is lost unless the server replays
 //! it. Neither stream has an idle timeout (a dead connection is noticed by TCP keepalive).
 
 use std::collections::{HashMap, VecDeque};
@@ -51,6 +53,8 @@ const ACCEPT: &str = "application/json, text/event-stream";
 const ERROR_PREFIX: usize = 256;
 /// The longest wait between two tries to reopen an SSE stream.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
+/// The first wait before the first opening of a GET stream is tried again.
+const FIRST_GET_RETRY: Duration = Duration::from_millis(500);
 
 /// One SSE event as rmcp's stream carries it (`sse_stream::Sse`), named through rmcp's
 /// public stream type so this crate needs no direct dependency on its SSE parser.
@@ -74,7 +78,12 @@ pub fn transport(
     backoff.max_delay = Some(MAX_RECONNECT_DELAY);
     let mut config = StreamableHttpClientTransportConfig::with_uri(url);
     config.retry_config = Arc::new(backoff);
-    StreamableHttpClientTransport::with_client(EgressHttp { egress, scope }, config)
+    let client = EgressHttp {
+        egress,
+        scope,
+        streaming: Arc::default(),
+    };
+    StreamableHttpClientTransport::with_client(client, config)
 }
 
 /// rmcp's HTTP client for one server: every request goes through [`Egress`] with the
@@ -83,6 +92,10 @@ pub fn transport(
 pub struct EgressHttp {
     egress: Egress,
     scope: Scope,
+    /// The session whose standing GET stream has opened once. rmcp retries a GET stream
+    /// that fails after that, but gives up on one whose first opening fails, so until
+    /// then the opening is retried here.
+    streaming: Arc<std::sync::Mutex<Option<Arc<str>>>>,
 }
 
 type HttpResult<T> = Result<T, StreamableHttpError<EgressError>>;
@@ -597,7 +610,10 @@ impl StreamableHttpClient for EgressHttp {
 
     /// Opens the standing stream (or resumes a stream after `last_event_id`). 405: the
     /// server has none; 401 and 403 stop rmcp from trying again (a credential the owner
-    /// configured will not change by retrying), other failures let it try later.
+    /// configured will not change by retrying), other failures let it try later. The
+    /// first opening of a session's stream, which rmcp does not retry, is retried here
+    /// while it fails in a way that may pass (429, 5xx, no connection, a timeout), after
+    /// 0.5 s doubling to 30 s, until it opens or the transport closes.
     async fn get_stream_with_max_sse_event_size(
         &self,
         uri: Arc<str>,
@@ -607,11 +623,84 @@ impl StreamableHttpClient for EgressHttp {
         custom_headers: HashMap<HeaderName, HeaderValue>,
         max_sse_event_size: usize,
     ) -> HttpResult<BoxedSseResponse> {
-        let mut headers = request_headers(session_id.as_deref(), auth_header, custom_headers);
+        let first = match &session_id {
+            Some(s) if last_event_id.is_none() => {
+                lock(&self.streaming).as_deref() != Some(s.as_ref())
+            }
+            _ => false,
+        };
+        let mut delay = FIRST_GET_RETRY;
+        loop {
+            let opened = self
+                .open_get(
+                    &uri,
+                    session_id.as_deref(),
+                    last_event_id.clone(),
+                    auth_header.clone(),
+                    custom_headers.clone(),
+                    max_sse_event_size,
+                )
+                .await;
+            match opened {
+                Ok(stream) => {
+                    if let Some(s) = session_id {
+                        *lock(&self.streaming) = Some(s);
+                    }
+                    return Ok(stream);
+                }
+                Err(e) if first && may_pass(&e) => {
+                    // A Retry-After in seconds may ask for longer, up to the cap.
+                    let asked = match &e {
+                        StreamableHttpError::HttpStatus(h) => h
+                            .retry_after
+                            .as_deref()
+                            .and_then(|v| v.trim().parse::<u64>().ok())
+                            .map(Duration::from_secs),
+                        _ => None,
+                    };
+                    let wait = asked
+                        .map_or(delay, |a| a.max(delay))
+                        .min(MAX_RECONNECT_DELAY);
+                    tracing::warn!(error = %e, retry_in = ?wait,
+                        "an MCP server's GET stream did not open; trying again");
+                    tokio::time::sleep(wait).await;
+                    delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Whether a failed GET stream may open when tried again.
+fn may_pass(e: &StreamableHttpError<EgressError>) -> bool {
+    match e {
+        StreamableHttpError::Client(e) => e.retriable(),
+        StreamableHttpError::HttpStatus(_) => true,
+        _ => false,
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl EgressHttp {
+    /// One try of [`StreamableHttpClient::get_stream_with_max_sse_event_size`].
+    async fn open_get(
+        &self,
+        uri: &str,
+        session_id: Option<&str>,
+        last_event_id: Option<String>,
+        auth_header: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+        max_sse_event_size: usize,
+    ) -> HttpResult<BoxedSseResponse> {
+        let mut headers = request_headers(session_id, auth_header, custom_headers);
         if let Some(id) = last_event_id {
             headers.push((LAST_EVENT_ID.to_string(), id));
         }
-        let stream = self.open("GET", &uri, headers, None).await?;
+        let stream = self.open("GET", uri, headers, None).await?;
         match stream.status() {
             405 => return Err(StreamableHttpError::ServerDoesNotSupportSse),
             401 | 403 => {
@@ -651,7 +740,9 @@ impl StreamableHttpClient for EgressHttp {
 mod tests {
     use carapace_egress::EgressConfig;
     use serde_json::Value;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use tokio::sync::oneshot;
 
     use super::*;
@@ -691,6 +782,7 @@ mod tests {
         EgressHttp {
             egress,
             scope: Scope::default(),
+            streaming: Arc::default(),
         }
     }
 
@@ -707,6 +799,97 @@ mod tests {
             )
             .await;
         (result, head.await.unwrap())
+    }
+
+    /// A server that answers its n-th connection with `replies[n]` (the last one again
+    /// past the end), and counts them.
+    async fn sequence(replies: Vec<&'static str>) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let entry = listener.local_addr().unwrap().to_string();
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                let reply = replies[n.min(replies.len() - 1)];
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let _ = stream.write_all(reply.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        (entry, count)
+    }
+
+    const BUSY: &str = "HTTP/1.1 503 Busy\r\nretry-after: 0\r\ncontent-length: 0\r\n\r\n";
+    const DENIED: &str = "HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n";
+    const EVENTS: &str = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n\
+        id: 1\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}\n\n";
+
+    /// The standing GET stream of `session`, as rmcp opens it (no last event id).
+    async fn open_standing(
+        client: &EgressHttp,
+        entry: &str,
+        session: &str,
+    ) -> HttpResult<BoxedSseResponse> {
+        client
+            .get_stream(
+                format!("http://{entry}/mcp").into(),
+                Some(session.into()),
+                None,
+                None,
+                HashMap::new(),
+            )
+            .await
+    }
+
+    #[tokio::test]
+    async fn the_first_get_stream_of_a_session_is_retried_until_it_opens() {
+        // rmcp gives up on a standing stream whose first opening fails; here it is tried
+        // again while the failure may pass.
+        let (entry, count) = sequence(vec![BUSY, BUSY, EVENTS, BUSY]).await;
+        let client = client(&entry, 1024);
+        let stream = open_standing(&client, &entry, "s-1").await.unwrap();
+        assert_eq!(count.load(Ordering::SeqCst), 3);
+        let events: Vec<Sse> = stream.map(Result::unwrap).collect().await;
+        assert_eq!(events[0].id.as_deref(), Some("1"));
+        // Once it has opened, rmcp reconnects it itself: one try, its error returned.
+        let again = open_standing(&client, &entry, "s-1").await;
+        assert!(
+            matches!(&again, Err(StreamableHttpError::HttpStatus(e)) if e.status == 503),
+            "{:?}",
+            again.map(|_| ())
+        );
+        assert_eq!(count.load(Ordering::SeqCst), 4);
+        // A new session (after the server forgot the old one) is a first opening again.
+        let (entry, count) = sequence(vec![BUSY, EVENTS]).await;
+        let client2 = EgressHttp {
+            streaming: client.streaming.clone(),
+            ..self::client(&entry, 1024)
+        };
+        let stream = open_standing(&client2, &entry, "s-2").await.unwrap();
+        assert_eq!(
+            stream.map(Result::unwrap).collect::<Vec<Sse>>().await.len(),
+            1
+        );
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_first_get_stream_refused_for_good_is_not_retried() {
+        let (entry, count) = sequence(vec![DENIED, EVENTS]).await;
+        let client = client(&entry, 1024);
+        let result = open_standing(&client, &entry, "s-1").await;
+        assert!(matches!(result, Err(StreamableHttpError::AuthRequired(_))));
+        assert_eq!(count.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
